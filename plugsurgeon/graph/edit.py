@@ -1,0 +1,112 @@
+"""The only code that mutates graphs and models.
+
+Edits are built first (``build_owner``: a new GraphModule for one owner, referencing the owner's
+children, never touching the model) and committed last (``commit``: plain attribute sets, which
+cannot fail half-way). That is what lets surgery promise an untouched model on any failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.fx as fx
+from torch import nn
+
+from plugsurgeon.errors import PlugsurgeonError
+from plugsurgeon.graph.trace import LOCAL, body_nodes, trace_module
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """Insert ``module`` as attribute ``name`` of the owner, after the node at ``local`` (and reading ``extra_locals``)."""
+
+    local: int
+    name: str
+    module: nn.Module
+    expected_op: str
+    expected_target: object
+    extra_locals: tuple[int, ...] = ()
+
+
+class EditError(PlugsurgeonError):
+    pass
+
+
+def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], concrete_args=None) -> fx.GraphModule:
+    """Trace ``owner`` shallowly and splice ``insertions`` in; the owner itself is not modified.
+
+    Insertions at the same node chain in list order (the first sits closest to the node). Every
+    consumer of the node, the owner's output included, then reads the last module of the chain;
+    other inserted modules keep reading the original values (pyramid fusion reads all raw levels).
+    """
+    gm, _tracer = trace_module(owner, concrete_args, shallow=True)
+    graph = gm.graph
+    by_local = {n.meta[LOCAL]: n for n in body_nodes(graph)}
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    new_nodes: set[fx.Node] = set()
+    chains: dict[fx.Node, fx.Node] = {}
+    for insertion in insertions:
+        anchor = _resolve(by_local, insertion.local, owner_path, insertion.expected_op, insertion.expected_target, owner)
+        extras = [by_local[i] for i in insertion.extra_locals]
+        previous = chains.get(anchor, anchor)
+        latest = max([previous, *extras], key=lambda n: order.get(n, len(order)))
+        gm.add_submodule(insertion.name, insertion.module)
+        with graph.inserting_after(latest):
+            node = graph.call_module(insertion.name, (previous, *extras))
+        order[node] = order.get(latest, len(order)) + 0.5
+        new_nodes.add(node)
+        chains[anchor] = node
+    for anchor, last in chains.items():
+        early = [u for u in anchor.users if u not in new_nodes and u.op != "output" and order.get(u, 0) < order[last]]
+        if early:
+            raise EditError(
+                f"cannot insert into '{owner_path or type(owner).__name__}': node '{early[0].name}' reads '{anchor.name}' "
+                "before the plugin's other inputs exist",
+                hint="choose sites whose extra inputs are computed first, or insert on fewer levels",
+            )
+        anchor.replace_all_uses_with(last, delete_user_cb=lambda user: user not in new_nodes)
+    graph.lint()
+    gm.recompile()
+    _keep_unreferenced_state(owner, gm)
+    gm.train(owner.training)
+    return gm
+
+
+def _resolve(by_local, local, owner_path, expected_op, expected_target, owner) -> fx.Node:
+    node = by_local.get(local)
+    if node is None or node.op != expected_op or node.target != expected_target:
+        raise EditError(
+            f"the forward of '{owner_path or type(owner).__name__}' traces differently on its own than inside the model",
+            hint="its forward probably depends on how it is called; exclude this site with `where: {exclude: [...]}`",
+        )
+    return node
+
+
+def _keep_unreferenced_state(owner: nn.Module, gm: fx.GraphModule) -> None:
+    """GraphModule copies only what the graph uses; keep every child, parameter and buffer the owner had
+    so that state_dict keys do not change (unused heads, auxiliary classifiers)."""
+    for name, child in owner.named_children():
+        if not hasattr(gm, name):
+            gm.add_module(name, child)
+    for name, param in owner.named_parameters(recurse=False):
+        if not hasattr(gm, name):
+            gm.register_parameter(name, param)
+    for name, buffer in owner.named_buffers(recurse=False):
+        if not hasattr(gm, name):
+            persistent = name not in getattr(owner, "_non_persistent_buffers_set", set())
+            gm.register_buffer(name, buffer, persistent=persistent)
+
+
+def commit(model: nn.Module, owners: dict[str, nn.Module], replacements: dict[str, nn.Module]) -> nn.Module:
+    """Put edited owners and replacement modules at their paths; returns the (possibly new) root."""
+    root = model
+    for path in sorted(owners, key=lambda p: (p.count(".") if p else -1, p)):
+        if path == "":
+            root = owners[path]
+        else:
+            root.set_submodule(path, owners[path])
+    for path, module in replacements.items():
+        root.set_submodule(path, module)
+    return root
+
+

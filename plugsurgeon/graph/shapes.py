@@ -1,0 +1,113 @@
+"""Shapes for every node, from torch.fx's ShapeProp run on fake tensors: no real compute, no activation memory."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._pytree import tree_map
+
+from plugsurgeon.errors import PlugsurgeonError, TraceError
+
+
+def validate_input_shape(shape: Any) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        dims = ()
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise PlugsurgeonError(
+            f"input shape {shape!r} is not a list of positive sizes",
+            hint="pass it as N,C,H,W, for example --input-shape 1,3,224,224",
+        )
+    return dims
+
+
+def fake_inputs_like(example: tuple[Any, ...], mode: FakeTensorMode | None = None) -> tuple[Any, ...]:
+    mode = mode or FakeTensorMode(allow_non_fake_inputs=True)
+    return tree_map(lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v, example)
+
+
+def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where: str) -> int:
+    """Fill ``node.meta['tensor_meta']`` and return the FLOPs torch's counter saw on the way.
+
+    A failure names the input shape that broke it.
+    """
+    mode = _mode_of(fake_inputs)
+    try:
+        # ShapeProp prints a traceback before re-raising; the core never prints.
+        with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as counter:
+            ShapeProp(gm, fake_mode=mode).propagate(*fake_inputs)
+        return counter.get_total_flops()
+    except Exception as error:  # noqa: BLE001 - ShapeProp re-raises whatever the model raised
+        shapes = [tuple(t.shape) for t in _tensors(fake_inputs)]
+        raise TraceError(
+            f"{where} does not run on inputs of shape {shapes}: {str(error).strip().splitlines()[0][:300]}",
+            hint="pass the shape the model expects with --input-shape N,C,H,W",
+        ) from None
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    from torch.utils._pytree import tree_leaves
+
+    return [v for v in tree_leaves(tree) if isinstance(v, torch.Tensor)]
+
+
+def _mode_of(fake_inputs) -> FakeTensorMode | None:
+    for tensor in _tensors(fake_inputs):
+        mode = getattr(tensor, "fake_mode", None)
+        if mode is not None:
+            return mode
+    return None
+
+
+def shape_of(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(int(d) for d in shape) if shape is not None else None
+
+
+def record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
+    """Inputs of every submodule's first call during one eval forward, for tracing untraceable models in parts.
+
+    Models that fx cannot trace are exactly those whose forward depends on values (image resizing,
+    proposal filtering), so this one forward runs for real, in eval mode, without gradients. The
+    recorded tensors are replaced by empty tensors of the same shape and dtype.
+    """
+    records: dict[str, tuple[tuple, dict]] = {}
+    handles = []
+
+    def hook(path):
+        def record(module, args, kwargs):
+            if path not in records:
+                detach = lambda v: torch.empty(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v  # noqa: E731
+                records[path] = (tree_map(detach, args), tree_map(detach, kwargs))
+
+        return record
+
+    for path, module in model.named_modules():
+        if path:
+            handles.append(module.register_forward_pre_hook(hook(path), with_kwargs=True))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    except Exception as error:  # noqa: BLE001
+        raise TraceError(
+            f"{type(model).__name__} cannot be traced by torch.fx and does not run on an input of shape "
+            f"{tuple(example.shape)}: {str(error).strip().splitlines()[0][:300]}",
+            hint="pass the shape the model expects with --input-shape N,C,H,W",
+        ) from None
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return records

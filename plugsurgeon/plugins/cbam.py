@@ -1,0 +1,67 @@
+"""Convolutional Block Attention Module.
+
+Woo, Park, Lee, Kweon. "CBAM: Convolutional Block Attention Module", ECCV 2018. https://arxiv.org/abs/1807.06521
+
+Channel attention: a shared MLP (C -> C/r -> C, r = 16) applied to both the average- and the
+max-pooled descriptor, the two outputs summed, sigmoid (Eq. 2). Spatial attention: channel-wise max
+and mean maps concatenated, 7x7 conv, BatchNorm (as in the authors' code), sigmoid (Eq. 3). Channel
+first, then spatial (Sec. 3.3). Placed like SE, on the residual branch before the add.
+Not identity at init: both gates start near 0.5, as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from plugsurgeon.plugins.registry import register_plugin
+
+
+class ChannelGate(nn.Module):
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(x.mean(dim=(2, 3)))
+        peak = self.mlp(x.amax(dim=(2, 3)))
+        return x * torch.sigmoid(avg + peak)[:, :, None, None]
+
+
+class SpatialGate(nn.Module):
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd to keep the map size, got {kernel_size}")
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.bn(self.conv(pooled)))
+
+
+def _channels(site, _module):
+    return {"channels": site.channels}
+
+
+@register_plugin(
+    "cbam",
+    roles=("residual", "stage", "backbone", "conv", "neck.level"),
+    mode="after",
+    infer=_channels,
+    structural=("channels",),
+    identity_at_init=False,
+    paper="Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018, arXiv:1807.06521",
+    year=2018,
+    summary="channel attention (avg+max pooled, shared MLP) then spatial attention (7x7 conv)",
+)
+class CBAM(nn.Module):
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7, spatial: bool = True) -> None:
+        super().__init__()
+        self.channel = ChannelGate(channels, reduction)
+        self.spatial = SpatialGate(kernel_size) if spatial else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spatial(self.channel(x))

@@ -1,0 +1,52 @@
+"""Plain report dataclasses with to_dict(); rendering lives in the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class EditReport:
+    step: int
+    plugin: str
+    mode: str
+    role: str
+    site: str  # the site path
+    module: str  # path of the new (or replacing) module
+    channels: int
+    spatial: tuple[int, ...]
+    stage: int
+    params_added: int
+    flops_added: int | None
+
+
+@dataclass
+class SurgeryReport:
+    model: str
+    recipe: str
+    input_shape: tuple[int, ...]
+    traced: list[str]
+    untraced: list[tuple[str, str]]
+    edits: list[EditReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    flops_before: int | None = None
+    new_keys: list[str] = field(default_factory=list)
+    renamed_keys: list[str] = field(default_factory=list)
+    applied: bool = False
+
+    @property
+    def params_added(self) -> int:
+        return sum(e.params_added for e in self.edits)
+
+    @property
+    def flops_added(self) -> int | None:
+        counted = [e.flops_added for e in self.edits if e.flops_added is not None]
+        return sum(counted) if counted else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(params_added=self.params_added, flops_added=self.flops_added)
+        return data

@@ -1,0 +1,77 @@
+"""A site: one place in a model where a plugin can go, described by its role and its shapes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# A role names what a place *is* in the network. Dotted roles are variants; ``at: downsample`` in a
+# recipe means every variant, ``at: downsample.pool`` one of them.
+ROLES: dict[str, str] = {
+    "residual.branch": "end of a residual branch, before the add (the SE/CBAM slot)",
+    "residual.output": "output of a residual block, after the add and its activation",
+    "conv": "a convolution module (filter with kernel, stride, groups, depthwise)",
+    "downsample.pool": "max/avg pooling with stride > 1",
+    "downsample.conv": "strided convolution on the main path",
+    "downsample.shortcut": "strided projection on a residual shortcut",
+    "stage": "output of the last block at each resolution (stage = log2 of the cumulative stride, C2..C5)",
+    "backbone": "the backbone's last spatial feature map, before global pooling or the neck",
+    "neck.level": "an output level of a feature pyramid (FPN)",
+    "neck.merge": "a top-down merge of a feature pyramid: the lateral input, with the upsampled input as extra",
+    "upsample": "an interpolate / Upsample node",
+}
+
+
+def role_matches(role: str, wanted: str) -> bool:
+    return role == wanted or role.startswith(wanted + ".")
+
+
+def known_role(wanted: str) -> bool:
+    return any(role_matches(role, wanted) for role in ROLES)
+
+
+@dataclass(frozen=True)
+class Site:
+    role: str
+    path: str  # what users see and globs match: a module path, or "owner:node" for functional ops
+    part: str  # the traced part that holds the node ("" for a whole-model trace)
+    node: str  # node name in that part's graph
+    owner: str  # absolute path of the module whose forward contains the node ("" for the root)
+    owner_call: int
+    local: int  # index of the node inside the owner's forward, see graph/trace.py
+    shape: tuple[int, ...]
+    in_channels: int
+    channels: int
+    total_stride: int
+    stride: int = 1
+    target: str | None = None  # absolute path of the module a call_module node calls
+    kernel: tuple[int, ...] | None = None
+    groups: int = 1
+    dilation: tuple[int, ...] | None = None
+    extra: tuple[str, ...] = ()  # more nodes a multi-input plugin reads (pyramid levels, top-down input)
+    extra_shapes: tuple[tuple[int, ...], ...] = ()
+    order: int = 0  # position in the traced graph, for stable ordering
+    meta: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(self.shape[2:])
+
+    @property
+    def stage(self) -> int:
+        return int(round(math.log2(self.total_stride))) if self.total_stride >= 1 else 0
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.part, self.node)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("meta")
+        data.update(stage=self.stage, spatial=list(self.spatial), depthwise=self.depthwise)
+        return data
