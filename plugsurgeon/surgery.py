@@ -13,7 +13,7 @@ from torch import nn
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
 from plugsurgeon.graph.edit import Insertion, build_owner, commit
 from plugsurgeon.graph.fake import count_params, run_fake
-from plugsurgeon.graph.trace import LOCAL, OWNER, OWNER_CALL, Traced, trace
+from plugsurgeon.graph.trace import Scope, Traced, trace
 from plugsurgeon.plugins.registry import PluginSpec, get_plugin
 from plugsurgeon.provenance import record_step
 from plugsurgeon.recipe import Recipe, Step, load_recipe
@@ -34,12 +34,15 @@ class PlannedEdit:
     attribute: str  # new attribute of the owner ("after"), or the replaced module's path ("replace")
     params_added: int
     flops_added: int | None
+    owner: str  # absolute path of the module whose forward gets the insertion
+    scope: Scope
+    extra_locals: tuple[int, ...] = ()
 
     @property
     def module_path(self) -> str:
         if self.spec.mode == "replace":
             return self.attribute
-        return f"{self.site.owner}.{self.attribute}" if self.site.owner else self.attribute
+        return f"{self.owner}.{self.attribute}" if self.owner else self.attribute
 
 
 @dataclass
@@ -91,7 +94,9 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
             edits.append(_plan_edit(model, traced, step, spec, site, index, dtype))
     _check_conflicts(edits, notes)
     _name_new_modules(model, edits)
-    if any(e.site.owner == "" and e.spec.mode == "after" and traced.whole for e in edits):
+    if not edits:
+        raise SiteError(f"recipe '{recipe.name}' matched no site in {type(model).__name__}", hint="`plugsurgeon sites MODEL` lists the sites it has")
+    if any(e.owner == "" and e.spec.mode == "after" for e in edits):
         notes.append(f"sites in the model's own forward: the edited model is an fx GraphModule, not a {type(model).__name__}")
     return Plan(model, traced, recipe, edits, notes)
 
@@ -116,11 +121,29 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
     return chosen
 
 
+def _choose_scope(site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tuple[int, ...]]:
+    """The smallest module forward that sees the site's node (and, for multi-input plugins, all its extra nodes)."""
+    if spec.inputs == "site":
+        return site.scopes[0], ()
+    for scope in site.scopes:
+        extras = []
+        for extra_scopes in site.extra_scopes:
+            match = next((s for s in extra_scopes if (s.owner, s.call) == (scope.owner, scope.call)), None)
+            if match is None:
+                break
+            extras.append(match.local)
+        else:
+            return scope, tuple(extras)
+    raise SiteError(f"{where}: the plugin reads {list(site.extra)}, which no single module forward computes together with the site",
+                    hint="multi-input plugins need all their inputs inside one module's forward")
+
+
 def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
     part = traced.part(site.part)
     where = f"step {index} ({spec.name}) at '{site.path}'"
     node = _node(part, site.node)
     replaced = None
+    scope, extra_locals = _choose_scope(site, spec, where)
     if spec.mode == "replace":
         if site.target is None:
             raise SiteError(f"{where}: the site is a functional op, and '{spec.name}' replaces modules", hint="choose a site that calls a module")
@@ -129,15 +152,9 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
             raise SiteError(f"{where}: module '{site.target}' runs {calls} times in forward; replacing it would change every call",
                             hint="exclude it with `where: {exclude: [...]}`")
         replaced = model.get_submodule(site.target)
-    else:
-        owner_rel = node.meta.get(OWNER, "")
-        if part.call_count(owner_rel) > 1 or node.meta.get(OWNER_CALL, 0) > 0:
-            raise SiteError(f"{where}: module '{site.owner}' runs more than once in forward, so one insertion would change every call",
-                            hint="exclude the site with `where: {exclude: [...]}`")
-        for extra in site.extra:
-            extra_node = _node(part, extra)
-            if extra_node.meta.get(OWNER) != owner_rel:
-                raise SiteError(f"{where}: the plugin reads '{extra}', which is computed outside '{site.owner}'")
+    elif part.call_count(scope.owner) > 1 or scope.call > 0:
+        raise SiteError(f"{where}: module '{part.absolute(scope.owner)}' runs more than once in forward, so one insertion would change every call",
+                        hint="exclude the site with `where: {exclude: [...]}`")
     try:
         module = spec.build(site, replaced, dict(step.args))
     except PlugsurgeonError:
@@ -148,7 +165,7 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
         module = module.to(dtype=dtype, device=_host_device(model))
     shapes = [site.shape, *site.extra_shapes] if spec.inputs == "site+extra" else [site.shape]
     if spec.mode == "replace":
-        shapes = [tuple(_node(part, site.node).all_input_nodes[0].meta["tensor_meta"].shape)]
+        shapes = [tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)]
     try:
         output, flops = run_fake(module, shapes, dtype)
     except Exception as error:  # noqa: BLE001
@@ -160,13 +177,13 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
                         hint="this plugin cannot go at this site; narrow the step with `where`")
     params_added = count_params(module)
     if replaced is not None:
-        shared = {id(p) for p in replaced.parameters()}
-        params_added = sum(p.numel() for p in module.parameters() if id(p) not in shared) - sum(
-            p.numel() for p in replaced.parameters() if id(p) not in {id(q) for q in module.parameters()})
+        kept = {id(p) for p in module.parameters()} & {id(p) for p in replaced.parameters()}
+        params_added = sum(p.numel() for p in module.parameters() if id(p) not in kept) - sum(
+            p.numel() for p in replaced.parameters() if id(p) not in kept)
         _out, old_flops = run_fake(replaced, shapes, dtype)
         flops = flops - old_flops
     attribute = site.target if spec.mode == "replace" else (step.name or spec.name)
-    return PlannedEdit(index, spec, site, module, attribute, params_added, flops)
+    return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals)
 
 
 def _node(part, name):
@@ -200,12 +217,12 @@ def _name_new_modules(model: nn.Module, edits: list[PlannedEdit]) -> None:
     for edit in edits:
         if edit.spec.mode != "after":
             continue
-        owner = model.get_submodule(edit.site.owner) if edit.site.owner else model
+        owner = model.get_submodule(edit.owner) if edit.owner else model
         base = edit.attribute
         name, suffix = base, 1
-        while hasattr(owner, name) or name in taken[edit.site.owner]:
+        while hasattr(owner, name) or name in taken[edit.owner]:
             name, suffix = f"{base}_{suffix}", suffix + 1
-        taken[edit.site.owner].add(name)
+        taken[edit.owner].add(name)
         edit.attribute = name
 
 
@@ -215,19 +232,16 @@ def apply_plan(planned: Plan) -> SurgeryResult:
     groups: dict[str, list[PlannedEdit]] = defaultdict(list)
     for edit in planned.edits:
         if edit.spec.mode == "after":
-            groups[edit.site.owner].append(edit)
+            groups[edit.owner].append(edit)
     owners: dict[str, nn.Module] = {}
     for owner_path, edits in groups.items():
         part = traced.part(edits[0].site.part)
-        owner_rel = _node(part, edits[0].site.node).meta.get(OWNER, "")
-        record = part.call_record(owner_rel) if owner_rel else None
+        record = part.call_record(edits[0].scope.owner) if edits[0].scope.owner else None
         concrete = record.concrete_args if record is not None else part.concrete_args
-        insertions = []
-        for edit in sorted(edits, key=lambda e: e.step_index):
-            node = _node(part, edit.site.node)
-            target = node.target[len(owner_rel) + 1 :] if owner_rel and node.op in ("call_module", "get_attr") else node.target
-            extras = tuple(_node(part, name).meta[LOCAL] for name in edit.site.extra) if edit.spec.inputs == "site+extra" else ()
-            insertions.append(Insertion(edit.site.local, edit.attribute, edit.module, node.op, target, extras))
+        insertions = [
+            Insertion(e.scope.local, e.attribute, e.module, e.scope.op, e.scope.target, e.extra_locals)
+            for e in sorted(edits, key=lambda e: e.step_index)
+        ]
         owner_module = model.get_submodule(owner_path) if owner_path else model
         owners[owner_path] = build_owner(owner_module, owner_path, insertions, concrete)
     replacements = {e.attribute: e.module for e in planned.edits if e.spec.mode == "replace"}

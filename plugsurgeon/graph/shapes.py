@@ -95,10 +95,12 @@ def record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, t
     for path, module in model.named_modules():
         if path:
             handles.append(module.register_forward_pre_hook(hook(path), with_kwargs=True))
+    from plugsurgeon.graph.trace import attributes_preserved
+
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), attributes_preserved(model):
             model(example)
     except Exception as error:  # noqa: BLE001
         raise TraceError(

@@ -12,6 +12,7 @@ that trace, found top-down, with input structures recorded by hooks on one eval 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from collections.abc import Iterator
@@ -70,11 +71,26 @@ def _reads_training_flag(cls: type) -> bool:
 
 @dataclass
 class CallRecord:
-    """One call of a non-leaf module met while tracing: enough to trace that module alone."""
+    """One call of a non-leaf module met while tracing: enough to trace that module alone, and to
+    see its output as one node (its slot) of the caller's graph."""
 
     path: str
     call: int
     concrete_args: dict[str, Any] | None
+    parent: tuple[str, int] = ("", 0)
+    slot: int = -1
+    output: str | None = None  # name of the node the call returned, when it returned a single value
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A node as seen from one module's forward: insert there by tracing ``owner`` alone."""
+
+    owner: str  # path relative to the traced part
+    call: int
+    local: int
+    op: str  # what the owner's own graph has at ``local``
+    target: Any
 
 
 @dataclass
@@ -127,15 +143,20 @@ class PlugsurgeonTracer(fx.Tracer):
         if self.is_leaf_module(m, path):
             return super().call_module(m, forward, args, kwargs)
         parent = self._frames[-1]
+        slot = parent.counter
         parent.counter += 1  # the slot of this call in the parent, see module docstring
         call = self._call_counts.get(path, 0)
         self._call_counts[path] = call + 1
-        self.calls.append(CallRecord(path, call, _concrete_args_of(forward, args, kwargs)))
+        record = CallRecord(path, call, _concrete_args_of(forward, args, kwargs), (parent.path, parent.call), slot)
+        self.calls.append(record)
         self._frames.append(_Frame(path, call))
         try:
-            return super().call_module(m, forward, args, kwargs)
+            result = super().call_module(m, forward, args, kwargs)
         finally:
             self._frames.pop()
+        if isinstance(result, fx.Proxy):
+            record.output = result.node.name
+        return result
 
     def trace(self, root, concrete_args=None):
         self._frames = [_Frame("", 0)]
@@ -162,9 +183,31 @@ def _concrete_args_of(forward, args, kwargs, is_input=lambda v: isinstance(v, fx
     return concrete or None
 
 
+@contextlib.contextmanager
+def attributes_preserved(model: nn.Module):
+    """Undo attribute writes that a forward makes while traced (torchvision's AnchorGenerator caches
+    its anchors on itself; a failed trace would leave Proxies in the user's model)."""
+    saved = []
+    for module in model.modules():
+        state = {k: v for k, v in vars(module).items() if k not in ("_parameters", "_buffers", "_modules")}
+        saved.append((module, state))
+    try:
+        yield
+    finally:
+        for module, state in saved:
+            for key in [k for k in vars(module) if k not in state and k not in ("_parameters", "_buffers", "_modules")]:
+                del module.__dict__[key]
+            for key, value in state.items():
+                if module.__dict__.get(key, _MISSING) is not value:
+                    module.__dict__[key] = value
+
+
+_MISSING = object()
+
+
 def trace_module(module: nn.Module, concrete_args: dict[str, Any] | None = None, *, shallow: bool = False) -> tuple[fx.GraphModule, PlugsurgeonTracer]:
     tracer = PlugsurgeonTracer(shallow=shallow)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), attributes_preserved(module):
         # fx warns that it cannot assert on specialised container inputs; surgery keeps the structure.
         warnings.simplefilter("ignore", UserWarning)
         graph = tracer.trace(module, concrete_args=concrete_args)
@@ -205,6 +248,22 @@ class TracedPart:
 
     def call_count(self, owner: str) -> int:
         return sum(1 for record in self.calls if record.path == owner)
+
+    def scopes(self, node: fx.Node) -> list[Scope]:
+        """Every module forward in which ``node`` is one node, innermost first.
+
+        A node that a module call returns is also that call's slot in the caller, and so on up.
+        """
+        owner = node.meta.get(OWNER, "")
+        scopes = [Scope(owner, node.meta.get(OWNER_CALL, 0), node.meta.get(LOCAL, -1), node.op, relative_target(node, owner))]
+        outputs = {(r.path, r.call): r for r in self.calls if r.output is not None}
+        record = outputs.get((owner, scopes[0].call))
+        while record is not None and record.output == node.name:
+            parent_path, parent_call = record.parent
+            child = record.path[len(parent_path) + 1 :] if parent_path else record.path
+            scopes.append(Scope(parent_path, parent_call, record.slot, "call_module", child))
+            record = outputs.get(record.parent)
+        return scopes
 
     def absolute(self, relative_path: str) -> str:
         return ".".join(p for p in (self.path, relative_path) if p)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugsurgeon.graph.shapes import shape_of
-from plugsurgeon.graph.trace import LOCAL, OWNER, OWNER_CALL, TracedPart
+from plugsurgeon.graph.trace import OWNER, TracedPart
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
@@ -162,13 +162,10 @@ class GraphView:
         return self.nodes[common.bit_length() - 1] if common else None
 
     # -- where a node lives ----------------------------------------------------------------------
-    def owner(self, node: fx.Node) -> tuple[str, int, int]:
-        return self.part.absolute(node.meta.get(OWNER, "")), node.meta.get(OWNER_CALL, 0), node.meta.get(LOCAL, -1)
-
     def display_path(self, node: fx.Node) -> str:
         if node.op == "call_module":
             return self.part.absolute(node.target)
-        owner = self.owner(node)[0]
+        owner = self.part.absolute(node.meta.get(OWNER, ""))
         return f"{owner}:{node.name}" if owner else node.name
 
 

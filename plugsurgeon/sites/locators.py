@@ -15,7 +15,7 @@ from plugsurgeon.sites.site import Site
 
 
 def make_site(view: GraphView, role: str, node: fx.Node, *, extra: Iterable[fx.Node] = (), **fields) -> Site:
-    owner, call, local = view.owner(node)
+    scopes = tuple(view.part.scopes(node))
     shape = view.shape(node) or ()
     inputs = view.tensor_inputs(node)
     in_shape = view.shape(inputs[0]) if inputs else shape
@@ -26,9 +26,8 @@ def make_site(view: GraphView, role: str, node: fx.Node, *, extra: Iterable[fx.N
         path=view.display_path(node),
         part=view.part.path,
         node=node.name,
-        owner=owner,
-        owner_call=call,
-        local=local,
+        owner=view.part.absolute(scopes[0].owner),
+        scopes=scopes,
         shape=shape,
         in_channels=int(in_shape[1]) if in_shape and len(in_shape) > 1 else 0,
         channels=int(shape[1]) if len(shape) > 1 else 0,
@@ -39,6 +38,7 @@ def make_site(view: GraphView, role: str, node: fx.Node, *, extra: Iterable[fx.N
         dilation=tuple(conv.dilation) if conv is not None else None,
         extra=tuple(n.name for n in extra),
         extra_shapes=tuple(view.shape(n) or () for n in extra),
+        extra_scopes=tuple(tuple(view.part.scopes(n)) for n in extra),
         order=view.position[node],
         **fields,
     )
@@ -188,18 +188,24 @@ def backbone_sites(view: GraphView) -> list[Site]:
     of the lateral that starts the top-down path). Otherwise: the last residual block output at the
     largest stride, or the last spatial node at the largest stride.
     """
+    found = backbone_candidate(view)
+    return [found[1]] if found else []
+
+
+def backbone_candidate(view: GraphView) -> tuple[int, Site] | None:
+    """(rule rank, site): lower ranks are stronger evidence; a model split in parts keeps the best."""
     pooled = _global_pool_inputs(view)
     if pooled:
-        return [make_site(view, "backbone", pooled[-1])]
+        return 0, make_site(view, "backbone", pooled[-1])
     top = _pyramid_top_lateral(view)
     if top is not None and view.tensor_inputs(top):
-        return [make_site(view, "backbone", view.tensor_inputs(top)[0])]
+        return 1, make_site(view, "backbone", view.tensor_inputs(top)[0])
     outputs = [block_output(view, add) for add, _b, _s in residual_merges(view)]
-    pool = outputs or _spatial_nodes(view)
+    rank, pool = (2, outputs) if outputs else (3, _spatial_nodes(view))
     if not pool:
-        return []
+        return None
     deepest = max(view.total_stride(n) for n in pool)
-    return [make_site(view, "backbone", [n for n in pool if view.total_stride(n) == deepest][-1])]
+    return rank, make_site(view, "backbone", [n for n in pool if view.total_stride(n) == deepest][-1])
 
 
 # -- pyramids and upsampling -----------------------------------------------------------------------

@@ -37,9 +37,8 @@ class Site:
     path: str  # what users see and globs match: a module path, or "owner:node" for functional ops
     part: str  # the traced part that holds the node ("" for a whole-model trace)
     node: str  # node name in that part's graph
-    owner: str  # absolute path of the module whose forward contains the node ("" for the root)
-    owner_call: int
-    local: int  # index of the node inside the owner's forward, see graph/trace.py
+    owner: str  # absolute path of the smallest module whose forward contains the node ("" for the root)
+    scopes: tuple  # graph.trace.Scope for each module forward that sees the node, innermost first
     shape: tuple[int, ...]
     in_channels: int
     channels: int
@@ -51,6 +50,7 @@ class Site:
     dilation: tuple[int, ...] | None = None
     extra: tuple[str, ...] = ()  # more nodes a multi-input plugin reads (pyramid levels, top-down input)
     extra_shapes: tuple[tuple[int, ...], ...] = ()
+    extra_scopes: tuple[tuple, ...] = ()
     order: int = 0  # position in the traced graph, for stable ordering
     meta: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
@@ -72,6 +72,7 @@ class Site:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.pop("meta")
+        for internal in ("meta", "scopes", "extra_scopes"):
+            data.pop(internal)
         data.update(stage=self.stage, spatial=list(self.spatial), depthwise=self.depthwise)
         return data
