@@ -161,8 +161,7 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
         raise
     except Exception as error:  # noqa: BLE001 - constructors raise anything on bad arguments
         raise RecipeError(f"{where}: cannot build the plugin: {error}", hint=f"`plugsurgeon plugins` shows what '{spec.name}' takes") from None
-    if spec.mode == "after":
-        module = module.to(dtype=dtype, device=_host_device(model))
+    module = module.to(dtype=dtype, device=_host_device(model))
     shapes = [site.shape, *site.extra_shapes] if spec.inputs == "site+extra" else [site.shape]
     if spec.mode == "replace":
         shapes = [tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)]

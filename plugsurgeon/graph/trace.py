@@ -300,11 +300,12 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> 
     from plugsurgeon.graph.shapes import fake_inputs_like, propagate_shapes, validate_input_shape
 
     input_shape = validate_input_shape(input_shape)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
         gm, tracer = trace_module(model)
     except Exception as whole_error:  # fx raises many types; any of them means "not whole"
-        return _trace_in_parts(model, input_shape, whole_error)
-    example = (torch.empty(input_shape),)
+        return _trace_in_parts(model, input_shape, whole_error, dtype)
+    example = (torch.empty(input_shape, dtype=dtype),)
     flops = propagate_shapes(gm, fake_inputs_like(example), where="the model")
     part = TracedPart("", gm, tracer.calls, example, _spatial(input_shape), None, flops)
     return Traced(model, [part], input_shape)
@@ -314,10 +315,10 @@ def _spatial(shape) -> tuple[int, int] | None:
     return (int(shape[-2]), int(shape[-1])) if len(shape) >= 4 else None
 
 
-def _trace_in_parts(model: nn.Module, input_shape: tuple[int, ...], whole_error: Exception) -> Traced:
+def _trace_in_parts(model: nn.Module, input_shape: tuple[int, ...], whole_error: Exception, dtype: torch.dtype) -> Traced:
     from plugsurgeon.graph.shapes import fake_inputs_like, propagate_shapes, record_module_inputs
 
-    inputs = record_module_inputs(model, torch.zeros(input_shape))
+    inputs = record_module_inputs(model, torch.zeros(input_shape, dtype=dtype))
     parts: list[TracedPart] = []
     untraced: list[tuple[str, str]] = [("", f"{type(model).__name__}: {_short(whole_error)}")]
 

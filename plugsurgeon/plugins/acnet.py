@@ -34,6 +34,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Ding et al., ACNet: Strengthening the Kernel Skeletons for Powerful CNN via Asymmetric Convolution Blocks, ICCV 2019, arXiv:1908.03930",
     year=2019,
     summary="kxk conv + kx1 and 1xk branches with BN, trained together, fused into one conv for deploy",
+    suggested_where={"kernel": 3},
 )
 class ACBlock(KeepsConvWeights):
     def __init__(self, source: nn.Conv2d, bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:

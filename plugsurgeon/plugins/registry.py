@@ -41,6 +41,7 @@ class PluginSpec:
     year: int
     summary: str
     inputs: Literal["site", "site+extra"] = "site"
+    suggested_where: tuple[tuple[str, Any], ...] = ()  # the selector a typical step uses, e.g. kernel 3
 
     def fits(self, role: str) -> bool:
         """True if the plugin takes sites of ``role`` (or of some variant of a role family)."""
@@ -66,6 +67,7 @@ class PluginSpec:
             "year": self.year,
             "summary": self.summary,
             "inputs": self.inputs,
+            "suggested_where": dict(self.suggested_where),
             "args": {k: repr(v) for k, v in self.defaults().items()},
         }
 
@@ -86,6 +88,7 @@ def register_plugin(
     summary: str,
     inputs: Literal["site", "site+extra"] = "site",
     classes: tuple[type[nn.Module], ...] = (),
+    suggested_where: dict[str, Any] | None = None,
 ):
     """Decorator adding a plugin to the catalog and making its classes fx leaves.
 
@@ -100,7 +103,8 @@ def register_plugin(
             raise ValueError(f"plugin '{name}' declares unknown roles {unknown}")
         kinds = tuple(classes) or (factory,)
         _REGISTRY[name] = PluginSpec(
-            name, factory, kinds, tuple(roles), mode, infer, frozenset(structural), identity_at_init, paper, year, summary, inputs
+            name, factory, kinds, tuple(roles), mode, infer, frozenset(structural), identity_at_init, paper, year, summary, inputs,
+            tuple(sorted((suggested_where or {}).items())),
         )
         for cls in kinds:
             register_leaf(cls)

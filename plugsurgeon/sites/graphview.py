@@ -86,8 +86,9 @@ class GraphView:
         out = self.shape(node)
         if out is None or len(out) != 4 or not self.nchw(node):
             return False
-        inputs = [self.shape(a) for a in self.tensor_inputs(node)]
-        return any(s is not None and len(s) == 4 and s[2] * s[3] < out[2] * out[3] for s in inputs)
+        # Every 4-D input must be smaller: a broadcast gate (x * scale[N,C,1,1]) is no upsample.
+        inputs = [s for s in (self.shape(a) for a in self.tensor_inputs(node)) if s is not None and len(s) == 4]
+        return bool(inputs) and all(s[2] * s[3] < out[2] * out[3] for s in inputs)
 
     # -- layout and strides -------------------------------------------------------------------
     @cached_property
@@ -112,12 +113,10 @@ class GraphView:
             elif isinstance(module, (nn.Linear, nn.LayerNorm)) or node.op in ("call_method",) and node.target in ("view", "reshape", "flatten", "transpose"):
                 layout[node] = False
             else:
-                same_shape_inputs = [a for a in self.tensor_inputs(node) if self.shape(a) == shape]
-                layout[node] = bool(same_shape_inputs) and all(layout.get(a, False) for a in same_shape_inputs)
-                if not same_shape_inputs and module is not None:
-                    # An opaque leaf (plugin, custom layer) fed by an N,C,H,W value keeps the layout.
-                    ins = self.tensor_inputs(node)
-                    layout[node] = bool(ins) and all(layout.get(a, False) for a in ins)
+                # Elementwise ops, concatenations and opaque leaves (plugins, custom layers) keep the
+                # layout of their 4-D inputs.
+                spatial_inputs = [a for a in self.tensor_inputs(node) if len(self.shape(a)) == 4]
+                layout[node] = bool(spatial_inputs) and all(layout.get(a, False) for a in spatial_inputs)
         return layout
 
     def nchw(self, node: fx.Node) -> bool:

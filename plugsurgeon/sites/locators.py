@@ -145,6 +145,12 @@ def _cut_nodes(view: GraphView) -> set[fx.Node]:
     return cuts
 
 
+def _ends_resolution(view: GraphView, user: fx.Node, stride: int) -> bool:
+    """The consumer leaves this resolution: a smaller map, no map at all, or the graph's output."""
+    shape = view.shape(user)
+    return user.op == "output" or view.total_stride(user) > stride or (shape is not None and len(shape) < 4)
+
+
 def stage_sites(view: GraphView) -> list[Site]:
     """The output of the last block at each cumulative stride.
 
@@ -160,10 +166,7 @@ def stage_sites(view: GraphView) -> list[Site]:
     cuts = _cut_nodes(view)
     for node in _spatial_nodes(view):
         stride = view.total_stride(node)
-        if stride not in by_stride and node in cuts and any(
-            view.total_stride(user) > stride or (view.shape(user) is not None and len(view.shape(user)) < 4)
-            for user in node.users
-        ):
+        if stride not in by_stride and node in cuts and any(_ends_resolution(view, user, stride) for user in node.users):
             candidates[stride] = node
     by_stride = {**candidates, **by_stride}
     return [make_site(view, "stage", node) for _stride, node in sorted(by_stride.items())]

@@ -1,0 +1,104 @@
+"""The registry drives this matrix: every plugin x every site role it declares, on tiny host networks.
+
+For each pair: the edited model keeps its output shapes, gradients reach the plugin, dtype follows
+the host, the edited model still traces with fx, and a plugin that declares identity at init leaves
+the output unchanged (BatchNorm statistics randomised first, so an identity BN hides nothing).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import plugsurgeon as ps
+from plugsurgeon.sites.site import ROLES, role_matches
+from tests.nets import TinyFPN, TinyResNet, randomize_batchnorm
+
+INPUT = (2, 3, 64, 64)
+
+
+def _host_for(role: str) -> nn.Module:
+    return TinyFPN() if role.startswith(("neck", "upsample")) else TinyResNet()
+
+
+def _cases():
+    for name, spec in ps.catalog().items():
+        roles = sorted({r for r in ROLES if any(role_matches(r, declared) for declared in spec.roles)})
+        for role in roles:
+            yield pytest.param(name, role, id=f"{name}@{role}")
+
+
+def _outputs(model, x):
+    out = model(x)
+    return list(out.values()) if isinstance(out, dict) else [out]
+
+
+def _edit(name: str, role: str, host: nn.Module, inplace: bool = False):
+    where = dict(ps.get_plugin(name).suggested_where)
+    recipe = ps.Recipe(name="matrix", steps=[ps.Step(plugin=name, at=role, where=where)])
+    try:
+        return ps.apply(host, recipe, input_shape=INPUT, inplace=inplace)
+    except ps.SiteError as error:
+        pytest.skip(f"host has no usable {role} site for {name}: {error.message}")
+
+
+@pytest.mark.parametrize(("name", "role"), list(_cases()))
+def test_plugin_at_role(name: str, role: str):
+    spec = ps.get_plugin(name)
+    host = randomize_batchnorm(_host_for(role)).eval()
+    x = torch.randn(INPUT)
+    reference = [t.detach() for t in _outputs(host, x)]
+
+    result = _edit(name, role, host)
+    edited = result.model.eval()
+    assert result.report.edits, "the plan made no edit"
+    outputs = _outputs(edited, x)
+    assert [tuple(t.shape) for t in outputs] == [tuple(t.shape) for t in reference]
+
+    if spec.identity_at_init:
+        for got, want in zip(outputs, reference, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{name} declares identity at init")
+
+    # Gradients reach every new module: each parameter gets a gradient, and some of it is non-zero.
+    edited.train()
+    sum(t.float().pow(2).mean() for t in _outputs(edited, x)).backward()
+    new_modules = [edited.get_submodule(e.module) for e in result.report.edits]
+    params = [p for m in new_modules for p in m.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in params), "a plugin parameter got no gradient"
+    if params:
+        assert any(p.grad.abs().sum() > 0 for p in params), "every plugin gradient is zero"
+
+    # The edited model is still an fx-traceable model with the same sites of other roles.
+    ps.trace(edited.eval(), INPUT)
+
+
+@pytest.mark.parametrize(("name", "role"), list(_cases()))
+def test_plugin_follows_host_dtype(name: str, role: str):
+    host = _host_for(role).double().eval()
+    result = _edit(name, role, host)
+    for edit in result.report.edits:
+        module = result.model.get_submodule(edit.module)
+        assert all(t.dtype == torch.float64 for t in [*module.parameters(), *module.buffers()] if t.is_floating_point())
+    out = _outputs(result.model.eval(), torch.randn(INPUT, dtype=torch.float64))
+    assert all(t.dtype == torch.float64 for t in out)
+
+
+@pytest.mark.parametrize("name", sorted(ps.catalog()))
+def test_plugin_declares_its_paper_and_roles(name: str):
+    spec = ps.get_plugin(name)
+    assert spec.paper and str(spec.year) in spec.paper or "arXiv" in spec.paper
+    assert spec.roles and spec.mode in ("after", "replace")
+    module_doc = __import__(spec.factory.__module__, fromlist=["_"]).__doc__
+    assert module_doc and ("arxiv.org" in module_doc or "arXiv" in module_doc), "each plugin file opens with its paper"
+
+
+def test_edit_does_not_touch_the_input_model():
+    host = randomize_batchnorm(TinyResNet()).eval()
+    before = copy.deepcopy(host.state_dict())
+    ps.apply(host, ps.Recipe(name="t", steps=[ps.Step(plugin="cbam", at="residual.branch")]), input_shape=INPUT)
+    after = host.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
