@@ -1,57 +1,80 @@
-"""plugsurgeon: find insertion points by role, splice in plug-and-play modules, deploy with a numeric guarantee."""
+"""plugsurgeon: find insertion points by role, splice in plug-and-play modules, deploy with a numeric guarantee.
+
+Attributes load lazily, so ``plugsurgeon --help`` and ``import plugsurgeon`` do not import torch until
+something that needs it is used.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from plugsurgeon.errors import (
-    ModelLoadError,
-    PlugsurgeonError,
-    RecipeError,
-    SiteError,
-    TraceError,
-    UnknownNameError,
-    VerificationError,
-)
-from plugsurgeon.io import load, load_weights, save
-from plugsurgeon.models import load_model
-from plugsurgeon.plugins.registry import PluginSpec, catalog, get_plugin, register_plugin
-from plugsurgeon.recipe import Recipe, Step, builtin_recipes, load_recipe, parse_recipe
-from plugsurgeon.sites.select import Where
-from plugsurgeon.sites.site import ROLES, Site
-from plugsurgeon.surgery import Plan, SurgeryResult, apply, apply_plan, plan
-from plugsurgeon.api import find_sites, trace
+_EXPORTS: dict[str, str] = {
+    "PlugsurgeonError": "plugsurgeon.errors",
+    "ModelLoadError": "plugsurgeon.errors",
+    "RecipeError": "plugsurgeon.errors",
+    "SiteError": "plugsurgeon.errors",
+    "TraceError": "plugsurgeon.errors",
+    "UnknownNameError": "plugsurgeon.errors",
+    "VerificationError": "plugsurgeon.errors",
+    "load": "plugsurgeon.io",
+    "load_weights": "plugsurgeon.io",
+    "save": "plugsurgeon.io",
+    "load_model": "plugsurgeon.models",
+    "PluginSpec": "plugsurgeon.plugins.registry",
+    "catalog": "plugsurgeon.plugins.registry",
+    "get_plugin": "plugsurgeon.plugins.registry",
+    "register_plugin": "plugsurgeon.plugins.registry",
+    "Recipe": "plugsurgeon.recipe",
+    "Step": "plugsurgeon.recipe",
+    "builtin_recipes": "plugsurgeon.recipe",
+    "load_recipe": "plugsurgeon.recipe",
+    "parse_recipe": "plugsurgeon.recipe",
+    "Where": "plugsurgeon.sites.select",
+    "ROLES": "plugsurgeon.sites.site",
+    "Site": "plugsurgeon.sites.site",
+    "Plan": "plugsurgeon.surgery",
+    "SurgeryResult": "plugsurgeon.surgery",
+    "apply": "plugsurgeon.surgery",
+    "apply_plan": "plugsurgeon.surgery",
+    "plan": "plugsurgeon.surgery",
+    "find_sites": "plugsurgeon.api",
+    "trace": "plugsurgeon.api",
+}
 
-__all__ = [
-    "__version__",
-    "ModelLoadError",
-    "PlugsurgeonError",
-    "RecipeError",
-    "SiteError",
-    "TraceError",
-    "UnknownNameError",
-    "VerificationError",
-    "load",
-    "load_weights",
-    "save",
-    "load_model",
-    "PluginSpec",
-    "catalog",
-    "get_plugin",
-    "register_plugin",
-    "Recipe",
-    "Step",
-    "builtin_recipes",
-    "load_recipe",
-    "parse_recipe",
-    "Where",
-    "ROLES",
-    "Site",
-    "Plan",
-    "SurgeryResult",
-    "apply",
-    "apply_plan",
-    "plan",
-    "find_sites",
-    "trace",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plugsurgeon' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from plugsurgeon.api import find_sites, trace
+    from plugsurgeon.errors import (
+        ModelLoadError,
+        PlugsurgeonError,
+        RecipeError,
+        SiteError,
+        TraceError,
+        UnknownNameError,
+        VerificationError,
+    )
+    from plugsurgeon.io import load, load_weights, save
+    from plugsurgeon.models import load_model
+    from plugsurgeon.plugins.registry import PluginSpec, catalog, get_plugin, register_plugin
+    from plugsurgeon.recipe import Recipe, Step, builtin_recipes, load_recipe, parse_recipe
+    from plugsurgeon.sites.select import Where
+    from plugsurgeon.sites.site import ROLES, Site
+    from plugsurgeon.surgery import Plan, SurgeryResult, apply, apply_plan, plan

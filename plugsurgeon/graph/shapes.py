@@ -22,7 +22,7 @@ def validate_input_shape(shape: Any) -> tuple[int, ...]:
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
         dims = ()
-    if len(dims) < 2 or any(d <= 0 for d in dims):
+    if len(dims) < 3 or any(d <= 0 for d in dims):
         raise PlugsurgeonError(
             f"input shape {shape!r} is not a list of positive sizes",
             hint="pass it as N,C,H,W, for example --input-shape 1,3,224,224",
@@ -44,12 +44,17 @@ def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where:
     try:
         # ShapeProp prints a traceback before re-raising; the core never prints.
         with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as counter:
-            ShapeProp(gm, fake_mode=mode).propagate(*fake_inputs)
+            propagation = ShapeProp(gm, fake_mode=mode)
+            if propagation.fake_module is not None:
+                # Shapes do not depend on the mode, but train-mode BatchNorm rejects a 1x1 map at batch 1.
+                propagation.fake_module.eval()
+            propagation.propagate(*fake_inputs)
         return counter.get_total_flops()
     except Exception as error:  # noqa: BLE001 - ShapeProp re-raises whatever the model raised
         shapes = [tuple(t.shape) for t in _tensors(fake_inputs)]
+        cause = error.__cause__ or error  # ShapeProp wraps the model's own error with node metadata
         raise TraceError(
-            f"{where} does not run on inputs of shape {shapes}: {str(error).strip().splitlines()[0][:300]}",
+            f"{where} does not run on inputs of shape {shapes}: {str(cause).strip().splitlines()[0][:300]}",
             hint="pass the shape the model expects with --input-shape N,C,H,W",
         ) from None
 

@@ -1,0 +1,49 @@
+"""Every built-in recipe applies to the model family its paper used and the edited model trains.
+
+Recipes whose steps target pyramid roles run on fasterrcnn_resnet50_fpn; the rest on resnet50.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import plugsurgeon as ps
+
+RECIPES = sorted(ps.builtin_recipes())
+
+
+def _needs_pyramid(recipe: ps.Recipe) -> bool:
+    return any(step.role().startswith(("neck", "upsample")) for step in recipe.steps)
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return ps.load_model("resnet50")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_applies_and_trains(name: str, resnet50):
+    recipe = ps.load_recipe(name)
+    if _needs_pyramid(recipe):
+        model = ps.load_model("fasterrcnn_resnet50_fpn")
+        result = ps.apply(model, recipe, input_shape=(1, 3, 128, 128))
+        edited = result.model.eval()
+        with torch.no_grad():
+            detections = edited([torch.rand(3, 128, 160)])
+        assert set(detections[0]) == {"boxes", "labels", "scores"}
+        assert type(edited) is type(model)
+        return
+    result = ps.apply(resnet50, recipe, input_shape=(1, 3, 224, 224))
+    edited = result.model.train()
+    x = torch.randn(2, 3, 224, 224)
+    out = edited(x)
+    assert out.shape == (2, 1000)
+    out.square().mean().backward()
+    new = [edited.get_submodule(e.module) for e in result.report.edits]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for m in new for p in m.parameters()) or all(
+        not list(m.parameters()) for m in new
+    )
+    missing, unexpected = edited.load_state_dict(resnet50.state_dict(), strict=False)
+    assert not unexpected, "an original key is no longer in the edited model"
+    assert all(any(key.startswith(e.module + ".") for e in result.report.edits) for key in missing)
