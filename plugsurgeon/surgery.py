@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import keyword
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,8 @@ def _name_new_modules(model: nn.Module, edits: list[PlannedEdit]) -> None:
         if edit.spec.mode != "after":
             continue
         owner = model.get_submodule(edit.owner) if edit.owner else model
-        base = edit.attribute
+        # A keyword (the `nonlocal` plugin) cannot be an attribute in fx's generated code.
+        base = edit.attribute + "_" if keyword.iskeyword(edit.attribute) else edit.attribute
         name, suffix = base, 1
         while hasattr(owner, name) or name in taken[edit.owner]:
             name, suffix = f"{base}_{suffix}", suffix + 1

@@ -1,0 +1,76 @@
+"""Non-local block (embedded Gaussian).
+
+Wang, Girshick, Gupta, He. "Non-local Neural Networks", CVPR 2018. https://arxiv.org/abs/1711.07971
+
+``z = x + BN(W_z y)`` with ``y_i = sum_j softmax_j(theta(x_i)^T phi(x_j)) g(x_j)`` (Eq. 1-3 and the
+embedded-Gaussian instantiation of Sec. 3.2): theta, phi and g are 1x1 convolutions to C/2 channels
+(the paper's bottleneck, Sec. 3.3), the pairwise matrix is (HW x HW') over positions and the softmax
+runs over the key positions j. W_z is a 1x1 conv back to C followed by BatchNorm whose scale is
+initialised to zero, so the whole block starts as the identity (Sec. 4.1). ``sub_sample`` (default
+True, as in the paper's implementation, Sec. 3.3 "subsampling") max-pools phi and g by 2, which
+shrinks the pairwise matrix to (HW x HW/4).
+
+Placement (Sec. 4.1, ResNet-50): one block added right before the last residual block of res4; the
+recipe ``nonlocal`` reproduces that. The 5-block variant puts 2 in res3 and 3 in res4, every other
+block.
+
+Deliberate differences from the paper: the pooling uses ``ceil_mode=True`` so odd maps (7x7, 25x25)
+keep their last row and column, where Caffe2's floor pooling dropped them; identical on even maps.
+The paper's equation has no 1/sqrt(d) scaling (the official code adds one); ``scale=True`` turns it on.
+``nonlocal`` is a Python keyword, so this module is imported with importlib (the registry does) or
+reached through ``plugsurgeon.get_plugin("nonlocal").factory``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from plugsurgeon.plugins.registry import register_plugin
+
+
+def _channels(site, _module):
+    return {"channels": site.channels}
+
+
+@register_plugin(
+    "nonlocal",
+    roles=("residual", "stage", "backbone", "neck.level"),
+    mode="after",
+    infer=_channels,
+    structural=("channels",),
+    identity_at_init=True,
+    paper="Wang et al., Non-local Neural Networks, CVPR 2018, arXiv:1711.07971",
+    year=2018,
+    summary="embedded-Gaussian self-attention over all positions, residual with a zero-initialised BN",
+)
+class NonLocalBlock(nn.Module):
+    def __init__(self, channels: int, reduction: int = 2, sub_sample: bool = True, scale: bool = False, min_hidden: int = 1) -> None:
+        super().__init__()
+        if channels < 1 or reduction < 1:
+            raise ValueError(f"channels and reduction must be positive, got {channels} and {reduction}")
+        self.inner = max(min_hidden, channels // reduction)
+        self.scale = scale
+        self.theta = nn.Conv2d(channels, self.inner, 1)
+        self.phi = nn.Conv2d(channels, self.inner, 1)
+        self.g = nn.Conv2d(channels, self.inner, 1)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True) if sub_sample else nn.Identity()
+        self.out = nn.Conv2d(self.inner, channels, 1)
+        self.bn = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.bn.weight)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised pairwise matrix f: (N, HW, HW') over positions, each row summing to 1."""
+        query = self.theta(x).flatten(2).transpose(1, 2)  # N, HW, C'
+        key = self.pool(self.phi(x)).flatten(2)  # N, C', HW'
+        energy = torch.bmm(query, key)  # N, HW, HW'
+        if self.scale:
+            energy = energy * self.inner**-0.5
+        return energy.softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        value = self.pool(self.g(x)).flatten(2).transpose(1, 2)  # N, HW', C'
+        y = torch.bmm(self.attention(x), value)  # N, HW, C'
+        y = y.transpose(1, 2).reshape(n, self.inner, h, w)
+        return x + self.bn(self.out(y))
