@@ -37,7 +37,7 @@ def matching_padding(padding: tuple[int, int], dilation: tuple[int, int], kernel
     Both kernels odd: the receptive field grows by new_d * (new_k - 1) - d * (k - 1), half each side.
     """
     out = []
-    for p, d, nd in zip(padding, dilation, new_dilation):
+    for p, d, nd in zip(padding, dilation, new_dilation, strict=True):
         grow = nd * (new_kernel - 1) - d * (kernel - 1)
         if grow % 2 or p + grow // 2 < 0:
             raise ValueError(f"a {new_kernel}x{new_kernel} kernel (dilation {nd}) cannot match a {kernel}x{kernel} conv "

@@ -76,7 +76,7 @@ class SKConv(KeepsConvWeights):
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """The paths' outputs, stacked: (N, paths, C, H, W)."""
         outs = [self.conv(self.pad(x))] + [conv(x) for conv in self.dilated]
-        return torch.stack([F.relu(bn(u)) for bn, u in zip(self.bn, outs)], dim=1)
+        return torch.stack([F.relu(bn(u)) for bn, u in zip(self.bn, outs, strict=True)], dim=1)
 
     def attention(self, u: torch.Tensor) -> torch.Tensor:
         """Softmax weights over the paths for every channel: (N, paths, C), summing to 1 over dim 1."""
