@@ -1,0 +1,187 @@
+"""Plan, then apply: names stay, nothing changes on failure, plans are deterministic and reported."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import plugsurgeon as ps
+from plugsurgeon.plugins import registry
+from tests.nets import SharedConvNet, TinyFPN, TinyResNet, randomize_batchnorm
+
+SHAPE = (1, 3, 64, 64)
+
+
+def recipe(*steps):
+    return ps.Recipe(name="test", steps=[ps.Step(**s) for s in steps])
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
+
+
+def assert_same(model, snap):
+    state, types = snap
+    assert [type(m) for m in model.modules()] == types
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_names_stay_and_vanilla_checkpoints_load():
+    model = TinyResNet()
+    result = ps.apply(model, recipe({"plugin": "cbam", "at": "residual.branch"}, {"plugin": "acnet", "at": "conv3x3"}), input_shape=SHAPE)
+    edited = result.model
+    missing, unexpected = edited.load_state_dict(model.state_dict(), strict=False)
+    assert unexpected == []
+    assert missing and all(".cbam." in k or ".ver" in k or ".hor" in k for k in missing)
+    assert result.report.renamed_keys == []
+    assert [e.module for e in result.report.edits][:2] == ["layer1.0.cbam", "layer1.1.cbam"]
+    assert type(edited) is TinyResNet  # classes stay where they can: only owners become GraphModules
+
+
+def test_input_model_untouched_and_inplace_edits():
+    model = randomize_batchnorm(TinyResNet())
+    snap = snapshot(model)
+    ps.apply(model, recipe({"plugin": "se", "at": "residual"}), input_shape=SHAPE)
+    assert_same(model, snap)
+    result = ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE, inplace=True)
+    assert result.model is model
+    assert isinstance(model.layer1[0].se, nn.Module)
+
+
+def test_dry_run_changes_nothing_and_reports_costs():
+    model = TinyResNet()
+    snap = snapshot(model)
+    result = ps.apply(model, recipe({"plugin": "cbam", "at": "residual.branch"}), input_shape=SHAPE, dry_run=True)
+    assert_same(model, snap)
+    report = result.report
+    assert not report.applied and len(report.edits) == 4
+    assert all(e.params_added > 0 and e.flops_added > 0 for e in report.edits)
+    assert report.params_after == report.params_before + report.params_added
+
+
+@pytest.fixture
+def exploding_plugin():
+    @registry.register_plugin("explode_on_second", roles=("residual",), mode="after", infer=lambda s, m: {"channels": s.channels},
+                              structural=("channels",), identity_at_init=True, paper="test, arXiv:0000.00000", year=2000, summary="test")
+    class Explode(nn.Module):
+        built = 0
+
+        def __init__(self, channels):
+            super().__init__()
+            Explode.built += 1
+            if Explode.built == 3:
+                raise RuntimeError("boom")
+
+        def forward(self, x):
+            return x
+
+    yield "explode_on_second"
+    registry._REGISTRY.pop("explode_on_second")
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_failure_leaves_the_model_exactly_as_it_was(exploding_plugin, inplace):
+    model = randomize_batchnorm(TinyResNet())
+    snap = snapshot(model)
+    with pytest.raises(ps.RecipeError, match="cannot build the plugin: boom"):
+        ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}, {"plugin": exploding_plugin, "at": "residual.branch"}),
+                 input_shape=SHAPE, inplace=inplace)
+    assert_same(model, snap)
+
+
+def test_failure_while_building_owners_leaves_model_untouched(monkeypatch):
+    from plugsurgeon import surgery
+
+    model = TinyResNet()
+    snap = snapshot(model)
+    calls = {"n": 0}
+    original = surgery.build_owner
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ps.PlugsurgeonError("simulated failure in the middle of apply")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(surgery, "build_owner", flaky)
+    with pytest.raises(ps.PlugsurgeonError, match="simulated"):
+        ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE, inplace=True)
+    assert_same(model, snap)
+
+
+def test_steps_at_the_same_anchor_are_ordered_and_reported():
+    result = ps.apply(TinyResNet(), recipe({"plugin": "se", "at": "residual.branch", "where": {"first": 1}},
+                                           {"plugin": "cbam", "at": "residual.branch", "where": {"first": 1}}), input_shape=SHAPE)
+    assert any("se (step 1) then cbam (step 2)" in note for note in result.report.notes)
+    code = result.model.layer1[0].code
+    assert code.index("self.se(") < code.index("self.cbam(")
+
+
+def test_two_replacements_of_one_module_conflict():
+    with pytest.raises(ps.RecipeError, match="both replace 'layer1.0.conv1'"):
+        ps.apply(TinyResNet(), recipe({"plugin": "acnet", "at": "conv3x3"}, {"plugin": "acnet", "at": "conv3x3", "where": {"first": 1, "include": ["layer1.*"]}}), input_shape=SHAPE)
+
+
+def test_step_matching_nothing_is_an_error_unless_allowed():
+    with pytest.raises(ps.SiteError, match="none of the 4 residual.branch sites passes"):
+        ps.apply(TinyResNet(), recipe({"plugin": "se", "at": "residual.branch", "where": {"stages": [7]}}), input_shape=SHAPE)
+    result = ps.apply(TinyResNet(), recipe({"plugin": "se", "at": "residual.branch", "where": {"stages": [7]}, "allow_empty": True},
+                                           {"plugin": "se", "at": "backbone"}), input_shape=SHAPE)
+    assert len(result.report.edits) == 1
+
+
+def test_model_without_residuals_gets_a_clear_error():
+    with pytest.raises(ps.SiteError, match="has no residual.branch sites"):
+        ps.apply(ps.load_model("vit_b_16"), "cbam")
+
+
+def test_shared_module_is_not_replaced():
+    with pytest.raises(ps.SiteError, match="runs 2 times"):
+        ps.apply(SharedConvNet(), recipe({"plugin": "acnet", "at": "conv"}), input_shape=SHAPE)
+
+
+def test_replace_keeps_weights_and_function():
+    model = randomize_batchnorm(TinyResNet()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    result = ps.apply(model, "acnet", input_shape=SHAPE)
+    assert torch.equal(result.model.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
+    torch.testing.assert_close(result.model.eval()(x), model(x))
+
+
+def test_pyramid_model_keeps_dict_outputs():
+    model = TinyFPN().eval()
+    result = ps.apply(model, recipe({"plugin": "se", "at": "neck.level"}), input_shape=SHAPE)
+    out = result.model.eval()(torch.randn(1, 3, 64, 64))
+    assert list(out) == ["p3", "p4", "p5"]
+    assert [e.module for e in result.report.edits] == ["se", "se_1", "se_2"]  # smooth convs are called from the root
+
+
+def test_detection_model_keeps_its_class_and_api():
+    model = ps.load_model("fasterrcnn_resnet50_fpn").eval()
+    result = ps.apply(model, "cbam", input_shape=(1, 3, 128, 128))
+    edited = result.model.eval()
+    assert type(edited) is type(model)
+    assert len(result.report.edits) == 16 and result.report.edits[0].module == "backbone.body.layer1.0.cbam"
+    with torch.no_grad():
+        out = edited([torch.rand(3, 120, 160)])
+    assert set(out[0]) == {"boxes", "labels", "scores"}
+    assert "backbone" in result.report.traced and result.report.untraced
+
+
+def test_paper_parameter_counts_on_resnet50():
+    model = ps.load_model("resnet50")
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032
+    cbam = ps.apply(model, "cbam", dry_run=True).report
+    se = ps.apply(model, "se", dry_run=True).report
+    # CBAM paper Table 4: ResNet50 + CBAM 28.09M; SE paper Table 2: SE-ResNet-50 28.1M.
+    assert round(cbam.params_after / 1e6, 2) == 28.09
+    assert round(se.params_after / 1e6, 1) == 28.1
+
+
+def test_copy_is_deep():
+    model = TinyResNet()
+    result = ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE)
+    assert result.model.stem[0].weight is not model.stem[0].weight
+    assert copy.deepcopy(result.model) is not None
