@@ -1,0 +1,69 @@
+"""Efficient Channel Attention.
+
+Wang, Wu, Zhu, Li, Zuo, Hu. "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural
+Networks", CVPR 2020. https://arxiv.org/abs/1910.03151
+
+Global average pooling gives one value per channel; a 1-D convolution (no bias, zero padding,
+``k`` taps) slides along that channel vector, so each channel's weight comes from its ``k``
+neighbours without any dimensionality reduction; sigmoid; channel-wise rescaling.
+
+Defaults: the kernel size adapts to the channel count, ``k = |log2(C)/gamma + b/gamma|_odd`` with
+gamma = 2, b = 1 (Eq. 12), where ``|t|_odd`` is the nearest odd number; a tie (t even, e.g. C = 2048
+gives t = 6) goes up, as in the authors' code (floor, then +1 if even). On ResNet-50's bottleneck
+outputs that is k = 5, 5, 5, 7 for C = 256, 512, 1024, 2048. ``kernel_size`` overrides it.
+Placed like SE, at the end of the residual branch before the add, in every bottleneck.
+
+Parameters: the paper quotes 80 extra parameters for ECA-Net50; that number comes from the kernel
+sizes its released training command uses (``--ksize 3557``: k = 3, 5, 5, 7 per stage, so
+3*3 + 4*5 + 6*5 + 3*7 = 80). Eq. 12 applied to the bottleneck outputs gives 5, 5, 5, 7 and 86
+parameters; recipe steps with ``kernel_size`` per stage reproduce the 80 exactly.
+Not identity at init: the sigmoid gate starts near 0.5, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from plugsurgeon.plugins.registry import register_plugin
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
+    """Eq. 12: the odd kernel size nearest to log2(C)/gamma + b/gamma (ties go up, as the authors' code)."""
+    t = int(abs(math.log2(channels) / gamma + b / gamma))
+    return t if t % 2 else t + 1
+
+
+def _channels(site, _module):
+    return {"channels": site.channels}
+
+
+@register_plugin(
+    "eca",
+    roles=("residual", "stage", "backbone", "conv", "neck.level"),
+    mode="after",
+    infer=_channels,
+    structural=("channels",),
+    identity_at_init=False,
+    paper="Wang et al., ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks, CVPR 2020, arXiv:1910.03151",
+    year=2020,
+    summary="channel attention: pooled descriptor -> 1-D conv across channels (adaptive k, no reduction) -> sigmoid gate",
+)
+class ECA(nn.Module):
+    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}")
+        k = eca_kernel_size(channels, gamma, b) if kernel_size is None else kernel_size
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number, got {k}")
+        self.kernel_size = k
+        self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))  # N, C
+        # The channel vector is the 1-D signal: N, 1 (one "channel" for the conv), C (its length).
+        mixed = self.conv(pooled.unsqueeze(1)).squeeze(1)
+        return x * torch.sigmoid(mixed)[:, :, None, None]
