@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError
-from plugsurgeon.graph.trace import LOCAL, body_nodes, trace_module
+from plugsurgeon.graph.trace import LOCAL, OWNER, body_nodes, trace_module
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
     """
     gm, _tracer = trace_module(owner, concrete_args, shallow=True)
     graph = gm.graph
-    by_local = {n.meta[LOCAL]: n for n in body_nodes(graph)}
+    # Only the owner's own frame: stateless children traced through number their nodes in frames of their own.
+    by_local = {n.meta[LOCAL]: n for n in body_nodes(graph) if n.meta.get(OWNER) == ""}
     order = {n: i for i, n in enumerate(graph.nodes)}
     new_nodes: set[fx.Node] = set()
     chains: dict[fx.Node, fx.Node] = {}
