@@ -1,0 +1,75 @@
+"""Bottleneck Attention Module.
+
+Park, Woo, Lee, Kweon. "BAM: Bottleneck Attention Module", BMVC 2018. https://arxiv.org/abs/1807.06514
+
+Two parallel branches. Channel: global average pooling, an MLP with one hidden layer of
+C/r units (FC, ReLU, FC, with biases), BatchNorm: M_c = BN(MLP(AvgPool(F))). Spatial: 1x1
+conv C -> C/r, two 3x3 convs with dilation d, 1x1 conv C/r -> 1, BatchNorm: M_s = BN(f(F)).
+The branches are broadcast to C x H x W, added, and squashed: M = sigmoid(M_c + M_s); the output is
+F + F * M = F * (1 + M), a residual attention.
+
+Defaults: r = 16, d = 4, two dilated convs, as in the paper. The paper's equations leave the
+activations inside the spatial branch implicit; here each intermediate conv is followed by
+BatchNorm and ReLU, as in the authors' code, and the final BatchNorm of each branch is the
+paper's. Deliberate difference from the authors' code: it combines the branches as
+``1 + sigmoid(M_c * M_s)``; the paper's ablation chooses element-wise summation, which
+this module follows. Because the channel branch ends in BatchNorm over a batch of pooled vectors,
+training needs a batch of at least 2 (as for any BatchNorm1d); evaluation works with any batch.
+Placement: one module at the end of each stage where the network downsamples next (on ResNet-50,
+after layer1, layer2 and layer3). Not identity at init: the gate starts at 1 + sigmoid(.) ~ 1.5.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from plugsurgeon.plugins.registry import register_plugin
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> list[nn.Module]:
+    padding = dilation * (kernel // 2)
+    return [nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _channels(site, _module):
+    return {"channels": site.channels}
+
+
+@register_plugin(
+    "bam",
+    roles=("residual", "stage", "backbone", "conv", "neck.level"),
+    mode="after",
+    infer=_channels,
+    structural=("channels",),
+    identity_at_init=False,
+    paper="Park et al., BAM: Bottleneck Attention Module, BMVC 2018, arXiv:1807.06514",
+    year=2018,
+    summary="channel MLP and dilated-conv spatial branches summed, x * (1 + sigmoid(Mc + Ms)), at stage ends",
+)
+class BAM(nn.Module):
+    def __init__(self, channels: int, reduction: int = 16, dilation: int = 4, num_dilated: int = 2, min_hidden: int = 1) -> None:
+        super().__init__()
+        if channels < 1 or reduction < 1 or dilation < 1 or num_dilated < 0:
+            raise ValueError(f"invalid BAM arguments: channels {channels}, reduction {reduction}, dilation {dilation}, num_dilated {num_dilated}")
+        hidden = max(min_hidden, channels // reduction)
+        self.channel = nn.Sequential(
+            nn.Linear(channels, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels),
+            nn.BatchNorm1d(channels),
+        )
+        layers = _conv_bn_relu(channels, hidden, 1)
+        for _ in range(num_dilated):
+            layers += _conv_bn_relu(hidden, hidden, 3, dilation)
+        layers += [nn.Conv2d(hidden, 1, 1, bias=False), nn.BatchNorm2d(1)]
+        self.spatial = nn.Sequential(*layers)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M(F) = sigmoid(M_c + M_s), broadcast to N x C x H x W."""
+        channel = self.channel(x.mean(dim=(2, 3)))[:, :, None, None]  # N, C, 1, 1
+        spatial = self.spatial(x)  # N, 1, H, W
+        return torch.sigmoid(channel + spatial)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1 + self.attention(x))
