@@ -60,7 +60,7 @@ def test_paper_kernel_sizes_give_the_papers_80_parameters(resnet50):
     # the number the paper quotes.
     steps = [
         ps.Step(plugin="eca", at="residual.branch", where={"stages": [stage]}, args={"kernel_size": k})
-        for stage, k in zip((2, 3, 4, 5), (3, 5, 5, 7))
+        for stage, k in zip((2, 3, 4, 5), (3, 5, 5, 7), strict=True)
     ]
     result = ps.apply(resnet50, ps.Recipe(name="eca3557", steps=steps), input_shape=(1, 3, 224, 224))
     base = sum(p.numel() for p in resnet50.parameters())
