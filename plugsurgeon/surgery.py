@@ -14,6 +14,7 @@ from torch import nn
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
 from plugsurgeon.graph.edit import Insertion, build_owner, commit
 from plugsurgeon.graph.fake import count_params, run_fake
+from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.trace import Scope, Traced, trace
 from plugsurgeon.plugins.registry import PluginSpec, get_plugin
 from plugsurgeon.provenance import record_step
@@ -156,6 +157,8 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
     elif part.call_count(scope.owner) > 1 or scope.call > 0:
         raise SiteError(f"{where}: module '{part.absolute(scope.owner)}' runs more than once in forward, so one insertion would change every call",
                         hint="exclude the site with `where: {exclude: [...]}`")
+    else:
+        _check_mode_independent(model, part, scope, where)
     try:
         module = spec.build(site, replaced, dict(step.args))
     except PlugsurgeonError:
@@ -184,6 +187,19 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
         flops = flops - old_flops
     attribute = site.target if spec.mode == "replace" else (step.name or spec.name)
     return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals)
+
+
+def _check_mode_independent(model: nn.Module, part, scope: Scope, where: str) -> None:
+    owner_path = part.absolute(scope.owner)
+    owner = model.get_submodule(owner_path) if owner_path else model
+    record = part.call_record(scope.owner) if scope.owner else None
+    concrete = record.concrete_args if record is not None else part.concrete_args
+    if differs_between_modes(owner, concrete):
+        raise SiteError(
+            f"{where}: the forward of '{owner_path or type(model).__name__}' differs between train and eval mode "
+            "(it reads self.training), so an edited copy would keep only one of them",
+            hint="exclude this site with `where: {exclude: [...]}`, or target sites inside its blocks",
+        )
 
 
 def _node(part, name):

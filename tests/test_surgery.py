@@ -185,3 +185,20 @@ def test_copy_is_deep():
     result = ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE)
     assert result.model.stem[0].weight is not model.stem[0].weight
     assert copy.deepcopy(result.model) is not None
+
+
+def test_owner_whose_forward_depends_on_the_mode_is_refused():
+    class ModeDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+            self.body = nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            if self.training:  # an edited copy traced in one mode would lose the other
+                x = x * 0.5
+            return x + self.body(x)
+
+    with pytest.raises(ps.SiteError, match="differs between train and eval mode"):
+        ps.apply(ModeDependent(), recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE)
