@@ -4,23 +4,22 @@ Chen, Kalantidis, Li, Yan, Feng. "A^2-Nets: Double Attention Networks", NeurIPS 
 
 Three 1x1 convolutions read the input X (C channels, L = HW positions): A = phi(X) gives c_m
 feature maps, B = theta(X) gives c_n attention maps, V = rho(X) gives c_n attention vectors.
-Gather (second-order attention pooling, Eq. 3-4): G = A softmax(B)^T, a (c_m x c_n) set of global
-descriptors, each column an A-weighted sum over positions with one attention map normalised by a
-softmax over the L positions. Distribute (Eq. 5): Z_i = G softmax(v_i), where v_i (the c_n values
-at position i) is normalised by a softmax over the c_n descriptors. A 1x1 conv reconstructs C
-channels from c_m and the result is added to X (Fig. 2). The reconstruction conv is zero-initialised,
-so the block starts as the identity.
+Gather (second-order attention pooling): G = A softmax(B)^T, a (c_m x c_n) set of global
+descriptors; column j sums A over the positions weighted by attention map j, normalised by a softmax
+over the L positions. Distribute: Z_i = G softmax(v_i), where v_i (the c_n values at position i) is
+normalised by a softmax over the c_n descriptors. A 1x1 conv reconstructs C channels from c_m and
+the result is added to X.
 
-Defaults: c_m = c_n = C/4 (``feature_reduction = attention_reduction = 4``). The paper sets c_m and c_n
-as fractions of the block's width and ablates them; the offline sources we had could not confirm its
-exact ratio, so C/4 is our choice, easy to change per recipe.
+Defaults: c_m = c_n = C/4 (``feature_reduction = attention_reduction = 4``). We could not check the
+paper's exact c_m and c_n for its ResNet-50 models from the sources available offline; C/4 for both
+is our default and each is a recipe argument.
 
-Placement: the paper adds blocks to the upper stages (res4, res5), where its ablation found the
-larger gain; the recipe ``a2`` puts one after every other residual block of stages 4 and 5 on
-ResNet-50 (layer3.0, 3.2, 3.4, 4.0, 4.2: five blocks).
+Placement: the upper stages (res4, res5), as the catalog records from the paper's ablation; the
+recipe ``a2`` puts one block after every other residual block of stages 4 and 5 (on ResNet-50:
+layer3.0, 3.2, 3.4, 4.0 and 4.2, five blocks).
 
-Deliberate difference from the paper: zero-initialising the reconstruction conv (for identity at init)
-is ours; the paper does not say how it is initialised.
+Deliberate difference: the reconstruction conv is zero-initialised (weight and bias) so the block
+starts as the identity; that initialisation is our choice.
 """
 
 from __future__ import annotations

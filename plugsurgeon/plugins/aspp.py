@@ -3,7 +3,7 @@
 Chen, Papandreou, Schroff, Adam. "Rethinking Atrous Convolution for Semantic Image Segmentation",
 arXiv 2017. https://arxiv.org/abs/1706.05587
 
-Sec. 3.3: five parallel branches on the feature map, each with 256 filters, BatchNorm and ReLU: a
+Five parallel branches on the feature map, each with 256 filters, BatchNorm and ReLU: a
 1x1 conv, three 3x3 atrous convs with rates (6, 12, 18) (output stride 16), and image-level
 features (global average pooling -> 1x1 conv -> bilinear upsampling back to the map, which for a
 1x1 map is a broadcast). The branches are concatenated and projected by a 1x1 conv with BatchNorm
@@ -19,7 +19,7 @@ continues unchanged. The module is the paper's, not a residual: it is NOT the id
 Small maps: on ImageNet-size 224x224 inputs ResNet-50's last map is 7x7, smaller than every rate.
 That still runs (padding = rate keeps the size), but for rate >= the map size every off-centre tap
 reads zero padding and the atrous 3x3 conv degenerates to a 1x1 conv with its centre weights; the
-paper points out this degeneration (Sec. 3.3) as the reason for the image-pooling branch.
+paper points out this degeneration as the reason for the image-pooling branch.
 """
 
 from __future__ import annotations

@@ -3,14 +3,13 @@
 Huang, Wang, Huang, Huang, Wei, Liu. "CCNet: Criss-Cross Attention for Semantic Segmentation", ICCV 2019.
 https://arxiv.org/abs/1811.11721
 
-Criss-cross attention (Sec. 3.2): 1x1 convolutions give a query and a key with C/8 channels and a
-value with C channels. Each position u attends to the H + W - 1 positions of its criss-cross path
-(its row and its column, the position itself counted once); the energies are normalised by one
-softmax over that whole path (Eq. 1-2), and the output is ``x + gamma * sum_path A V`` with a
-learnable scalar gamma that starts at 0, as in the authors' code (Eq. 2 writes the plain sum), so the
-module is the identity at init. Recurrent criss-cross attention (Sec.
-3.3) applies the same module R = 2 times with shared weights, which gives every position a path to
-every other one.
+Criss-cross attention: 1x1 convolutions give a query and a key with C/8 channels and a value with
+C channels. Each position u attends to the H + W - 1 positions of its criss-cross path (its row and
+its column, the position itself counted once); the energies are normalised by one softmax over that
+whole path, and the output is ``x + gamma * sum_path A V`` with a learnable scalar gamma that starts
+at 0, as in the authors' code (the paper's equation writes the plain sum), so the module is the
+identity at init. Recurrent criss-cross attention applies the same module R = 2 times with shared
+weights, which gives every position a path to every other one.
 
 Placement: on the backbone's last feature map (the paper's segmentation head sits on the dilated
 ResNet-101's output); the recipe ``ccnet`` does that.

@@ -2,23 +2,25 @@
 
 Wang, Girshick, Gupta, He. "Non-local Neural Networks", CVPR 2018. https://arxiv.org/abs/1711.07971
 
-``z = x + BN(W_z y)`` with ``y_i = sum_j softmax_j(theta(x_i)^T phi(x_j)) g(x_j)`` (Eq. 1-3 and the
-embedded-Gaussian instantiation of Sec. 3.2): theta, phi and g are 1x1 convolutions to C/2 channels
-(the paper's bottleneck, Sec. 3.3), the pairwise matrix is (HW x HW') over positions and the softmax
-runs over the key positions j. W_z is a 1x1 conv back to C followed by BatchNorm whose scale is
-initialised to zero, so the whole block starts as the identity (Sec. 4.1). ``sub_sample`` (default
-True, as in the paper's implementation, Sec. 3.3 "subsampling") max-pools phi and g by 2, which
-shrinks the pairwise matrix to (HW x HW/4).
+``z = x + BN(W_z y)`` with ``y_i = sum_j softmax_j(theta(x_i)^T phi(x_j)) g(x_j)``: the generic
+non-local operation with the embedded-Gaussian pairwise function. theta, phi and g are 1x1
+convolutions to C/2 channels (the paper's bottleneck); the pairwise matrix is (HW x HW') over
+positions and the softmax runs over the key positions j. W_z is a 1x1 conv back to C followed by
+BatchNorm whose scale is initialised to zero, so the block starts as the identity. ``sub_sample``
+(default True, the paper's subsampling trick) max-pools phi and g by 2, which shrinks the pairwise
+matrix to (HW x HW/4).
 
-Placement (Sec. 4.1, ResNet-50): one block added right before the last residual block of res4; the
-recipe ``nonlocal`` reproduces that. The 5-block variant puts 2 in res3 and 3 in res4, every other
+Placement (ResNet-50): one block right before the last residual block of res4; the recipe
+``nonlocal`` reproduces that. The paper's 5-block variant puts 2 in res3 and 3 in res4, every other
 block.
 
-Deliberate differences from the paper: the pooling uses ``ceil_mode=True`` so odd maps (7x7, 25x25)
-keep their last row and column, where Caffe2's floor pooling dropped them; identical on even maps.
-The paper's equation has no 1/sqrt(d) scaling (the official code adds one); ``scale=True`` turns it on.
-``nonlocal`` is a Python keyword, so this module is imported with importlib (the registry does) or
-reached through ``plugsurgeon.get_plugin("nonlocal").factory``.
+Deliberate differences from the paper: the pooling uses ``ceil_mode=True`` so an odd map (7x7, 25x25)
+keeps its last row and column, which floor pooling would drop; identical on even maps. The paper's
+formula has no 1/sqrt(d) scaling of the energies; ``scale=True`` adds it.
+
+``nonlocal`` is a Python keyword: this file is imported with importlib (the registry does that), the
+class is reached as ``plugsurgeon.get_plugin("nonlocal").factory``, and surgery names the new
+module ``nonlocal_`` on its owner (``layer3.4.nonlocal_``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Zhao, Shi, Qi, Wang, Jia. "Pyramid Scene Parsing Network", CVPR 2017. https://arxiv.org/abs/1612.01105
 
-Sec. 3.3: the feature map is average-pooled into 1x1, 2x2, 3x3 and 6x6 bins (adaptive pooling, so
+The feature map is average-pooled into 1x1, 2x2, 3x3 and 6x6 bins (adaptive pooling, so
 any map size works); each level goes through a 1x1 conv that reduces it to 1/N of the channels (N = 4
 levels, so C/4) with BatchNorm and ReLU, is upsampled bilinearly back to the map size, and the levels
 are concatenated with the input map (2C channels). A 3x3 conv with BatchNorm and ReLU then fuses them.

@@ -18,7 +18,9 @@ the head); the recipes ``spp`` and ``sppf`` do that.
 Deliberate differences: YOLOv3 uses leaky ReLU and YOLOv5 SiLU; here the fuse conv uses ReLU like the
 ResNet hosts this catalog targets. YOLOv5 first halves the channels with a 1x1 conv before pooling;
 that is ``reduction=2`` here, while the default ``reduction=1`` pools the input itself, as
-YOLOv3-SPP does. Not the identity at init.
+YOLOv3-SPP does. The concatenation order is [x, pool5, pool9, pool13] as in YOLOv5 (darknet's
+YOLOv3-SPP config concatenates in the reverse order; only the fuse conv's weight layout differs).
+Not the identity at init.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def _randomised(channels=16, **kwargs):
 
 
 def _reference(block, x):
-    """One sample, Eq. 3-5 written with loops: softmax over positions to gather, over descriptors to distribute."""
+    """One sample, gather and distribute written with loops: softmax over positions to gather, over descriptors to distribute."""
     c, h, w = x.shape
     flat = x.reshape(c, h * w)
     a = _conv1x1(block.features, flat)  # c_m x L

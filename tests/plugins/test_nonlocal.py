@@ -28,7 +28,7 @@ def _maxpool2_ceil(x):
 
 
 def _reference(block, x, sub_sample):
-    """Eq. 1-3 of the paper, one output position at a time, for one sample."""
+    """The paper's non-local operation, one output position at a time, for one sample."""
     theta = _conv1x1(block.theta, x)
     phi, g = _conv1x1(block.phi, x), _conv1x1(block.g, x)
     if sub_sample:
