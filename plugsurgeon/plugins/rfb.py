@@ -1,0 +1,105 @@
+"""Receptive Field Block (RFB).
+
+Liu, Huang, Wang. "Receptive Field Block Net for Accurate and Fast Object Detection", ECCV 2018.
+https://arxiv.org/abs/1711.07767
+
+Inception-style branches, each a 1x1 bottleneck, then a kxk conv (the "size" of the receptive field,
+k = 1, 3, 5 with the 5x5 built as two stacked 3x3s), then a 3x3 conv dilated by 1, 3 and 5 (the
+"eccentricity"); the branches are concatenated, a 1x1 conv restores the channel count, and the
+result joins a shortcut as in Inception-ResNet: ``relu(x + scale * branches(x))`` with scale 0.1
+(the paper's RFB figure). Every conv is conv + BatchNorm (+ ReLU, except after the dilated convs and the
+final 1x1). RFB-s, the variant for shallow maps, is the plugin ``rfb_s`` (rfb_s.py).
+
+Widths (the paper gives none; these follow the ratios of the authors' release): with i = C / 8
+(at least 2), branch 1: 1x1 C->2i, 3x3 dilation 1; branch 2: 1x1 C->i, 3x3 i->2i, 3x3 dilation 3;
+branch 3: 1x1 C->i, 3x3 i->3i/2, 3x3 3i/2->2i, 3x3 dilation 5; concat 6i -> 1x1 -> C.
+
+Deliberate differences from the paper:
+- As an "after" plugin it keeps C channels and the map size, so the shortcut is the identity (the
+  authors' release uses a 1x1 conv + BN shortcut, needed only when channels or stride change).
+- The final 1x1 conv's BatchNorm scale starts at 0 (``zero_init=True``), so the block starts as
+  ``relu(x)``. Where the input is already non-negative (after a ReLU: every ResNet stage output,
+  which is where the built-in recipe puts it) that is exactly ``x``, and the model is unchanged
+  after surgery; at sites with negative values (an FPN level, a linear bottleneck) it is not.
+  The plugin therefore does NOT declare identity at init. ``zero_init=False`` gives the paper's
+  initialisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from plugsurgeon.plugins.registry import register_plugin
+
+
+def conv_bn(cin: int, cout: int, kernel: int | tuple[int, int], dilation: int = 1, relu: bool = True) -> nn.Sequential:
+    """conv (no bias, size-preserving padding) + BatchNorm (+ ReLU)."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, (kh, kw), padding=padding, dilation=dilation, bias=False), nn.BatchNorm2d(cout)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class ScaledResidual(nn.Module):
+    """Base of RFB and RFB-s: ``relu(x + scale * project(cat(branches(x))))``."""
+
+    def __init__(self, channels: int, branches: list[nn.Sequential], concat: int, scale: float, zero_init: bool) -> None:
+        super().__init__()
+        self.channels, self.scale = channels, float(scale)
+        self.branches = nn.ModuleList(branches)
+        self.project = conv_bn(concat, channels, 1, relu=False)
+        if zero_init:
+            nn.init.zeros_(self.project[1].weight)
+        self.relu = nn.ReLU()
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch term before scaling: 1x1 projection of the concatenated branches."""
+        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + self.scale * self.residual(x))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, scale={self.scale}"
+
+
+def _channels(site, _module):
+    return {"channels": site.channels}
+
+
+def _dilations(dilations: Sequence[int], count: int) -> tuple[int, ...]:
+    dilations = tuple(int(d) for d in dilations)
+    if len(dilations) != count or min(dilations) < 1:
+        raise ValueError(f"dilations must be {count} positive integers, got {dilations}")
+    return dilations
+
+
+@register_plugin(
+    "rfb",
+    roles=("stage", "backbone", "residual.output", "neck.level"),
+    mode="after",
+    infer=_channels,
+    structural=("channels",),
+    identity_at_init=False,
+    paper="Liu et al., Receptive Field Block Net for Accurate and Fast Object Detection, ECCV 2018, arXiv:1711.07767",
+    year=2018,
+    summary="inception branches (1x1, 3x3, 5x5 as 2x3x3) + 3x3 convs dilated 1/3/5, concat, 1x1, 0.1-scaled residual",
+)
+class RFB(ScaledResidual):
+    def __init__(self, channels: int, reduction: int = 8, scale: float = 0.1, dilations: Sequence[int] = (1, 3, 5), zero_init: bool = True) -> None:
+        if reduction < 1:
+            raise ValueError(f"reduction must be positive, got {reduction}")
+        d1, d2, d3 = _dilations(dilations, 3)
+        i = max(2, channels // reduction)
+        mid = max(1, 3 * i // 2)
+        branches = [
+            nn.Sequential(conv_bn(channels, 2 * i, 1), conv_bn(2 * i, 2 * i, 3, d1, relu=False)),
+            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, 2 * i, 3), conv_bn(2 * i, 2 * i, 3, d2, relu=False)),
+            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, mid, 3), conv_bn(mid, 2 * i, 3), conv_bn(2 * i, 2 * i, 3, d3, relu=False)),
+        ]
+        super().__init__(channels, branches, 6 * i, scale, zero_init)

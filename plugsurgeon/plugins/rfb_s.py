@@ -1,0 +1,62 @@
+"""Receptive Field Block, small variant (RFB-s), for shallow feature maps.
+
+Liu, Huang, Wang. "Receptive Field Block Net for Accurate and Fast Object Detection", ECCV 2018.
+https://arxiv.org/abs/1711.07767
+
+RFB-s mimics the smaller receptive fields of shallow human retinotopic maps: four branches instead
+of three, smaller kernels, and each nxn conv before the dilated conv replaced by a 1xn plus an nx1
+conv (the paper's RFB-s figure):
+  1x1 -> 3x3 dilation 1
+  1x1 -> 3x1 -> 3x3 dilation 3
+  1x1 -> 1x3 -> 3x3 dilation 3
+  1x1 -> 1x3 -> 3x1 (the 3x3, factorised) -> 3x3 dilation 5
+concatenated, a 1x1 conv back to C channels, ``relu(x + 0.1 * branches(x))``. Every conv is conv +
+BatchNorm (+ ReLU, except after the dilated convs and the final 1x1). In RFB Net it sits on the
+stride-8 map (conv4_3 of VGG-16), RFB (plugin ``rfb``) on the deeper ones.
+
+Widths (the paper gives none; these follow the ratios of the authors' release): with i = C / 4
+(at least 4), the first three branches are 1x1 C->i then i->i convs; the fourth is 1x1 C->i/2,
+1x3 -> 3i/4, 3x1 -> i, 3x3 dilation 5; concat 4i -> 1x1 -> C.
+
+Deliberate differences, as for ``rfb``: identity shortcut (the plugin keeps C channels and the map
+size; the authors' release uses a 1x1 conv + BN shortcut); the final BatchNorm scale starts at 0
+(``zero_init=True``) so the block starts as ``relu(x)``, which is exactly ``x`` after a ReLU (every
+ResNet stage output) but not at sites with negative values: identity at init is NOT declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins.rfb import ScaledResidual, _channels, _dilations, conv_bn
+
+
+@register_plugin(
+    "rfb_s",
+    roles=("stage", "backbone", "residual.output", "neck.level"),
+    mode="after",
+    infer=_channels,
+    structural=("channels",),
+    identity_at_init=False,
+    paper="Liu et al., Receptive Field Block Net for Accurate and Fast Object Detection, ECCV 2018, arXiv:1711.07767",
+    year=2018,
+    summary="RFB for shallow maps: 4 branches with 1x3/3x1 convs, dilations 1/3/3/5, 0.1-scaled residual",
+)
+class RFBSmall(ScaledResidual):
+    def __init__(self, channels: int, reduction: int = 4, scale: float = 0.1, dilations: Sequence[int] = (1, 3, 3, 5), zero_init: bool = True) -> None:
+        if reduction < 1:
+            raise ValueError(f"reduction must be positive, got {reduction}")
+        d1, d2, d3, d4 = _dilations(dilations, 4)
+        i = max(4, channels // reduction)
+        half, three_quarters = max(1, i // 2), max(1, 3 * i // 4)
+        branches = [
+            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, i, 3, d1, relu=False)),
+            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, i, (3, 1)), conv_bn(i, i, 3, d2, relu=False)),
+            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, i, (1, 3)), conv_bn(i, i, 3, d3, relu=False)),
+            nn.Sequential(conv_bn(channels, half, 1), conv_bn(half, three_quarters, (1, 3)), conv_bn(three_quarters, i, (3, 1)),
+                          conv_bn(i, i, 3, d4, relu=False)),
+        ]
+        super().__init__(channels, branches, 4 * i, scale, zero_init)
