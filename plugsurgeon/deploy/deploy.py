@@ -1,0 +1,127 @@
+"""deploy(): reparameterize train-time blocks, re-trace, fold BatchNorm into the layer before it, verify.
+
+The order matters: an ACBlock becomes a Conv2d, and only then can the model's own BN after it fold
+into that conv. The caller's model is never modified: deploy works on a deep copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+
+from plugsurgeon.deploy.fold import FoldPlan, apply_folds, plan_folds
+from plugsurgeon.deploy.measure import count_flops, count_params
+from plugsurgeon.deploy.reparameterize import reparameterize_all
+from plugsurgeon.deploy.report import DeployReport, Folded, Reparameterized
+from plugsurgeon.deploy.verify import compare, probe_calls, run
+from plugsurgeon.errors import PlugsurgeonError, VerificationError
+from plugsurgeon.graph.shapes import validate_input_shape
+from plugsurgeon.graph.trace import Traced, trace
+from plugsurgeon.provenance import record_step
+
+DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
+
+
+@dataclass
+class DeployResult:
+    model: nn.Module
+    report: DeployReport
+
+
+def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> DeployResult:
+    """The fastest inference model that computes what ``model`` computes in eval mode.
+
+    Every module with a ``reparameterize()`` method is replaced by what it returns; then every
+    BatchNorm that follows a conv (or a Linear, for BatchNorm1d) and can be folded is folded into
+    it with torch's fusion helpers. With ``verify`` the result is compared with the eval-mode
+    original on random input, and a difference over ``atol + rtol * max|output|`` raises
+    VerificationError. The caller's model is not modified; the deployed model is in eval mode.
+    """
+    if not isinstance(model, nn.Module):
+        raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load_model('resnet50')")
+    input_shape = validate_input_shape(input_shape)
+    if not (atol >= 0 and rtol >= 0):
+        raise PlugsurgeonError(f"tolerances must be non-negative, got atol={atol}, rtol={rtol}", hint="for example --atol 1e-4 --rtol 1e-4")
+    was_training = any(m.training for m in model.modules())
+    reference = _copy(model).eval()
+    deployed, traced, reparameterized, folded, plan = transform(_copy(model), input_shape)
+    calls = probe_calls(traced)
+    report = DeployReport(
+        model=type(deployed).__name__,
+        input_shape=input_shape,
+        traced=[p.path for p in traced.parts],
+        untraced=[] if traced.whole else list(traced.untraced),
+        reparameterized=reparameterized,
+        folded=folded,
+        skipped=plan.skipped,
+        eval_mode=True,
+        params_before=count_params(reference),
+        params_after=count_params(deployed),
+        notes=_notes(traced, reparameterized, was_training),
+    )
+    if verify:
+        expected, report.flops_before = run(reference, calls)
+        actual, report.flops_after = run(deployed, calls)
+        report.verification = compare(expected, actual, calls, atol=atol, rtol=rtol)
+        if not report.verification.passed:
+            raise _verification_error(report)
+    else:
+        report.flops_before, report.flops_after = count_flops(reference, calls), count_flops(deployed, calls)
+    record_step(model, deployed, {"kind": "deploy", "input_shape": list(input_shape)})
+    return DeployResult(deployed, report)
+
+
+def transform(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, Traced, list[Reparameterized], list[Folded], FoldPlan]:
+    """Reparameterize, re-trace, fold: ``model`` is modified in place (deploy passes a copy)."""
+    model.eval()
+    root, reparameterized = reparameterize_all(model)
+    root.eval()
+    traced = trace(root, input_shape)
+    plan = plan_folds(traced)
+    folded = apply_folds(root, plan)
+    return root.eval(), traced, reparameterized, folded, plan
+
+
+def rebuild(model: nn.Module, input_shape) -> nn.Module:
+    """The deployed structure without verification, in place: how ``load`` replays a recorded deploy
+    before it loads the fused weights (which the weights of ``model`` do not matter for)."""
+    root = transform(model, validate_input_shape(input_shape))[0]
+    record_step(model, root, {"kind": "deploy", "input_shape": list(input_shape)})
+    return root
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # noqa: BLE001 - deepcopy fails in many ways on exotic modules
+        raise PlugsurgeonError(f"cannot copy {type(model).__name__} to deploy it: {type(error).__name__}: {error}",
+                               hint="deploy never modifies the caller's model, so it must be able to deep-copy it") from None
+
+
+def _notes(traced: Traced, reparameterized: list[Reparameterized], was_training: bool) -> list[str]:
+    notes = ["the deployed model is in eval mode: BatchNorm statistics are frozen into the convs and dropout is off"]
+    if was_training:
+        notes.append("the original was in train mode; it was compared in eval mode")
+    if not traced.whole:
+        parts = ", ".join(p.path for p in traced.parts)
+        notes.append(f"verified part by part ({parts}) on random inputs shaped like each part's inputs: the outer "
+                     "forward's NMS/top-k selection turns fp32 round-off into different detections, so its final outputs are not compared")
+        outside = [r.path for r in reparameterized if not any(r.path.startswith(p.path + ".") for p in traced.parts)]
+        if outside:
+            notes.append(f"reparameterized outside the traced parts, so not verified: {outside[:5]}")
+    return notes
+
+
+def _verification_error(report: DeployReport) -> VerificationError:
+    v = report.verification
+    worst = max(v.parts, key=lambda p: (not p.passed, p.max_rel_diff))
+    where = "" if worst.part == "" else f" in '{worst.part}'"
+    blocks = sorted({r.before for r in report.reparameterized})
+    return VerificationError(
+        f"the deployed {report.model} differs from the original{where} by {worst.max_abs_diff:.3g} "
+        f"(relative {worst.max_rel_diff:.3g}), over atol={v.atol:g} + rtol={v.rtol:g} x max|output|; the model you passed is unchanged",
+        hint=(f"check reparameterize() of {', '.join(blocks)}; " if blocks else "")
+        + "for fp16/bf16 models raise the tolerance with --atol/--rtol",
+    )

@@ -1,0 +1,97 @@
+"""What deploy did, as plain dataclasses with to_dict(); rendering lives in the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Reparameterized:
+    """A train-time block replaced by the module its ``reparameterize()`` returned."""
+
+    path: str
+    before: str  # class name
+    after: str
+
+
+@dataclass
+class Folded:
+    """A BatchNorm folded into the conv (or linear) before it; the BN is now an nn.Identity."""
+
+    layer: str  # path of the conv/linear, which now holds the fused weights
+    norm: str  # path of the BatchNorm, now an nn.Identity
+    layer_type: str
+    norm_type: str
+
+
+@dataclass
+class Skipped:
+    """A BatchNorm left in the deployed model, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class PartCheck:
+    """Deployed against original, for the whole model or one traced part."""
+
+    part: str  # "" for the whole model
+    max_abs_diff: float
+    max_rel_diff: float  # max |deployed - original| / max |original|
+    passed: bool
+
+
+@dataclass
+class Verification:
+    """Max differences between the deployed and the eval-mode original model on random input.
+
+    A part passes when max |deployed - original| <= atol + rtol * max |original|: the tolerance
+    scales with the output's magnitude, which is what fp32 round-off does.
+    """
+
+    atol: float
+    rtol: float
+    scope: str  # "whole model" or "traced parts"
+    parts: list[PartCheck] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((p.max_abs_diff for p in self.parts), default=0.0)
+
+    @property
+    def max_rel_diff(self) -> float:
+        return max((p.max_rel_diff for p in self.parts), default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        return all(p.passed for p in self.parts)
+
+
+@dataclass
+class DeployReport:
+    model: str  # class name of the deployed model (the outer model keeps its class)
+    input_shape: tuple[int, ...]
+    traced: list[str]  # traced part paths, "" for the whole model
+    untraced: list[tuple[str, str]] = field(default_factory=list)
+    reparameterized: list[Reparameterized] = field(default_factory=list)
+    folded: list[Folded] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    eval_mode: bool = True
+    params_before: int = 0
+    params_after: int = 0
+    flops_before: int | None = None  # torch.utils.flop_counter, over the traced parts
+    flops_after: int | None = None
+    verification: Verification | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.verification is not None:
+            data["verification"].update(
+                max_abs_diff=self.verification.max_abs_diff,
+                max_rel_diff=self.verification.max_rel_diff,
+                passed=self.verification.passed,
+            )
+        return data
