@@ -95,9 +95,19 @@ def residual_sites(view: GraphView) -> list[Site]:
 
 
 # -- convolutions and downsampling ------------------------------------------------------------------
+def _branch_nodes(view: GraphView) -> set[fx.Node]:
+    """Nodes strictly inside the branch of a residual merge, the branch end included."""
+    inside: set[fx.Node] = set()
+    for _add, branch, skip in residual_merges(view):
+        fork = view.latest_common_ancestor(branch, skip)
+        inside.update(n for n in view.path_between(fork, branch) if n is not fork)
+    return inside
+
+
 def conv_sites(view: GraphView) -> list[Site]:
+    in_branch = _branch_nodes(view)
     return [
-        make_site(view, "conv", node, stride=int(view.conv(node).stride[0]))
+        make_site(view, "conv", node, stride=int(view.conv(node).stride[0]), in_residual=node in in_branch)
         for node in view.nodes
         if view.conv(node) is not None and _spatial_4d(view, node)
     ]
@@ -114,6 +124,7 @@ def _shortcut_nodes(view: GraphView) -> set[fx.Node]:
 
 def downsample_sites(view: GraphView) -> list[Site]:
     shortcut = _shortcut_nodes(view)
+    in_branch = _branch_nodes(view)
     sites = []
     for node in view.nodes:
         if not _spatial_4d(view, node):
@@ -121,7 +132,7 @@ def downsample_sites(view: GraphView) -> list[Site]:
         conv = view.conv(node)
         if conv is not None and max(conv.stride) > 1:
             role = "downsample.shortcut" if node in shortcut else "downsample.conv"
-            sites.append(make_site(view, role, node, stride=int(conv.stride[0])))
+            sites.append(make_site(view, role, node, stride=int(conv.stride[0]), in_residual=node in in_branch))
         elif view.pool_stride(node) > 1 and view.shape(node)[2] > 1:
             sites.append(make_site(view, "downsample.pool", node, stride=view.pool_stride(node)))
     return sites

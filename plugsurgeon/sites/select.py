@@ -21,6 +21,7 @@ class Where(BaseModel):
     stride: int | None = Field(default=None, ge=1, description="stride of a conv or pooling site")
     groups: int | None = Field(default=None, ge=1)
     depthwise: bool | None = None
+    in_residual: bool | None = Field(default=None, description="keep convs inside (true) or outside (false) residual branches")
     min_channels: int | None = Field(default=None, ge=1)
     max_channels: int | None = Field(default=None, ge=1)
     every: int | None = Field(default=None, ge=1, description="keep every n-th site (1st, n+1-th, ...)")
@@ -44,6 +45,8 @@ def _keep(site: Site, where: Where) -> bool:
     if where.groups is not None and site.groups != where.groups:
         return False
     if where.depthwise is not None and site.depthwise != where.depthwise:
+        return False
+    if where.in_residual is not None and site.in_residual != where.in_residual:
         return False
     if where.min_channels is not None and site.channels < where.min_channels:
         return False

@@ -51,6 +51,7 @@ class Site:
     extra: tuple[str, ...] = ()  # more nodes a multi-input plugin reads (pyramid levels, top-down input)
     extra_shapes: tuple[tuple[int, ...], ...] = ()
     extra_scopes: tuple[tuple, ...] = ()
+    in_residual: bool = False  # the node lies inside a residual branch (a conv of a block's body)
     order: int = 0  # position in the traced graph, for stable ordering
     meta: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 

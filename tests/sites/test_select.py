@@ -36,3 +36,11 @@ def test_unknown_selector_is_rejected():
         Where(stage=[2])
     with pytest.raises(ValidationError):
         Where(every=0)
+
+
+def test_convs_inside_residual_branches():
+    convs = ps.find_sites(TinyResNet(), "conv", input_shape=(1, 3, 64, 64))
+    inside = select(convs, Where(in_residual=True))
+    assert paths(inside) == ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2",
+                             "layer2.0.conv1", "layer2.0.conv2", "layer2.1.conv1", "layer2.1.conv2"]
+    assert paths(select(convs, Where(in_residual=False))) == ["stem.0", "layer2.0.shortcut.0"]
