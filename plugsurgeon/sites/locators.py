@@ -95,17 +95,19 @@ def residual_sites(view: GraphView) -> list[Site]:
 
 
 # -- convolutions and downsampling ------------------------------------------------------------------
-def _branch_nodes(view: GraphView) -> set[fx.Node]:
-    """Nodes strictly inside the branch of a residual merge, the branch end included."""
-    inside: set[fx.Node] = set()
+def _residual_paths(view: GraphView) -> tuple[set[fx.Node], set[fx.Node]]:
+    """(branch nodes, shortcut nodes): what lies strictly after the fork on each side of a residual merge."""
+    branches: set[fx.Node] = set()
+    shortcuts: set[fx.Node] = set()
     for _add, branch, skip in residual_merges(view):
         fork = view.latest_common_ancestor(branch, skip)
-        inside.update(n for n in view.path_between(fork, branch) if n is not fork)
-    return inside
+        branches.update(n for n in view.path_between(fork, branch) if n is not fork)
+        shortcuts.update(n for n in view.path_between(fork, skip) if n is not fork)
+    return branches, shortcuts
 
 
 def conv_sites(view: GraphView) -> list[Site]:
-    in_branch = _branch_nodes(view)
+    in_branch, _shortcut = _residual_paths(view)
     return [
         make_site(view, "conv", node, stride=int(view.conv(node).stride[0]), in_residual=node in in_branch)
         for node in view.nodes
@@ -113,18 +115,8 @@ def conv_sites(view: GraphView) -> list[Site]:
     ]
 
 
-def _shortcut_nodes(view: GraphView) -> set[fx.Node]:
-    """Nodes strictly inside the skip path of a residual merge."""
-    inside: set[fx.Node] = set()
-    for _add, branch, skip in residual_merges(view):
-        fork = view.latest_common_ancestor(branch, skip)
-        inside.update(n for n in view.path_between(fork, skip) if n is not fork)
-    return inside
-
-
 def downsample_sites(view: GraphView) -> list[Site]:
-    shortcut = _shortcut_nodes(view)
-    in_branch = _branch_nodes(view)
+    in_branch, shortcut = _residual_paths(view)
     sites = []
     for node in view.nodes:
         if not _spatial_4d(view, node):
