@@ -57,6 +57,10 @@ def is_leaf_type(module: nn.Module) -> bool:
     return has_state or _reads_training_flag(type(module))
 
 
+def _holds_state(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
+
+
 _training_flag_cache: dict[type, bool] = {}
 
 
@@ -104,7 +108,9 @@ class PlugsurgeonTracer(fx.Tracer):
     """An fx tracer that numbers nodes per module call.
 
     ``shallow=True`` makes every module called directly from the root's forward a leaf, which is
-    how an owner is traced for editing: its children keep their own classes and forwards.
+    how an owner is traced for editing: its children keep their own classes and forwards. Children
+    that hold no parameters or buffers and are not leaves elsewhere (torchvision FPN's
+    ``extra_blocks``, which returns a tuple the owner iterates) are traced through, as in the model trace.
     """
 
     def __init__(self, shallow: bool = False) -> None:
@@ -117,7 +123,7 @@ class PlugsurgeonTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.shallow and len(self._frames) == 1:
-            return True
+            return is_leaf_type(m) or _holds_state(m)
         return is_leaf_type(m)
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
@@ -147,7 +153,7 @@ class PlugsurgeonTracer(fx.Tracer):
         parent.counter += 1  # the slot of this call in the parent, see module docstring
         call = self._call_counts.get(path, 0)
         self._call_counts[path] = call + 1
-        record = CallRecord(path, call, _concrete_args_of(forward, args, kwargs), (parent.path, parent.call), slot)
+        record = CallRecord(path, call, _concrete_args_of(m.forward, args, kwargs), (parent.path, parent.call), slot)
         self.calls.append(record)
         self._frames.append(_Frame(path, call))
         try:
