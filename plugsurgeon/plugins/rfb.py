@@ -6,8 +6,8 @@ https://arxiv.org/abs/1711.07767
 Inception-style branches, each a 1x1 bottleneck, then a kxk conv (the "size" of the receptive field,
 k = 1, 3, 5 with the 5x5 built as two stacked 3x3s), then a 3x3 conv dilated by 1, 3 and 5 (the
 "eccentricity"); the branches are concatenated, a 1x1 conv restores the channel count, and the
-result joins a shortcut as in Inception-ResNet: ``relu(x + scale * branches(x))`` with scale 0.1
-(the paper's RFB figure). Every conv is conv + BatchNorm (+ ReLU, except after the dilated convs and the
+result joins a shortcut as in Inception-ResNet: ``relu(x + scale * branches(x))`` (the paper's RFB
+figure), with scale 0.1 as in the authors' release (Inception-ResNet's residual scaling). Every conv is conv + BatchNorm (+ ReLU, except after the dilated convs and the
 final 1x1). RFB-s, the variant for shallow maps, is the plugin ``rfb_s`` (rfb_s.py).
 
 Widths (the paper gives none; these follow the ratios of the authors' release): with i = C / 8

@@ -6,8 +6,9 @@ https://arxiv.org/abs/1708.03979
 SSH enlarges the receptive field of each detection feature map with a context module: a shared 3x3
 conv, then one more 3x3 conv (an effective 5x5 filter) in one branch and two more (an effective 7x7)
 in the other, the two concatenated. The detection module concatenates a plain 3x3 conv of the map
-with the context module's output and feeds the classification/regression heads through a ReLU
-(the paper's detection- and context-module figures). Stacked 3x3 convs replace the larger filters.
+with the context module's output and feeds the classification/regression heads (the paper's
+detection- and context-module figures). Stacked 3x3 convs replace the larger filters. The ReLU
+after the concatenation is ours, as in common re-implementations (RetinaFace).
 
 As an "after" plugin this is the detection module's trunk with C channels out:
   3x3 conv C -> C/2                                   (effective 3x3, the detection conv)

@@ -12,7 +12,7 @@ Localisation net (the paper fixes none; its image experiments use a few conv + m
 fully connected layers): max pool 2, conv 3x3 (C -> 32) + ReLU, max pool 2, conv 3x3 (32 -> 32) +
 ReLU, adaptive average pool to 4x4, FC (512 -> 64) + ReLU, FC (64 -> 6). Pooling first keeps it
 cheap on large early maps (about 0.12 GFLOPs on ResNet-50's 64 x 112 x 112 stem output). The last FC starts with
-zero weights and the identity transform as its bias, as the paper's experiments initialise it.
+zero weights and the identity transform as its bias, so the module starts as the identity.
 
 Identity at init, exactly: the sampler is written out (gather of the four neighbours) instead of
 ``F.affine_grid`` + ``F.grid_sample``. It computes the same thing as those two with
