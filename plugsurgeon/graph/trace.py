@@ -242,7 +242,7 @@ class TracedPart:
     gm: fx.GraphModule
     calls: list[CallRecord]
     example_inputs: tuple[Any, ...]
-    input_spatial: tuple[int, int] | None
+    input_spatial: tuple[int, int] | None  # the image size strides are measured against (the largest part input)
     concrete_args: dict[str, Any] | None = None
     flops: int | None = None
 
@@ -341,7 +341,7 @@ def _trace_in_parts(model: nn.Module, input_shape: tuple[int, ...], whole_error:
             except Exception as error:  # noqa: BLE001 - any failure means "look inside"
                 untraced.append((path, f"{type(module).__name__}: {_short(error)}"))
             else:
-                first_image = next((a for a in _flat_tensors(example) if a.dim() == 4), None)
+                first_image = next((a for a in flat_tensors(example) if a.dim() == 4), None)
                 spatial = _spatial(first_image.shape) if first_image is not None else None
                 parts.append(TracedPart(path, gm, tracer.calls, example, spatial, concrete, flops))
                 return
@@ -349,6 +349,11 @@ def _trace_in_parts(model: nn.Module, input_shape: tuple[int, ...], whole_error:
             visit(f"{path}.{name}" if path else name, child)
 
     visit("", model)
+    # Strides are relative to the image the backbone sees: a head part fed pyramid levels must not
+    # measure its strides against its own (already downsampled) inputs.
+    reference = max((p.input_spatial for p in parts if p.input_spatial), key=lambda s: s[0] * s[1], default=None)
+    for part in parts:
+        part.input_spatial = reference
     if not parts:
         raise TraceError(
             f"torch.fx cannot trace {type(model).__name__} nor any of its submodules: {_short(whole_error)}",
@@ -363,7 +368,7 @@ def _example_call(forward, args, kwargs) -> tuple[Any, ...]:
     return tuple(bound.arguments.values())
 
 
-def _flat_tensors(tree) -> list[torch.Tensor]:
+def flat_tensors(tree) -> list[torch.Tensor]:
     from torch.utils._pytree import tree_leaves
 
     return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]

@@ -154,7 +154,7 @@ class GraphView:
 
     def path_between(self, start: fx.Node, end: fx.Node) -> list[fx.Node]:
         bits = self.ancestors[end] & self.descendants[start]
-        return [self.nodes[i] for i in _bit_positions(bits)]
+        return [self.nodes[i] for i in bit_positions(bits)]
 
     def latest_common_ancestor(self, a: fx.Node, b: fx.Node) -> fx.Node | None:
         common = self.ancestors[a] & self.ancestors[b]
@@ -168,7 +168,7 @@ class GraphView:
         return f"{owner}:{node.name}" if owner else node.name
 
 
-def _bit_positions(bits: int):
+def bit_positions(bits: int):
     while bits:
         low = bits & -bits
         yield low.bit_length() - 1

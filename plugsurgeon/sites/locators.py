@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 
 import torch.fx as fx
 
-from plugsurgeon.sites.graphview import GraphView
+from plugsurgeon.graph.trace import flat_tensors
+from plugsurgeon.sites.graphview import GraphView, bit_positions
 from plugsurgeon.sites.site import Site
 
 
@@ -160,6 +161,8 @@ def stage_sites(view: GraphView) -> list[Site]:
     With residual blocks that is the last block output at that stride; without, the last node at
     that stride that every later node passes through (the activation before a pooling layer).
     """
+    if sum(1 for t in flat_tensors(view.part.example_inputs) if t.dim() == 4) > 1:
+        return []  # a part fed several maps (a head run on pyramid levels) has no stages of its own
     block_outputs = [block_output(view, add) for add, _b, _s in residual_merges(view)]
     candidates = {}
     by_stride: dict[int, fx.Node] = {}
@@ -167,7 +170,10 @@ def stage_sites(view: GraphView) -> list[Site]:
         if _spatial_4d(view, node):
             by_stride[view.total_stride(node)] = node
     cuts = _cut_nodes(view)
+    neck = _pyramid_region(view)
     for node in _spatial_nodes(view):
+        if view.position[node] in neck:
+            continue
         stride = view.total_stride(node)
         if stride not in by_stride and node in cuts and any(_ends_resolution(view, user, stride) for user in node.users):
             candidates[stride] = node
@@ -231,6 +237,19 @@ def _pyramid_merges(view: GraphView) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
         if len(ups) == 1 and len(others) == 1:
             found.append((node, others[0], ups[0]))
     return found
+
+
+def _pyramid_region(view: GraphView) -> set[int]:
+    """Positions of everything computed from the pyramid's top lateral or its merges: the neck, not the backbone."""
+    merges = _pyramid_merges(view)
+    starts = [m for m, _l, _u in merges]
+    top = _pyramid_top_lateral(view)
+    if top is not None:
+        starts.append(top)
+    bits = 0
+    for node in starts:
+        bits |= view.descendants[node]
+    return set(bit_positions(bits))
 
 
 def _pyramid_top_lateral(view: GraphView) -> fx.Node | None:

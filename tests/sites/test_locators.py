@@ -113,3 +113,13 @@ def test_inverted_residuals_and_channels_last_blocks():
 def test_unknown_role_suggests():
     with pytest.raises(ps.UnknownNameError, match="did you mean 'residual"):
         ps.find_sites(TinyResNet(), "residul", input_shape=SHAPE)
+
+
+def test_detection_heads_and_pyramid_levels_are_not_stages():
+    sites = ps.find_sites(ps.load_model("fasterrcnn_resnet50_fpn"), "stage", input_shape=(1, 3, 128, 128))
+    assert [(s.path, s.stage) for s in sites] == [
+        ("backbone.body.relu", 1), ("backbone.body.layer1.2.relu", 2), ("backbone.body.layer2.3.relu", 3),
+        ("backbone.body.layer3.5.relu", 4), ("backbone.body.layer4.2.relu", 5)]
+    heads = ps.find_sites(ps.load_model("fasterrcnn_resnet50_fpn"), "conv", input_shape=(1, 3, 128, 128))
+    rpn = [s.stage for s in heads if s.path == "rpn.head.bbox_pred"]
+    assert rpn == [2, 3, 4, 5, 6]  # strides measured against the image the backbone sees, one call per level
