@@ -38,7 +38,7 @@ def build(shape: tuple[int, ...]) -> dict[str, torch.nn.Module]:
     }
 
 
-def measure(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, runs: int) -> dict[str, float]:
+def measure(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, runs: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(warmup):
@@ -49,7 +49,7 @@ def measure(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, ru
                 start = time.perf_counter()
                 model(x)
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def main() -> None:
@@ -72,20 +72,23 @@ def main() -> None:
         scale = float(outs[0].abs().max())
         for other in outs[1:]:
             assert float((other - outs[0]).abs().max()) <= 1e-4 * scale, "variants disagree"
-    medians = measure(models, x, args.warmup, args.runs)
+    times = measure(models, x, args.warmup, args.runs)
+    medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians["resnet50 fused by torch.fx fuse"]
     result = {
         "torch": torch.__version__, "threads": args.threads, "input_shape": list(shape), "runs": args.runs, "warmup": args.warmup,
         "median_ms": {k: round(v * 1e3, 3) for k, v in medians.items()},
         "ratio_to_fx_fused": {k: round(v / base, 3) for k, v in medians.items()},
+        "min_ms": {k: round(min(t) * 1e3, 3) for k, t in times.items()},  # less sensitive to other load on the machine
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"torch {torch.__version__}, {args.threads} threads, input {args.input_shape}, median of {args.runs} runs after {args.warmup} warm-up")
     width = max(len(k) for k in medians)
+    print(f"{'':<{width}}  {'median':>11}  {'ratio':>6}  {'min':>11}")
     for name, median in medians.items():
-        print(f"{name:<{width}}  {median * 1e3:8.2f} ms  x{median / base:.3f}")
+        print(f"{name:<{width}}  {median * 1e3:8.2f} ms  x{median / base:.3f}  {min(times[name]) * 1e3:8.2f} ms")
 
 
 if __name__ == "__main__":

@@ -74,17 +74,24 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape=DEFAULT_INPUT
     with torch.no_grad():
         expected = [t for t in tree_leaves(work(x.clone())) if isinstance(t, torch.Tensor)]
     exporter, notes = _export(work, x, path, opset)
-    proto = onnx.load(str(path), load_external_data=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise PlugsurgeonError(f"the exported graph takes {len(inputs)} inputs, plugsurgeon feeds one image tensor",
-                               hint="export this model with torch.onnx.export directly")
-    outputs = session.run(None, {inputs[0].name: x.numpy()})
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise PlugsurgeonError(f"the exported graph takes {len(inputs)} inputs, plugsurgeon feeds one image tensor",
+                                   hint="export this model with torch.onnx.export directly")
+        outputs = session.run(None, {inputs[0].name: x.numpy()})
+    except PlugsurgeonError:
+        raise
+    except Exception as error:  # noqa: BLE001 - onnx/onnxruntime raise their own types
+        raise PlugsurgeonError(f"onnxruntime cannot run the exported '{path}': {type(error).__name__}: {str(error).strip()[:300]}",
+                               hint="try another opset with --opset; the exporter produced a graph onnxruntime does not support") from None
     from plugsurgeon.deploy.verify import check_outputs
 
     check = check_outputs("", expected, [torch.from_numpy(o) for o in outputs], atol, rtol)
-    size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if f.is_file())
+    data = path.with_name(path.name + ".data")  # external weights, for models over 2 GB
+    size = path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
     report = ExportReport(
         path=str(path), exporter=exporter,
         opset=next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
