@@ -60,3 +60,25 @@ def test_acnet_resnet_deploys_to_the_plain_fused_network(arch):
     # the caller's model is untouched: same blocks, same weights, same mode
     assert_state_equal(acnet, before)
     assert acnet.training == was_training and sum(isinstance(m, ACBlock) for m in acnet.modules()) == len(blocks)
+
+
+def _reparameterizable_plugins():
+    for name, spec in ps.catalog().items():
+        if any(callable(getattr(cls, "reparameterize", None)) for cls in spec.classes):
+            yield name
+
+
+@pytest.mark.parametrize("name", list(_reparameterizable_plugins()))
+def test_every_reparameterizable_plugin_deploys_to_the_plain_fused_network(name):
+    """Registry-driven: ACNet, RepVGG and any later block with reparameterize(), through the one protocol."""
+    from tests.nets import TinyResNet
+
+    spec = ps.get_plugin(name)
+    recipe = {"name": name, "steps": [{"plugin": name, "at": spec.roles[0], "where": dict(spec.suggested_where)}]}
+    plain = randomize_batchnorm(TinyResNet(), seed=1)
+    edited = randomize_batchnorm(ps.apply(plain, ps.Recipe(**recipe), input_shape=(1, 3, 32, 32)).model, seed=2)
+    result = ps.deploy(edited, input_shape=(1, 3, 32, 32))
+    assert result.report.reparameterized and not any(is_reparameterizable(m) for m in result.model.modules())
+    assert no_norms_left(result.model)
+    assert types_by_path(result.model) == types_by_path(ps.deploy(plain, input_shape=(1, 3, 32, 32), verify=False).model)
+    assert_same_function(copy.deepcopy(edited), result.model, torch.randn(2, 3, 32, 32))
