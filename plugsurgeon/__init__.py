@@ -7,8 +7,6 @@ something that needs it is used.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -44,8 +42,8 @@ _EXPORTS: dict[str, str] = {
     "plan": "plugsurgeon.surgery",
     "find_sites": "plugsurgeon.api",
     "trace": "plugsurgeon.api",
-    "deploy": "plugsurgeon.deploy.deploy",
-    "DeployResult": "plugsurgeon.deploy.deploy",
+    "deploy": "plugsurgeon.deployment.deploy",
+    "DeployResult": "plugsurgeon.deployment.deploy",
     "export_onnx": "plugsurgeon.export",
 }
 
@@ -65,22 +63,9 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-class _Package(types.ModuleType):
-    """Importing the subpackage ``plugsurgeon.deploy`` binds it as an attribute of this module; the
-    public name ``plugsurgeon.deploy`` is the function, whatever was imported first."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "deploy" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.api import find_sites, trace
-    from plugsurgeon.deploy.deploy import DeployResult, deploy
+    from plugsurgeon.deployment.deploy import DeployResult, deploy
     from plugsurgeon.errors import (
         ModelLoadError,
         PlugsurgeonError,

@@ -87,7 +87,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape=DEFAULT_INPUT
     except Exception as error:  # noqa: BLE001 - onnx/onnxruntime raise their own types
         raise PlugsurgeonError(f"onnxruntime cannot run the exported '{path}': {type(error).__name__}: {str(error).strip()[:300]}",
                                hint="try another opset with --opset; the exporter produced a graph onnxruntime does not support") from None
-    from plugsurgeon.deploy.verify import check_outputs
+    from plugsurgeon.deployment.verify import check_outputs
 
     check = check_outputs("", expected, [torch.from_numpy(o) for o in outputs], atol, rtol)
     data = path.with_name(path.name + ".data")  # external weights, for models over 2 GB
@@ -110,8 +110,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape=DEFAULT_INPUT
 
 def unfused_parts(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
     """What deploy would still change: reparameterizable blocks and foldable BatchNorms (as readable phrases)."""
-    from plugsurgeon.deploy.fold import plan_folds
-    from plugsurgeon.deploy.reparameterize import find_reparameterizable
+    from plugsurgeon.deployment.fold import plan_folds
+    from plugsurgeon.deployment.reparameterize import find_reparameterizable
     from plugsurgeon.graph.trace import trace
 
     found = []

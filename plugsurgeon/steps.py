@@ -18,7 +18,7 @@ def replay(model: nn.Module, step: dict[str, Any]) -> nn.Module:
         recipe = Recipe(**step["recipe"])
         return apply(model, recipe, input_shape=tuple(step["input_shape"]), inplace=True).model
     if kind == "deploy":
-        from plugsurgeon.deploy.deploy import rebuild
+        from plugsurgeon.deployment.deploy import rebuild
 
         return rebuild(model, tuple(step["input_shape"]))
     raise ModelLoadError(f"the manifest records a step of unknown kind '{kind}'", hint="it was written by a newer plugsurgeon")

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from plugsurgeon.cli import deploy_commands
 from plugsurgeon.cli.options import DEFAULT_SHAPE, InputShape, Json, Weights, parse_shape
 
 app = typer.Typer(
@@ -140,15 +141,7 @@ def recipes(json_output: Json = False) -> None:
     render.console.print(render.recipes_table(found))
 
 
-def _register_extensions() -> None:
-    try:
-        from plugsurgeon.cli import deploy_commands
-    except ImportError:
-        return
-    deploy_commands.register(app, user_errors)
-
-
-_register_extensions()
+deploy_commands.register(app, user_errors)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import plugsurgeon as ps
-from tests.deploy.helpers import (
+from tests.deployment.helpers import (
     assert_same_function,
     assert_state_equal,
     no_norms_left,

@@ -6,7 +6,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from plugsurgeon.deploy.verify import Calls, module_at
+from plugsurgeon.deployment.verify import Calls, module_at
 from plugsurgeon.graph.fake import count_params
 from plugsurgeon.graph.shapes import fake_inputs_like
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from plugsurgeon.deploy.report import Reparameterized
+from plugsurgeon.deployment.report import Reparameterized
 from plugsurgeon.errors import PlugsurgeonError
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from plugsurgeon.deploy.report import PartCheck, Verification
+from plugsurgeon.deployment.report import PartCheck, Verification
 from plugsurgeon.graph.trace import Traced
 
 Calls = list[tuple[str, tuple[Any, ...]]]  # (part path, inputs of its forward)

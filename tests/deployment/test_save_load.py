@@ -7,7 +7,7 @@ import json
 import torch
 
 import plugsurgeon as ps
-from tests.deploy.helpers import types_by_path
+from tests.deployment.helpers import types_by_path
 from tests.nets import randomize_batchnorm
 
 SHAPE = (1, 3, 32, 32)

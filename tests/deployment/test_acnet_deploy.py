@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import plugsurgeon as ps
-from plugsurgeon.deploy.reparameterize import is_reparameterizable
+from plugsurgeon.deployment.reparameterize import is_reparameterizable
 from plugsurgeon.plugins.acnet import ACBlock
 from plugsurgeon.provenance import get_provenance
-from tests.deploy.helpers import (
+from tests.deployment.helpers import (
     assert_same_function,
     assert_state_equal,
     no_norms_left,

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from plugsurgeon.deploy.report import Folded, Skipped
+from plugsurgeon.deployment.report import Folded, Skipped
 from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.graph.trace import Traced, TracedPart
 

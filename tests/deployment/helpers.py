@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.deploy.fold import is_norm
+from plugsurgeon.deployment.fold import is_norm
 
 
 def assert_same_function(original: nn.Module, deployed: nn.Module, x: torch.Tensor, rel: float = 1e-5) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 import plugsurgeon as ps
 from plugsurgeon.plugins.acnet import ACBlock
-from tests.deploy.helpers import (
+from tests.deployment.helpers import (
     assert_same_function,
     assert_state_equal,
     no_norms_left,

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from plugsurgeon.deploy.fold import FoldPlan, apply_folds, plan_folds
-from plugsurgeon.deploy.measure import count_flops, count_params
-from plugsurgeon.deploy.reparameterize import reparameterize_all
-from plugsurgeon.deploy.report import DeployReport, Folded, Reparameterized
-from plugsurgeon.deploy.verify import compare, probe_calls, run
+from plugsurgeon.deployment.fold import FoldPlan, apply_folds, plan_folds
+from plugsurgeon.deployment.measure import count_flops, count_params
+from plugsurgeon.deployment.reparameterize import reparameterize_all
+from plugsurgeon.deployment.report import DeployReport, Folded, Reparameterized
+from plugsurgeon.deployment.verify import compare, probe_calls, run
 from plugsurgeon.errors import PlugsurgeonError, VerificationError
 from plugsurgeon.graph.shapes import validate_input_shape
 from plugsurgeon.graph.trace import Traced, trace

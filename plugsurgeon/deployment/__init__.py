@@ -7,6 +7,6 @@ measure.py         parameters and FLOPs
 deploy.py          deploy() and DeployResult: reparameterize, re-trace, fold, verify
 report.py          what happened, as plain dataclasses
 
-The public names are ``plugsurgeon.deploy`` (the function) and ``plugsurgeon.DeployResult``; import
-from the submodules (``from plugsurgeon.deploy.fold import plan_folds``), not this package.
+The public names are ``plugsurgeon.deploy`` and ``plugsurgeon.DeployResult``; import
+from the submodules (``from plugsurgeon.deployment.fold import plan_folds``), not this package.
 """
