@@ -15,6 +15,7 @@ from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
 from plugsurgeon.graph.edit import Insertion, build_owner, commit
 from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.modes import differs_between_modes
+from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.graph.trace import Scope, Traced, trace
 from plugsurgeon.plugins.registry import PluginSpec, get_plugin
 from plugsurgeon.provenance import record_step
@@ -106,6 +107,11 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
 def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module) -> list[Site]:
     role = step.role()
     of_role = [s for s in all_sites if role_matches(s.role, role) and spec.fits(s.role)]
+    if spec.mode == "replace":  # one replacement per module, however many times it runs
+        first_call = {}
+        for site in of_role:
+            first_call.setdefault((site.role, site.target), site)
+        of_role = list(first_call.values())
     if spec.inputs == "site":
         of_role = [s for s in of_role if len(s.shape) == 4]
     chosen = select(of_role, step.selector())
@@ -149,10 +155,6 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
     if spec.mode == "replace":
         if site.target is None:
             raise SiteError(f"{where}: the site is a functional op, and '{spec.name}' replaces modules", hint="choose a site that calls a module")
-        calls = sum(1 for n in part.gm.graph.nodes if n.op == "call_module" and n.target == node.target)
-        if calls != 1:
-            raise SiteError(f"{where}: module '{site.target}' runs {calls} times in forward; replacing it would change every call",
-                            hint="exclude it with `where: {exclude: [...]}`")
         replaced = model.get_submodule(site.target)
     elif part.call_count(scope.owner) > 1 or scope.call > 0:
         raise SiteError(f"{where}: module '{part.absolute(scope.owner)}' runs more than once in forward, so one insertion would change every call",
@@ -166,27 +168,45 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
     except Exception as error:  # noqa: BLE001 - constructors raise anything on bad arguments
         raise RecipeError(f"{where}: cannot build the plugin: {error}", hint=f"`plugsurgeon plugins` shows what '{spec.name}' takes") from None
     module = module.to(dtype=dtype, device=_host_device(model))
-    shapes = [site.shape, *site.extra_shapes] if spec.inputs == "site+extra" else [site.shape]
-    if spec.mode == "replace":
-        shapes = [tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)]
-    try:
-        output, flops = run_fake(module, shapes, dtype)
-    except Exception as error:  # noqa: BLE001
-        raise SiteError(f"{where}: the plugin does not run on {shapes}: {str(error).splitlines()[0][:200]}",
-                        hint="the feature map may be too small for it; narrow the step with `where`") from None
-    if not isinstance(output, torch.Tensor) or tuple(output.shape) != site.shape:
-        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise SiteError(f"{where}: the plugin turns {shapes[0]} into {got}, but the site needs {site.shape}",
-                        hint="this plugin cannot go at this site; narrow the step with `where`")
+    flops = _check_runs(module, _calls_to_check(part, node, site, spec), dtype, where)
     params_added = count_params(module)
     if replaced is not None:
         kept = {id(p) for p in module.parameters()} & {id(p) for p in replaced.parameters()}
         params_added = sum(p.numel() for p in module.parameters() if id(p) not in kept) - sum(
             p.numel() for p in replaced.parameters() if id(p) not in kept)
-        _out, old_flops = run_fake(replaced, shapes, dtype)
+        old_flops = sum(run_fake(replaced, inputs, dtype)[1] for inputs, _out in _calls_to_check(part, node, site, spec))
         flops = flops - old_flops
     attribute = site.target if spec.mode == "replace" else (step.name or spec.name)
     return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals)
+
+
+def _calls_to_check(part, node, site: Site, spec: PluginSpec) -> list[tuple[list[tuple[int, ...]], tuple[int, ...]]]:
+    """(input shapes, output shape) of every call the new module will serve.
+
+    A replaced module shared by several calls (a detection head run on every pyramid level) is
+    replaced for all of them, so each call's shapes are checked.
+    """
+    if spec.mode == "after":
+        return [([site.shape, *site.extra_shapes] if spec.inputs == "site+extra" else [site.shape], site.shape)]
+    calls = [n for n in part.gm.graph.nodes if n.op == "call_module" and n.target == node.target]
+    return [([shape_of(n.all_input_nodes[0])], shape_of(n)) for n in calls]
+
+
+def _check_runs(module: nn.Module, calls, dtype: torch.dtype, where: str) -> int:
+    """Run the new module on fake inputs of every call; returns the FLOPs of all calls together."""
+    total = 0
+    for inputs, expected in calls:
+        try:
+            output, flops = run_fake(module, inputs, dtype)
+        except Exception as error:  # noqa: BLE001
+            raise SiteError(f"{where}: the plugin does not run on {inputs}: {str(error).splitlines()[0][:200]}",
+                            hint="the feature map may be too small for it; narrow the step with `where`") from None
+        if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise SiteError(f"{where}: the plugin turns {inputs[0]} into {got}, but the site needs {expected}",
+                            hint="this plugin cannot go at this site; narrow the step with `where`")
+        total += flops
+    return total
 
 
 def _check_mode_independent(model: nn.Module, part, scope: Scope, where: str) -> None:

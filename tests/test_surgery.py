@@ -137,9 +137,26 @@ def test_model_without_residuals_gets_a_clear_error():
         ps.apply(ps.load_model("vit_b_16"), "cbam")
 
 
-def test_shared_module_is_not_replaced():
-    with pytest.raises(ps.SiteError, match="runs 2 times"):
-        ps.apply(SharedConvNet(), recipe({"plugin": "acnet", "at": "conv"}), input_shape=SHAPE)
+def test_shared_module_is_replaced_once_for_every_call():
+    model = randomize_batchnorm(SharedConvNet()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    result = ps.apply(model, recipe({"plugin": "acnet", "at": "conv"}), input_shape=SHAPE)
+    assert [e.module for e in result.report.edits] == ["conv"]
+    torch.testing.assert_close(result.model.eval()(x), model(x))
+
+
+def test_insertion_into_a_module_that_runs_twice_is_refused():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = TinyResNet().layer1[0]
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+
+        def forward(self, x):
+            return self.block(self.block(self.stem(x)))
+
+    with pytest.raises(ps.SiteError, match="runs more than once"):
+        ps.apply(Twice(), recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE)
 
 
 def test_replace_keeps_weights_and_function():
