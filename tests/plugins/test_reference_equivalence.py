@@ -1,0 +1,157 @@
+"""Our catalog modules compute the same function as well-known implementations, given the same weights.
+
+Each case builds ours and the reference at the same size, copies our (scrambled) parameters and BN
+statistics into the reference through an explicit name map (Linear <-> 1x1 conv reshapes included; see
+tests/plugins/_reference_pairs.py), loads them with ``strict=True`` (every reference tensor is mapped),
+and checks, in eval and in train mode: the outputs, the gradients with respect to the input, and, in
+train mode, that the BatchNorm running statistics are updated alike. timm cases are skipped when timm is
+not installed (it is the optional ``timm`` extra).
+
+Equivalent, with the reference configured as stated (its defaults differ, ours follow the papers or the
+authors' code; we do not bend ours):
+- se vs torchvision.ops.SqueezeExcitation(C, C // 16): the same with its defaults (ReLU, sigmoid, biases).
+- se vs timm SEModule: its default hidden size is C/16 rounded to a multiple of 8 (at least 8: 8 instead
+  of 4 at C = 64); given ``rd_channels = C // 16`` it is ours (biases, ReLU, no BN, sigmoid by default).
+- eca vs timm EcaModule: the same kernel size from the channels for every C >= 8 (timm computes
+  int((log2 C + b) / gamma) and rounds even values up, as ours; it also clamps k >= 3, which only matters
+  below C = 8), zero padding, no bias.
+- cbam vs timm CbamModule: timm's shared MLP has no biases by default (``mlp_bias=True`` gives ours and
+  the authors' nn.Linear layers) and rounds the hidden size (we pass C // 16). Its spatial branch
+  concatenates [mean, max] (the paper's Eq. 3 order), ours [max, mean] (the authors' ChannelPool): the map
+  swaps the 7x7 conv's two input channels. Both have the spatial BN, without bias on the conv.
+- gc vs timm GlobalContext: timm's default fusion is a sigmoid scale (``fuse_scale=True, fuse_add=False``)
+  with C/8 hidden; the paper's GCNet block, ours, is ``fuse_add=True, fuse_scale=False`` with C/16. timm's
+  LayerNorm2d uses eps 1e-6 where ours (and the authors' nn.LayerNorm) use 1e-5: the reference's eps is set
+  to ours. timm's W_k has a bias that ours lacks; a constant logit cancels in the softmax over positions
+  (the test gives it a non-zero value). timm zero-initialises only the last conv's weight, ours its bias too.
+- sk vs timm SelectiveKernel: by default timm splits the input channels between the paths
+  (``split_input=True``, a documented departure from the paper); with ``split_input=False``,
+  ``kernel_size=[3, 5]`` and ``keep_3x3=True`` both paths see the whole input, a 3x3 and a 3x3 with
+  dilation 2, each with BN and ReLU, fused by sum, pooled, FC (no bias) -> BN -> ReLU -> FC (no bias), and a
+  softmax across the paths: ours, when the replaced conv's groups equal the dilated path's groups (tested at
+  1 and 32, stride 1 and 2). Our recipe on ResNet-50 keeps the dense 3x3 and adds a 32-group dilated path;
+  timm has one ``groups`` for both paths, so that mixed configuration has no timm counterpart (on
+  ResNeXt-50, the paper's base, both have 32 groups and the pair applies).
+- splat vs timm SplitAttn: timm's default has no BN (``norm_layer=None``), ResNeSt uses it; with
+  ``norm_layer=BatchNorm2d``, ``rd_channels = hidden // radix`` (timm multiplies it by the radix) and a zero
+  fc1 bias (ours has none: BN follows) it is ours. With cardinality 1 (ResNeSt-50 2s1x64d, our recipe on
+  ResNet-50) the weights map one to one. With cardinality K > 1 the two order the K * radix groups of the
+  split conv differently (ours cardinal-major, timm radix-major, see the splat docstring), so split r of
+  cardinal group k reads a different input slice: they are the same function up to that fixed permutation of
+  the input channels, which the test applies to the reference's input.
+- blurpool's BlurPool2d vs timm BlurPool2d: the same binomial filter and reflect padding for odd filter
+  sizes (3, 5, 7). For even sizes (ours defaults to 4, as antialiased-cnns) timm pads
+  (stride - 1 + size - 1) // 2 on every side (2 for size 4), antialiased-cnns and ours 1 before and 2 after:
+  timm's output is one pixel larger (29 x 29 instead of 28 x 28 from 56 x 56) and shifted. With its padding
+  set to ours by hand, the rest is the same (tested).
+- coord_attention vs timm CoordAttn: timm's defaults have no conv biases and C * 2/3 / 16 hidden channels
+  (rounded to 8); with ``bias=True`` and ``rd_channels = max(8, C // 32)`` (the authors' code, ours) it is ours:
+  H- and W-pooling, concatenation, shared 1x1 conv, BN, h-swish, split, per-direction 1x1 convs, sigmoids.
+- nonlocal vs timm NonLocalAttn: timm never subsamples phi and g and scales the energies by 1/sqrt(C) with
+  C the *input* channels (``use_scale=True`` by default), C/8 inner channels; the paper (ours by default)
+  max-pools phi and g by 2, does not scale, and uses C/2. Ours with ``sub_sample=False, scale=False`` is timm's
+  ``use_scale=False`` with ``rd_channels = C // 2`` (biases on all four convs, zero-init BN after W_z, residual).
+  Our ``scale=True`` divides by sqrt(C/2), not sqrt(C), so it has no timm counterpart; neither has our
+  default subsampling.
+
+Not compared: timm has no SK/splat/blurpool variant keeping the replaced conv as a path
+(ours keep its weights; the comparison is of the function, where that does not matter), and no other
+catalog module here has a torchvision or timm counterpart of the same definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from tests.plugins import _reference_pairs as rp
+
+CASES: dict[str, tuple[Callable[[], rp.Pair], tuple[int, ...]]] = {
+    "se-torchvision": (lambda: rp.se_torchvision(64), (4, 64, 12, 10)),
+    "se-timm": (lambda: rp.se_timm(64), (4, 64, 12, 10)),
+    "eca-timm-k3": (lambda: rp.eca_timm(64), (4, 64, 6, 5)),
+    "eca-timm-k5": (lambda: rp.eca_timm(256), (4, 256, 6, 5)),
+    "eca-timm-k7": (lambda: rp.eca_timm(2048), (2, 2048, 4, 4)),
+    "cbam-timm": (lambda: rp.cbam_timm(64), (4, 64, 12, 10)),
+    "gc-timm": (lambda: rp.gc_timm(64), (4, 64, 12, 10)),
+    "gc-timm-256": (lambda: rp.gc_timm(256), (2, 256, 7, 7)),
+    "sk-timm-dense": (lambda: rp.sk_timm(64, groups=1), (4, 64, 10, 9)),
+    "sk-timm-grouped-stride2": (lambda: rp.sk_timm(64, groups=32, stride=2), (4, 64, 11, 10)),
+    "splat-timm": (lambda: rp.splat_timm(64), (4, 64, 10, 9)),
+    "splat-timm-stride2-widen": (lambda: rp.splat_timm(32, 64, stride=2), (4, 32, 11, 10)),
+    "splat-timm-cardinality2": (lambda: rp.splat_timm(64, cardinality=2), (4, 64, 10, 9)),
+    "splat-timm-cardinality4-radix4": (lambda: rp.splat_timm(128, cardinality=4, radix=4), (4, 128, 6, 5)),
+    "blurpool-timm-3": (lambda: rp.blurpool_timm(32, 3), (2, 32, 13, 10)),
+    "blurpool-timm-5": (lambda: rp.blurpool_timm(32, 5), (2, 32, 13, 10)),
+    "blurpool-timm-7": (lambda: rp.blurpool_timm(32, 7), (2, 32, 13, 10)),
+    "blurpool-timm-4-padded-as-ours": (lambda: rp.blurpool_timm(32, 4), (2, 32, 13, 10)),
+    "coord_attention-timm": (lambda: rp.coord_attention_timm(64), (4, 64, 12, 10)),
+    "nonlocal-timm": (lambda: rp.nonlocal_timm(64), (4, 64, 7, 6)),
+}
+
+
+def _build(case: str) -> tuple[rp.Pair, tuple[int, ...]]:
+    builder, shape = CASES[case]
+    if case != "se-torchvision":
+        pytest.importorskip("timm")
+    pair = builder()
+    assert pair.needs_timm == (case != "se-torchvision")
+    return pair, shape
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_function_as_reference(case: str, mode: str):
+    pair, shape = _build(case)
+    pair.ours.train(mode == "train")
+    pair.reference.train(mode == "train")
+    x = torch.randn(shape) * 2 + 0.5
+    x_ours = x.clone().requires_grad_(True)
+    x_ref = x.clone().requires_grad_(True)
+
+    out_ours = pair.ours(x_ours)
+    out_ref = pair.reference(pair.reference_input(x_ref))
+    assert out_ours.shape == out_ref.shape
+    torch.testing.assert_close(out_ours, out_ref, rtol=1e-5, atol=1e-5)
+    # The output must depend on the mapped weights: a constant gate near 1 would pass the check above alone.
+    assert not torch.allclose(out_ours, x if out_ours.shape == x.shape else out_ours.new_zeros(()), atol=1e-3)
+
+    grad_out = torch.randn_like(out_ours)
+    out_ours.backward(grad_out)
+    out_ref.backward(grad_out)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+
+    # Train mode updates the BN running statistics; they must be updated alike (ours mapped again vs timm's).
+    ref_state = pair.reference.state_dict()
+    for name, value in pair.to_reference(pair.ours).items():
+        torch.testing.assert_close(value, ref_state[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_eca_kernel_size_matches_timm_for_every_channel_count():
+    timm_layers = pytest.importorskip("timm.layers")
+    from plugsurgeon.plugins.eca import eca_kernel_size
+
+    mismatched = [c for c in range(8, 4097) if timm_layers.EcaModule(c).conv.kernel_size[0] != eca_kernel_size(c)]
+    assert mismatched == []
+
+
+def test_timm_blurpool_pads_even_filters_differently():
+    """Why the even-size case sets the reference's padding: with its own, timm's output is larger."""
+    timm_layers = pytest.importorskip("timm.layers")
+    from plugsurgeon.plugins.blurpool import BlurPool2d
+
+    x = torch.randn(1, 8, 56, 56)
+    assert BlurPool2d(8, filter_size=4)(x).shape[-2:] == (28, 28)
+    assert timm_layers.BlurPool2d(8, filt_size=4)(x).shape[-2:] == (29, 29)
+
+
+def test_splat_cardinality_needs_the_input_permutation():
+    """Without the permutation, ours and timm differ when cardinality > 1: the docstring's claim is real."""
+    pytest.importorskip("timm")
+    pair = rp.splat_timm(64, cardinality=2)
+    pair.ours.eval(), pair.reference.eval()
+    x = torch.randn(2, 64, 6, 5)
+    torch.testing.assert_close(pair.ours(x), pair.reference(pair.reference_input(x)), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(pair.ours(x), pair.reference(x), atol=1e-3)
