@@ -13,7 +13,3 @@ def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
-
-
-def channels_of(site, _module):
-    return {"channels": site.channels}

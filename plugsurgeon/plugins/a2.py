@@ -27,18 +27,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
-
-
-def _channels(site, _module):
-    return {"channels": site.channels}
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 @register_plugin(
     "a2",
     roles=("residual", "stage", "backbone", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=True,
     paper="Chen et al., A^2-Nets: Double Attention Networks, NeurIPS 2018, arXiv:1810.11579",

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins._context import channels_of, conv_bn_relu
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins._context import conv_bn_relu
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 class ImagePooling(nn.Module):
@@ -47,7 +47,7 @@ class ImagePooling(nn.Module):
     "aspp",
     roles=("backbone", "stage"),
     mode="after",
-    infer=channels_of,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Chen et al., Rethinking Atrous Convolution for Semantic Image Segmentation (DeepLab v3), arXiv:1706.05587, 2017",

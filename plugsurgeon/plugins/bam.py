@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> list[nn.Module]:
@@ -32,15 +32,11 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> list[n
     return [nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def _channels(site, _module):
-    return {"channels": site.channels}
-
-
 @register_plugin(
     "bam",
     roles=("residual", "stage", "backbone", "conv", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Park et al., BAM: Bottleneck Attention Module, BMVC 2018, arXiv:1807.06514",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
+from plugsurgeon.plugins._conv import KeepsConvWeights
 from plugsurgeon.plugins.registry import register_plugin
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 class ChannelGate(nn.Module):
@@ -42,15 +42,11 @@ class SpatialGate(nn.Module):
         return x * torch.sigmoid(self.bn(self.conv(pooled)))
 
 
-def _channels(site, _module):
-    return {"channels": site.channels}
-
-
 @register_plugin(
     "cbam",
     roles=("residual", "stage", "backbone", "conv", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018, arXiv:1807.06521",

@@ -25,18 +25,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
-
-
-def _channels(site, _module):
-    return {"channels": site.channels}
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 @register_plugin(
     "ccnet",
     roles=("backbone", "stage", "residual", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=True,
     paper="Huang et al., CCNet: Criss-Cross Attention for Semantic Segmentation, ICCV 2019, arXiv:1811.11721",

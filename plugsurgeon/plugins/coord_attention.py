@@ -19,18 +19,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
-
-
-def _channels(site, _module):
-    return {"channels": site.channels}
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 @register_plugin(
     "coord_attention",
     roles=("residual", "stage", "backbone", "conv", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Hou et al., Coordinate Attention for Efficient Mobile Network Design, CVPR 2021, arXiv:2103.02907",

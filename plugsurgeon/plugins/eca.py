@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -36,15 +36,11 @@ def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
     return t if t % 2 else t + 1
 
 
-def _channels(site, _module):
-    return {"channels": site.channels}
-
-
 @register_plugin(
     "eca",
     roles=("residual", "stage", "backbone", "conv", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Wang et al., ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks, CVPR 2020, arXiv:1910.03151",

@@ -28,18 +28,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
-
-
-def _channels(site, _module):
-    return {"channels": site.channels}
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 @register_plugin(
     "nonlocal",
     roles=("residual", "stage", "backbone", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=True,
     paper="Wang et al., Non-local Neural Networks, CVPR 2018, arXiv:1711.07971",

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugsurgeon.plugins._context import channels_of, conv_bn_relu
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins._context import conv_bn_relu
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 class PoolingLevel(nn.Module):
@@ -44,7 +44,7 @@ class PoolingLevel(nn.Module):
     "ppm",
     roles=("backbone", "stage"),
     mode="after",
-    infer=channels_of,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Zhao et al., Pyramid Scene Parsing Network (PSPNet), CVPR 2017, arXiv:1612.01105",

@@ -72,6 +72,11 @@ class PluginSpec:
         }
 
 
+def site_channels(site: Site, _replaced: nn.Module | None = None) -> dict[str, Any]:
+    """The ``infer`` of every plugin whose only structural argument is the site's channel count."""
+    return {"channels": site.channels}
+
+
 _REGISTRY: dict[str, PluginSpec] = {}
 
 

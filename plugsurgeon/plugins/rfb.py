@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def conv_bn(cin: int, cout: int, kernel: int | tuple[int, int], dilation: int = 1, relu: bool = True) -> nn.Sequential:
@@ -68,10 +68,6 @@ class ScaledResidual(nn.Module):
         return f"channels={self.channels}, scale={self.scale}"
 
 
-def _channels(site, _module):
-    return {"channels": site.channels}
-
-
 def _dilations(dilations: Sequence[int], count: int) -> tuple[int, ...]:
     dilations = tuple(int(d) for d in dilations)
     if len(dilations) != count or min(dilations) < 1:
@@ -83,7 +79,7 @@ def _dilations(dilations: Sequence[int], count: int) -> tuple[int, ...]:
     "rfb",
     roles=("stage", "backbone", "residual.output", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Liu et al., Receptive Field Block Net for Accurate and Fast Object Detection, ECCV 2018, arXiv:1711.07767",

@@ -30,15 +30,15 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
-from plugsurgeon.plugins.rfb import ScaledResidual, _channels, _dilations, conv_bn
+from plugsurgeon.plugins.registry import register_plugin, site_channels
+from plugsurgeon.plugins.rfb import ScaledResidual, _dilations, conv_bn
 
 
 @register_plugin(
     "rfb_s",
     roles=("stage", "backbone", "residual.output", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Liu et al., Receptive Field Block Net for Accurate and Fast Object Detection, ECCV 2018, arXiv:1711.07767",

@@ -12,18 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
-
-
-def _channels(site, _module):
-    return {"channels": site.channels}
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 @register_plugin(
     "se",
     roles=("residual", "stage", "backbone", "conv", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018, arXiv:1709.01507",

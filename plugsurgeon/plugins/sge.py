@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def group_count(channels: int, groups: int) -> int:
@@ -32,15 +32,11 @@ def group_count(channels: int, groups: int) -> int:
     return max(g for g in range(1, min(channels, groups) + 1) if channels % g == 0)
 
 
-def _channels(site, _module):
-    return {"channels": site.channels}
-
-
 @register_plugin(
     "sge",
     roles=("residual", "stage", "backbone", "conv", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Li et al., Spatial Group-wise Enhance: Improving Semantic Feature Learning in Convolutional Networks, arXiv:1905.09646",

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins._context import channels_of, conv_bn_relu
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins._context import conv_bn_relu
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def _same_max_pool(kernel: int) -> nn.MaxPool2d:
@@ -52,7 +52,7 @@ class _PoolAndFuse(nn.Module):
     "spp",
     roles=("backbone", "stage"),
     mode="after",
-    infer=channels_of,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="He et al., Spatial Pyramid Pooling in Deep Convolutional Networks, ECCV 2014, arXiv:1406.4729; YOLOv3-SPP, arXiv:1804.02767",
@@ -73,7 +73,7 @@ class SPP(_PoolAndFuse):
     "sppf",
     roles=("backbone", "stage"),
     mode="after",
-    infer=channels_of,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="SPPF (Ultralytics YOLOv5, 2020): the fast form of SPP, He et al., ECCV 2014, arXiv:1406.4729",

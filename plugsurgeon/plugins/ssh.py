@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def _conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
@@ -45,15 +45,11 @@ def split_channels(channels: int) -> tuple[int, int, int]:
     return detect, five, channels - detect - five
 
 
-def _channels(site, _module):
-    return {"channels": site.channels}
-
-
 @register_plugin(
     "ssh",
     roles=("neck.level", "stage", "backbone"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Najibi et al., SSH: Single Stage Headless Face Detector, ICCV 2017, arXiv:1708.03979",

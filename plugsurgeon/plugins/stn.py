@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def affine_sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -66,15 +66,11 @@ def affine_sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, channels, h, w)
 
 
-def _channels(site, _module):
-    return {"channels": site.channels}
-
-
 @register_plugin(
     "stn",
     roles=("stage", "backbone", "residual.output"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=True,
     paper="Jaderberg et al., Spatial Transformer Networks, NeurIPS 2015, arXiv:1506.02025",

@@ -27,18 +27,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plugsurgeon.plugins.registry import register_plugin
-
-
-def _channels(site, _module):
-    return {"channels": site.channels}
+from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 @register_plugin(
     "strip_pooling",
     roles=("residual", "stage", "backbone", "conv", "neck.level"),
     mode="after",
-    infer=_channels,
+    infer=site_channels,
     structural=("channels",),
     identity_at_init=False,
     paper="Hou et al., Strip Pooling: Rethinking Spatial Pooling for Scene Parsing, CVPR 2020, arXiv:2003.13328",
