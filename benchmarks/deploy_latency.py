@@ -16,12 +16,16 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.fx.experimental.optimization import fuse as fx_fuse
 
 import plugsurgeon as ps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # randomize_batchnorm lives with the tests
 
 
 def build(shape: tuple[int, ...]) -> dict[str, torch.nn.Module]:
