@@ -289,6 +289,8 @@ def apply_plan(planned: Plan) -> SurgeryResult:
     report.applied = True
     report.new_keys = sorted(keys_after - keys_before)
     report.renamed_keys = sorted(keys_before - keys_after)
+    if report.renamed_keys:
+        report.notes.append(f"{len(report.renamed_keys)} original state_dict keys are gone or renamed: {report.renamed_keys[:5]}")
     report.params_after = count_params(root)
     return SurgeryResult(root, report, planned)
 
@@ -306,17 +308,9 @@ def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_
     target = model if inplace else copy.deepcopy(model)
     planned = plan(target, recipe, input_shape=input_shape)
     result = apply_plan(planned)
-    result.report.notes.extend(_round_trip_notes(result))
     step = {"kind": "recipe", "recipe": planned.recipe.model_dump(mode="json", exclude_defaults=True), "input_shape": list(planned.traced.input_shape)}
     record_step(target, result.model, step)
     return result
-
-
-def _round_trip_notes(result: SurgeryResult) -> list[str]:
-    notes = []
-    if result.report.renamed_keys:
-        notes.append(f"{len(result.report.renamed_keys)} original state_dict keys changed name: {result.report.renamed_keys[:5]}")
-    return notes
 
 
 def _host_dtype(model: nn.Module) -> torch.dtype:

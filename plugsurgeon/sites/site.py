@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 # A role names what a place *is* in the network. Dotted roles are variants; ``at: downsample`` in a
@@ -53,7 +53,6 @@ class Site:
     extra_scopes: tuple[tuple, ...] = ()
     in_residual: bool = False  # the node lies inside a residual branch (a conv of a block's body)
     order: int = 0  # position in the traced graph, for stable ordering
-    meta: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -73,7 +72,7 @@ class Site:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for internal in ("meta", "scopes", "extra_scopes"):
+        for internal in ("scopes", "extra_scopes"):
             data.pop(internal)
         data.update(stage=self.stage, spatial=list(self.spatial), depthwise=self.depthwise)
         return data
