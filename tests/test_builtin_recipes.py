@@ -33,6 +33,11 @@ def test_recipe_applies_and_trains(name: str, resnet50):
             detections = edited([torch.rand(3, 128, 160)])
         assert set(detections[0]) == {"boxes", "labels", "scores"}
         assert type(edited) is type(model)
+        # Training a detector needs targets; the edited backbone (with its FPN) trains on its own.
+        features = edited.backbone.train()(torch.randn(2, 3, 128, 128))
+        sum(f.square().mean() for f in features.values()).backward()
+        new = [edited.get_submodule(e.module) for e in result.report.edits]
+        assert all(p.grad is not None for m in new for p in m.parameters() if p.requires_grad)
         return
     result = ps.apply(resnet50, recipe, input_shape=(1, 3, 224, 224))
     edited = result.model.train()
