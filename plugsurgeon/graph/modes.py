@@ -12,11 +12,11 @@ from typing import Any
 
 from torch import nn
 
-from plugsurgeon.graph.trace import _reads_training_flag, trace_module
+from plugsurgeon.graph.trace import reads_training_flag, trace_module
 
 
 def differs_between_modes(owner: nn.Module, concrete_args: dict[str, Any] | None) -> bool:
-    if not _reads_training_flag(type(owner)):
+    if not reads_training_flag(type(owner)):
         return False
     was_training = owner.training
     try:

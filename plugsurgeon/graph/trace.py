@@ -54,7 +54,7 @@ def is_leaf_type(module: nn.Module) -> bool:
     if next(module.children(), None) is not None:
         return False
     has_state = next(module.parameters(recurse=False), None) is not None or next(module.buffers(recurse=False), None) is not None
-    return has_state or _reads_training_flag(type(module))
+    return has_state or reads_training_flag(type(module))
 
 
 def _holds_state(module: nn.Module) -> bool:
@@ -64,7 +64,7 @@ def _holds_state(module: nn.Module) -> bool:
 _training_flag_cache: dict[type, bool] = {}
 
 
-def _reads_training_flag(cls: type) -> bool:
+def reads_training_flag(cls: type) -> bool:
     if cls not in _training_flag_cache:
         try:
             _training_flag_cache[cls] = "self.training" in inspect.getsource(cls.forward)
