@@ -38,25 +38,60 @@ def fake_inputs_like(example: tuple[Any, ...], mode: FakeTensorMode | None = Non
 def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where: str) -> int:
     """Fill ``node.meta['tensor_meta']`` and return the FLOPs torch's counter saw on the way.
 
-    A failure names the input shape that broke it.
+    Fake tensors first (no compute, no memory). A graph holding a module that reads tensor values
+    (a detection head building anchors from its stride buffer) cannot run on them; it runs once for
+    real on zeros instead, in eval mode, without gradients, and without keeping any change to the
+    model. A failure names the input shape that broke it.
     """
-    mode = _mode_of(fake_inputs)
     try:
-        # ShapeProp prints a traceback before re-raising; the core never prints.
-        with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as counter:
-            propagation = ShapeProp(gm, fake_mode=mode)
-            if propagation.fake_module is not None:
-                # Shapes do not depend on the mode, but train-mode BatchNorm rejects a 1x1 map at batch 1.
-                propagation.fake_module.eval()
-            propagation.propagate(*fake_inputs)
-        return counter.get_total_flops()
-    except Exception as error:  # noqa: BLE001 - ShapeProp re-raises whatever the model raised
-        shapes = [tuple(t.shape) for t in _tensors(fake_inputs)]
-        cause = error.__cause__ or error  # ShapeProp wraps the model's own error with node metadata
-        raise TraceError(
-            f"{where} does not run on inputs of shape {shapes}: {str(cause).strip().splitlines()[0][:300]}",
-            hint="pass the shape the model expects with --input-shape N,C,H,W",
-        ) from None
+        return _propagate(gm, fake_inputs, _mode_of(fake_inputs))
+    except Exception as fake_error:  # noqa: BLE001 - ShapeProp re-raises whatever the model raised
+        if not _needs_values(fake_error):
+            raise _shape_error(fake_error, fake_inputs, where) from None
+    real_inputs = tree_map(lambda v: torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v, fake_inputs)
+    from plugsurgeon.graph.trace import attributes_preserved
+
+    flags = [(m, m.training) for m in gm.modules()]
+    try:
+        gm.eval()
+        with torch.no_grad(), attributes_preserved(gm):
+            return _propagate(gm, real_inputs, None)
+    except Exception as error:  # noqa: BLE001
+        raise _shape_error(error, fake_inputs, where) from None
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode | None) -> int:
+    # ShapeProp prints a traceback before re-raising; the core never prints.
+    with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as counter:
+        propagation = ShapeProp(gm, fake_mode=mode)
+        if propagation.fake_module is not None:
+            # Shapes do not depend on the mode, but train-mode BatchNorm rejects a 1x1 map at batch 1.
+            propagation.fake_module.eval()
+        propagation.propagate(*inputs)
+    return counter.get_total_flops()
+
+
+def _needs_values(error: Exception) -> bool:
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    cause = error
+    while cause is not None:
+        if isinstance(cause, (DataDependentOutputException, DynamicOutputShapeException)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return "_local_scalar_dense" in str(error) or "data-dependent" in str(error)
+
+
+def _shape_error(error: Exception, inputs, where: str) -> TraceError:
+    shapes = [tuple(t.shape) for t in _tensors(inputs)]
+    cause = error.__cause__ or error  # ShapeProp wraps the model's own error with node metadata
+    return TraceError(
+        f"{where} does not run on inputs of shape {shapes}: {str(cause).strip().splitlines()[0][:300]}",
+        hint="pass the shape the model expects with --input-shape N,C,H,W",
+    )
 
 
 def _tensors(tree) -> list[torch.Tensor]:

@@ -40,13 +40,21 @@ def register_leaf(cls: type) -> type:
     return cls
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def is_leaf_type(module: nn.Module) -> bool:
     if isinstance(module, tuple(_extra_leaf_types)):
         return True
     mod = type(module).__module__
-    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+    if isinstance(module, _CONTAINERS):
         return False
     if mod.startswith(("torch.nn", "torch.ao.nn")):
+        return True
+    if _extends_torch_layer(type(module)):
+        # A subclass of a torch layer (timm's BatchNormAct2d, Conv2dSame, StdConv2d) is still that
+        # layer to the rest of the model: one value in, one out. Tracing through it would bake its
+        # mode checks into the graph and hide the layer from folding and site finding.
         return True
     # Childless layers from other libraries (torchvision's FrozenBatchNorm2d, StochasticDepth,
     # DeformConv2d) hold state or read self.training: tracing through them would bake the mode into
@@ -55,6 +63,13 @@ def is_leaf_type(module: nn.Module) -> bool:
         return False
     has_state = next(module.parameters(recurse=False), None) is not None or next(module.buffers(recurse=False), None) is not None
     return has_state or reads_training_flag(type(module))
+
+
+def _extends_torch_layer(cls: type) -> bool:
+    return any(
+        base.__module__.startswith(("torch.nn", "torch.ao.nn")) and base not in (nn.Module, *_CONTAINERS)
+        for base in cls.__mro__[1:]
+    )
 
 
 def _holds_state(module: nn.Module) -> bool:
@@ -101,7 +116,39 @@ class Scope:
 class _Frame:
     path: str
     call: int
+    module: nn.Module | None = None
     counter: int = 0
+
+
+class _CountedProxy(fx.Proxy):
+    """A Proxy that can be iterated when the number of values is in the call itself.
+
+    ``list(x.chunk(2, 1))`` (Ultralytics' C2f, CSP blocks) makes fx give up, because a Proxy has
+    no length; for ``chunk(n)`` and ``split([sizes])`` the count is right there in the arguments.
+    """
+
+    def __iter__(self):
+        count = _static_count(self.node)
+        if count is None:
+            return super().__iter__()
+        return iter([self[i] for i in range(count)])
+
+    def __len__(self) -> int:
+        count = _static_count(self.node)
+        return super().__len__() if count is None else count
+
+
+def _static_count(node: fx.Node) -> int | None:
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if node.op not in ("call_method", "call_function") or name not in ("chunk", "split"):
+        return None
+    args = list(node.args[1:]) if node.op == "call_method" else list(node.args[1:])
+    count = args[0] if args else node.kwargs.get("chunks", node.kwargs.get("split_size_or_sections", node.kwargs.get("split_size")))
+    if name == "chunk" and isinstance(count, int):
+        return count
+    if name == "split" and isinstance(count, (list, tuple)):
+        return len(count)
+    return None
 
 
 class PlugsurgeonTracer(fx.Tracer):
@@ -113,18 +160,56 @@ class PlugsurgeonTracer(fx.Tracer):
     ``extra_blocks``, which returns a tuple the owner iterates) are traced through, as in the model trace.
     """
 
-    def __init__(self, shallow: bool = False) -> None:
+    def __init__(self, shallow: bool = False, trace_through: frozenset[str] = frozenset(),
+                 opaque: frozenset[int] = frozenset()) -> None:
         super().__init__()
         self.shallow = shallow
+        self.trace_through = trace_through
+        self.opaque = opaque  # ids of modules fx cannot trace through: kept as leaves
+        self.failed_in: tuple[str, nn.Module] | None = None
         self.calls: list[CallRecord] = []
         self._frames: list[_Frame] = []
         self._call_counts: dict[str, int] = {}
         self._making_root_args = False
+        self._local_names: dict[int, dict[int, str]] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if id(m) in self.opaque:
+            return True
         if self.shallow and len(self._frames) == 1:
+            if module_qualified_name in self.trace_through and not is_leaf_type(m):
+                return False
             return is_leaf_type(m) or _holds_state(m)
         return is_leaf_type(m)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _CountedProxy(node, self)
+
+    def path_of_module(self, mod: nn.Module) -> str:
+        """The path by which the calling forward reaches ``mod``.
+
+        fx names a module by its first path in the model, so a module instance that several blocks
+        share (Ultralytics' one SiLU behind every Conv) would be named after the first block
+        everywhere, and the block that calls it could not be edited on its own. Naming it from the
+        caller keeps every call site's own path.
+        """
+        if self._frames:
+            frame = self._frames[-1]
+            if frame.module is not None:
+                local = self._names_under(frame.module).get(id(mod))
+                if local is not None:
+                    return f"{frame.path}.{local}" if frame.path else local
+        return super().path_of_module(mod)
+
+    def _names_under(self, module: nn.Module) -> dict[int, str]:
+        names = self._local_names.get(id(module))
+        if names is None:
+            names = {}
+            for name, child in module.named_modules(remove_duplicate=False):
+                if name:
+                    names.setdefault(id(child), name)
+            self._local_names[id(module)] = names
+        return names
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         # Placeholders and the asserts fx adds for concrete args are not part of the forward body.
@@ -155,9 +240,13 @@ class PlugsurgeonTracer(fx.Tracer):
         self._call_counts[path] = call + 1
         record = CallRecord(path, call, _concrete_args_of(m.forward, args, kwargs), (parent.path, parent.call), slot)
         self.calls.append(record)
-        self._frames.append(_Frame(path, call))
+        self._frames.append(_Frame(path, call, m))
         try:
             result = super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module whose own forward could not be traced
+                self.failed_in = (path, m)
+            raise
         finally:
             self._frames.pop()
         if isinstance(result, fx.Proxy):
@@ -165,7 +254,7 @@ class PlugsurgeonTracer(fx.Tracer):
         return result
 
     def trace(self, root, concrete_args=None):
-        self._frames = [_Frame("", 0)]
+        self._frames = [_Frame("", 0, root if isinstance(root, nn.Module) else None)]
         self.calls = []
         self._call_counts = {}
         return super().trace(root, concrete_args)
@@ -178,15 +267,23 @@ def _concrete_args_of(forward, args, kwargs, is_input=lambda v: isinstance(v, fx
     anything else (None, flags, sizes) is specialised to the value it had in this call.
     """
     try:
-        bound = inspect.signature(forward).bind(*args, **kwargs)
+        signature = inspect.signature(forward)
+        bound = signature.bind(*args, **kwargs)
     except TypeError:
         return None
+    # Defaults are part of the call too: traced alone, a module whose caller left ``shortcut=None``
+    # out would otherwise get a placeholder there, and ``if shortcut is None`` would take the other branch.
+    bound.apply_defaults()
     concrete: dict[str, Any] = {}
     for name, value in bound.arguments.items():
-        if is_input(value):
+        if is_input(value) or (_is_variadic(signature.parameters[name]) and not value):
             continue
         concrete[name] = tree_map(lambda v: fx.PH if is_input(v) else v, value)
     return concrete or None
+
+
+def _is_variadic(parameter: inspect.Parameter) -> bool:
+    return parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
 @contextlib.contextmanager
@@ -211,15 +308,75 @@ def attributes_preserved(model: nn.Module):
 _MISSING = object()
 
 
-def trace_module(module: nn.Module, concrete_args: dict[str, Any] | None = None, *, shallow: bool = False) -> tuple[fx.GraphModule, PlugsurgeonTracer]:
-    tracer = PlugsurgeonTracer(shallow=shallow)
+def _without_variadics(module: nn.Module) -> nn.Module:
+    """``module`` itself, or a view of it whose forward takes only the named parameters.
+
+    fx turns a root ``forward(self, x, *args, **kwargs)`` (Ultralytics' models) into a ``*args``
+    placeholder that the body then splats, which it cannot trace; a call of the model passes
+    nothing there, so a forward without them traces the same computation.
+    """
+    forward = type(module).forward
+    try:
+        parameters = list(inspect.signature(forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return module
+    if not any(_is_variadic(p) for p in parameters):
+        return module
+    named = [p.name for p in parameters if not _is_variadic(p)]
+    if not all(name.isidentifier() for name in named) or any(p.kind is p.KEYWORD_ONLY for p in parameters):
+        return module
+    source = f"def forward(self, {', '.join(named)}):\n    return _forward(self, {', '.join(named)})\n"
+    namespace: dict[str, Any] = {"_forward": forward}
+    exec(compile(source, f"<plugsurgeon forward of {type(module).__name__}>", "exec"), namespace)  # noqa: S102 - names checked above
+    view = object.__new__(type(type(module).__name__, (type(module),), {"forward": namespace["forward"]}))
+    view.__dict__ = module.__dict__  # the same module: parameters, children and flags are shared, not copied
+    return view
+
+
+class ModuleTraceError(Exception):
+    """fx failed; ``failed_in`` is the (path, module) of the innermost call it failed inside, if not the root's own forward."""
+
+    def __init__(self, cause: Exception, failed_in: tuple[str, nn.Module] | None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.failed_in = failed_in
+
+
+def trace_module(module: nn.Module, concrete_args: dict[str, Any] | None = None, *, shallow: bool = False,
+                 trace_through: frozenset[str] = frozenset(), opaque: frozenset[int] = frozenset()) -> tuple[fx.GraphModule, PlugsurgeonTracer]:
+    tracer = PlugsurgeonTracer(shallow=shallow, trace_through=trace_through, opaque=opaque)
     with warnings.catch_warnings(), attributes_preserved(module):
         # fx warns that it cannot assert on specialised container inputs; surgery keeps the structure.
         warnings.simplefilter("ignore", UserWarning)
-        graph = tracer.trace(module, concrete_args=concrete_args)
+        try:
+            graph = tracer.trace(_without_variadics(module), concrete_args=concrete_args)
+        except Exception as error:  # noqa: BLE001 - fx raises many types
+            raise ModuleTraceError(error, tracer.failed_in) from error
     name = type(module).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     return gm, tracer
+
+
+_MAX_OPAQUE = 32
+
+
+def trace_isolating(module: nn.Module, concrete_args: dict[str, Any] | None = None) -> tuple[fx.GraphModule, PlugsurgeonTracer, list[tuple[str, str]]]:
+    """Trace ``module``, keeping as leaves the submodules whose own forward fx cannot follow.
+
+    A detector whose head compares shapes in Python (Ultralytics' ``Detect`` in eval mode) is still
+    traced whole around that head, so the backbone, the neck and their connections are one graph.
+    Fails (ModuleTraceError) when ``module``'s own forward is the untraceable one. Returns the
+    (path, reason) of the submodules kept opaque.
+    """
+    opaque: dict[int, tuple[str, str]] = {}
+    while True:
+        try:
+            gm, tracer = trace_module(module, concrete_args, opaque=frozenset(opaque))
+            return gm, tracer, list(opaque.values())
+        except ModuleTraceError as error:
+            if error.failed_in is None or id(error.failed_in[1]) in opaque or len(opaque) >= _MAX_OPAQUE:
+                raise
+            opaque[id(error.failed_in[1])] = (error.failed_in[0], _short(error.cause))
 
 
 def body_nodes(graph: fx.Graph) -> Iterator[fx.Node]:
@@ -302,64 +459,90 @@ class Traced:
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> Traced:
-    """Trace ``model`` (or its largest traceable parts) and propagate shapes on fake tensors."""
-    from plugsurgeon.graph.shapes import fake_inputs_like, propagate_shapes, validate_input_shape
+    """Trace ``model`` and propagate shapes on fake tensors.
+
+    What fx cannot follow is left out as small as possible: a submodule whose own forward does not
+    trace becomes a leaf of the model's graph and its insides are traced in parts; a model whose own
+    forward does not trace (torchvision's detectors) is traced in parts from the top.
+    """
+    from plugsurgeon.graph.shapes import validate_input_shape
 
     input_shape = validate_input_shape(input_shape)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    try:
-        gm, tracer = trace_module(model)
-    except Exception as whole_error:  # fx raises many types; any of them means "not whole"
-        return _trace_in_parts(model, input_shape, whole_error, dtype)
-    example = (torch.empty(input_shape, dtype=dtype),)
-    flops = propagate_shapes(gm, fake_inputs_like(example), where="the model")
-    part = TracedPart("", gm, tracer.calls, example, _spatial(input_shape), None, flops)
-    return Traced(model, [part], input_shape)
+    return _PartTracer(model, input_shape, dtype).run()
 
 
 def _spatial(shape) -> tuple[int, int] | None:
     return (int(shape[-2]), int(shape[-1])) if len(shape) >= 4 else None
 
 
-def _trace_in_parts(model: nn.Module, input_shape: tuple[int, ...], whole_error: Exception, dtype: torch.dtype) -> Traced:
-    from plugsurgeon.graph.shapes import fake_inputs_like, propagate_shapes, record_module_inputs
+class _PartTracer:
+    """Traces the largest traceable pieces of a model, top-down; input structures of inner pieces
+    come from one recorded forward (see shapes.record_module_inputs)."""
 
-    inputs = record_module_inputs(model, torch.zeros(input_shape, dtype=dtype))
-    parts: list[TracedPart] = []
-    untraced: list[tuple[str, str]] = [("", f"{type(model).__name__}: {_short(whole_error)}")]
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.model = model
+        self.input_shape = input_shape
+        self.dtype = dtype
+        self.parts: list[TracedPart] = []
+        self.untraced: list[tuple[str, str]] = []
+        self._inputs: dict[str, tuple[tuple, dict]] | None = None
 
-    def visit(path: str, module: nn.Module) -> None:
+    def inputs(self) -> dict[str, tuple[tuple, dict]]:
+        from plugsurgeon.graph.shapes import record_module_inputs
+
+        if self._inputs is None:
+            self._inputs = record_module_inputs(self.model, torch.zeros(self.input_shape, dtype=self.dtype))
+        return self._inputs
+
+    def run(self) -> Traced:
+        self.visit("", self.model)
+        if not self.parts:
+            reason = self.untraced[0][1] if self.untraced else "no traceable submodule"
+            raise TraceError(
+                f"torch.fx cannot trace {type(self.model).__name__} nor any of its submodules: {reason}",
+                hint="check that the model runs on an input of --input-shape; fx cannot follow data-dependent control flow",
+            )
+        if len(self.parts) > 1:
+            # Strides are relative to the image the backbone sees: a head part fed pyramid levels must
+            # not measure its strides against its own (already downsampled) inputs.
+            reference = max((p.input_spatial for p in self.parts if p.input_spatial), key=lambda s: s[0] * s[1], default=None)
+            for part in self.parts:
+                part.input_spatial = reference
+        return Traced(self.model, self.parts, self.input_shape, self.untraced)
+
+    def visit(self, path: str, module: nn.Module) -> None:
+        from plugsurgeon.graph.shapes import fake_inputs_like, propagate_shapes
+
         if is_leaf_type(module):
             return
-        if path and path in inputs:
-            args, kwargs = inputs[path]
+        if path == "":
+            args, kwargs, concrete = (torch.empty(self.input_shape, dtype=self.dtype),), {}, None
+        elif path in self.inputs():
+            args, kwargs = self.inputs()[path]
+            concrete = _concrete_args_of(module.forward, args, kwargs, is_input=lambda v: isinstance(v, torch.Tensor))
+        else:
+            args = None
+        if args is not None:
             try:
-                concrete = _concrete_args_of(module.forward, args, kwargs, is_input=lambda v: isinstance(v, torch.Tensor))
-                gm, tracer = trace_module(module, concrete_args=concrete)
-                example = _example_call(module.forward, args, kwargs)
-                flops = propagate_shapes(gm, fake_inputs_like(example), where=f"'{path}'")
-            except Exception as error:  # noqa: BLE001 - any failure means "look inside"
-                untraced.append((path, f"{type(module).__name__}: {_short(error)}"))
+                gm, tracer, opaque = trace_isolating(module, concrete)
+            except ModuleTraceError as error:
+                self.untraced.append((path, f"{type(module).__name__}: {_short(error.cause)}"))
             else:
+                example = _example_call(module.forward, args, kwargs) if path else args
+                flops = propagate_shapes(gm, fake_inputs_like(example), where=f"'{path}'" if path else "the model")
                 first_image = next((a for a in flat_tensors(example) if a.dim() == 4), None)
                 spatial = _spatial(first_image.shape) if first_image is not None else None
-                parts.append(TracedPart(path, gm, tracer.calls, example, spatial, concrete, flops))
+                self.parts.append(TracedPart(path, gm, tracer.calls, example, spatial, concrete, flops))
+                for inner, reason in opaque:
+                    inner_path = ".".join(p for p in (path, inner) if p)
+                    inner_module = self.model.get_submodule(inner_path)
+                    self.untraced.append((inner_path, f"{type(inner_module).__name__}: {reason}"))
+                    for name, child in inner_module.named_children():
+                        self.visit(f"{inner_path}.{name}", child)
                 return
         for name, child in module.named_children():
-            visit(f"{path}.{name}" if path else name, child)
-
-    visit("", model)
-    # Strides are relative to the image the backbone sees: a head part fed pyramid levels must not
-    # measure its strides against its own (already downsampled) inputs.
-    reference = max((p.input_spatial for p in parts if p.input_spatial), key=lambda s: s[0] * s[1], default=None)
-    for part in parts:
-        part.input_spatial = reference
-    if not parts:
-        raise TraceError(
-            f"torch.fx cannot trace {type(model).__name__} nor any of its submodules: {_short(whole_error)}",
-            hint="check that the model runs on an input of --input-shape; fx cannot follow data-dependent control flow",
-        )
-    return Traced(model, parts, input_shape, untraced)
+            self.visit(f"{path}.{name}" if path else name, child)
 
 
 def _example_call(forward, args, kwargs) -> tuple[Any, ...]:
