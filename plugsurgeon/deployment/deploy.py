@@ -13,8 +13,8 @@ from torch import nn
 
 from plugsurgeon.deployment.fold import FoldPlan, apply_folds, plan_folds
 from plugsurgeon.deployment.measure import count_flops, count_params
-from plugsurgeon.deployment.reparameterize import reparameterize_all
-from plugsurgeon.deployment.report import DeployReport, Folded, Reparameterized
+from plugsurgeon.deployment.reparameterize import Outcome, reparameterize_all
+from plugsurgeon.deployment.report import DeployReport, Folded, LeftAlone, Reparameterized
 from plugsurgeon.deployment.verify import compare, probe_calls, run
 from plugsurgeon.errors import PlugsurgeonError, VerificationError
 from plugsurgeon.graph.shapes import validate_input_shape
@@ -46,7 +46,8 @@ def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = 
         raise PlugsurgeonError(f"tolerances must be non-negative, got atol={atol}, rtol={rtol}", hint="for example --atol 1e-4 --rtol 1e-4")
     was_training = any(m.training for m in model.modules())
     reference = _copy(model).eval()
-    deployed, traced, reparameterized, folded, plan = transform(_copy(model), input_shape)
+    deployed, traced, outcome, folded, plan = transform(_copy(model), input_shape)
+    reparameterized = outcome.reparameterized
     calls = probe_calls(traced)
     report = DeployReport(
         model=type(deployed).__name__,
@@ -54,12 +55,13 @@ def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = 
         traced=[p.path for p in traced.parts],
         untraced=[] if traced.whole else list(traced.untraced),
         reparameterized=reparameterized,
+        left_alone=outcome.left_alone,
         folded=folded,
         skipped=plan.skipped,
         eval_mode=True,
         params_before=count_params(reference),
         params_after=count_params(deployed),
-        notes=_notes(traced, reparameterized, was_training),
+        notes=_notes(traced, reparameterized, outcome.left_alone, was_training),
     )
     if verify:
         expected, report.flops_before = run(reference, calls)
@@ -73,15 +75,15 @@ def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = 
     return DeployResult(deployed, report)
 
 
-def transform(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, Traced, list[Reparameterized], list[Folded], FoldPlan]:
+def transform(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, Traced, Outcome, list[Folded], FoldPlan]:
     """Reparameterize, re-trace, fold: ``model`` is modified in place (deploy passes a copy)."""
     model.eval()
-    root, reparameterized = reparameterize_all(model)
-    root.eval()
+    outcome = reparameterize_all(model)
+    root = outcome.root.eval()
     traced = trace(root, input_shape)
     plan = plan_folds(traced)
     folded = apply_folds(root, plan)
-    return root.eval(), traced, reparameterized, folded, plan
+    return root.eval(), traced, outcome, folded, plan
 
 
 def rebuild(model: nn.Module, input_shape) -> nn.Module:
@@ -100,10 +102,19 @@ def _copy(model: nn.Module) -> nn.Module:
                                hint="deploy never modifies the caller's model, so it must be able to deep-copy it") from None
 
 
-def _notes(traced: Traced, reparameterized: list[Reparameterized], was_training: bool) -> list[str]:
+def _notes(traced: Traced, reparameterized: list[Reparameterized], left_alone: list[LeftAlone], was_training: bool) -> list[str]:
     notes = ["the deployed model is in eval mode: BatchNorm statistics are frozen into the convs and dropout is off"]
     if was_training:
         notes.append("the original was in train mode; it was compared in eval mode")
+    in_place = sorted({f"{r.before}.{r.method}" for r in reparameterized if r.in_place})
+    if in_place:
+        notes.append(f"converted in place by their own deploy methods: {', '.join(in_place)}")
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for item in left_alone:
+        groups.setdefault((item.type, item.method, item.reason), []).append(item.path or "(root)")
+    for (kind, method, reason), paths in groups.items():
+        more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        notes.append(f"left alone, {kind}.{method} at {', '.join(paths[:3])}{more}: {reason}")
     if not traced.whole:
         parts = ", ".join(p.path for p in traced.parts)
         notes.append(f"verified part by part ({parts}) on random inputs shaped like each part's inputs: the outer "

@@ -2,8 +2,14 @@
 
 A BatchNorm is folded into the layer before it only when nothing else can see the difference:
 the layer's output has exactly one user (the BN), the layer and the BN modules are each called
-exactly once in the traced forward, and both are the stock torch classes whose forward the fusion
-formula describes. Every BatchNorm that stays gets a reason in the report.
+exactly once in the traced forward (counted per module instance, whatever path a call site names
+it by), and both are classes whose forward the fusion formula describes. Every BatchNorm that stays
+gets a reason in the report.
+
+Norm + activation layers (timm's BatchNormAct2d, SyncBatchNormAct, FrozenBatchNormAct2d) normalise,
+then apply their ``drop`` and ``act`` children. The normalisation folds like a BatchNorm's; the
+children stay at the norm's path as an nn.Sequential, so ``bn1.act`` keeps its name (and a PReLU
+its weight key). Their forwards are known by identity, so a subclass that changes them is skipped.
 
 torch.fx.experimental.optimization.fuse checks the first condition but not that the conv *module*
 runs once, so a conv shared by two call sites gets corrupted there. Here it is skipped.
@@ -11,7 +17,8 @@ runs once, so a conv shared by two call sites gets corrupted there. Here it is s
 
 from __future__ import annotations
 
-from collections import Counter
+import sys
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -36,16 +43,36 @@ def _frozen_bn_type() -> type | None:
     return FrozenBatchNorm2d
 
 
+def norm_act_forwards() -> dict:
+    """Forwards that are a BatchNorm followed by the named children, from libraries already imported
+    (a model holding timm layers has imported timm; nothing here imports it)."""
+    timm = sys.modules.get("timm.layers.norm_act")
+    if timm is None:
+        return {}
+    classes = ("BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d")
+    return {getattr(timm, c).forward: ("drop", "act") for c in classes if hasattr(getattr(timm, c, None), "forward")}
+
+
 def is_norm(module: nn.Module) -> bool:
     """A BatchNorm of any flavour, foldable or not (what the report accounts for)."""
     frozen = _frozen_bn_type()
-    return isinstance(module, nn.modules.batchnorm._BatchNorm) or (frozen is not None and isinstance(module, frozen))
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) or (frozen is not None and isinstance(module, frozen))
+            or type(module).forward in norm_act_forwards())
+
+
+def after_norm(norm: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The children a norm + act layer applies after normalising, in order (none for a plain BatchNorm)."""
+    names = norm_act_forwards().get(type(norm).forward, ())
+    return [(n, m) for n in names if isinstance(m := getattr(norm, n, None), nn.Module) and not isinstance(m, nn.Identity)]
 
 
 def _norm_problem(norm: nn.Module) -> str | None:
     frozen = _frozen_bn_type()
     name = type(norm).__name__
-    if frozen is not None and isinstance(norm, frozen):
+    if type(norm).forward in norm_act_forwards():
+        if getattr(norm, "running_mean", None) is None or getattr(norm, "running_var", None) is None:
+            return f"{name} has no running statistics: it normalises with batch statistics even in eval mode"
+    elif frozen is not None and isinstance(norm, frozen):
         if type(norm).forward is not frozen.forward:
             return f"{name} has its own forward, which the fusion formula does not describe"
     elif type(norm).forward not in _BN_FORWARDS:
@@ -90,55 +117,77 @@ class FoldPlan:
 
 def plan_folds(traced: Traced) -> FoldPlan:
     """Which BatchNorms of ``traced.model`` fold into the layer before them; the model is not modified."""
-    model = traced.model
-    resolved: dict[tuple[str, str], nn.Module] = {}
-
-    def module_of(part: TracedPart, node: fx.Node) -> nn.Module:
-        key = (part.path, node.target)
-        if key not in resolved:
-            resolved[key] = model.get_submodule(part.absolute(node.target))
-        return resolved[key]
-
-    calls: Counter[int] = Counter()
-    read_directly: set[str] = set()
-    for part in traced.parts:
-        for node in part.gm.graph.nodes:
-            if node.op == "call_module":
-                calls[id(module_of(part, node))] += 1
-            elif node.op == "get_attr":
-                read_directly.add(part.absolute(node.target))
-
+    graph = _GraphFacts(traced)
     plan = FoldPlan()
     seen: set[int] = set()
     for part in traced.parts:
         for node in part.gm.graph.nodes:
-            if node.op != "call_module" or not is_norm(norm := module_of(part, node)) or id(norm) in seen:
+            if node.op != "call_module" or not is_norm(norm := graph.module(part, node)) or id(norm) in seen:
                 continue
             seen.add(id(norm))
             norm_path = part.absolute(node.target)
             layer_node = node.args[0] if node.args else None
-            reason = _why_not(part, node, layer_node, norm, calls, read_directly, module_of)
+            reason = _why_not(part, node, layer_node, norm, graph)
             if reason is None:
                 plan.pairs.append((part.absolute(layer_node.target), norm_path))
             else:
                 plan.skipped.append(Skipped(norm_path, reason))
     traced_paths = [p.path for p in traced.parts]
-    for path, module in model.named_modules():
+    for path, module in traced.model.named_modules():
         if is_norm(module) and id(module) not in seen:
-            inside = "" in traced_paths or any(path.startswith(p + ".") for p in traced_paths)
-            reason = "not called in the traced forward" if inside else "in a part of the model that torch.fx cannot trace"
-            plan.skipped.append(Skipped(path, reason))
+            plan.skipped.append(Skipped(path, _why_not_called(path, module, traced_paths, graph)))
     return plan
 
 
-def _why_not(part, node, layer_node, norm, calls, read_directly, module_of) -> str | None:
+class _GraphFacts:
+    """Modules by identity: a call site may name a shared instance by its own path, so two targets
+    can be one module, and ``calls`` counts the instance, not the name."""
+
+    def __init__(self, traced: Traced) -> None:
+        self.calls: Counter[int] = Counter()
+        self.read: set[int] = set()  # ids of tensors and modules the graphs read with get_attr
+        for part in traced.parts:
+            for node in part.gm.graph.nodes:
+                if node.op == "call_module":
+                    self.calls[id(self.module(part, node))] += 1
+                elif node.op == "get_attr":
+                    self.read.add(id(_attribute(part.gm, node.target)))
+
+    @staticmethod
+    def module(part: TracedPart, node: fx.Node) -> nn.Module:
+        return part.gm.get_submodule(node.target)
+
+    def reads(self, module: nn.Module) -> bool:
+        """Whether a graph reads the module or one of its tensors directly, not through a call."""
+        inside = [module, *module.modules(), *module.parameters(), *module.buffers()]
+        return any(id(x) in self.read for x in inside)
+
+
+def _attribute(root: nn.Module, target: str):
+    value = root
+    for name in target.split("."):
+        value = getattr(value, name, None)
+    return value
+
+
+def _why_not_called(path: str, module: nn.Module, traced_paths: list[str], graph: _GraphFacts) -> str:
+    inside = "" in traced_paths or any(path.startswith(p + ".") for p in traced_paths)
+    if not inside:
+        return "in a part of the model that torch.fx cannot trace"
+    if graph.reads(module):
+        return (f"the trace went through {type(module).__name__}'s forward (its tensors are read as graph constants), "
+                "so there is no single call to fold")
+    return "not called in the traced forward"
+
+
+def _why_not(part, node, layer_node, norm, graph: _GraphFacts) -> str | None:
     problem = _norm_problem(norm)
     if problem:
         return problem
     if len(node.args) != 1 or node.kwargs:
         return "BatchNorm is called with extra arguments"
-    if not isinstance(layer_node, fx.Node) or layer_node.op != "call_module" or not _is_layer(layer := module_of(part, layer_node)):
-        return f"its input is {_describe(part, layer_node, module_of)}, not a conv or linear layer"
+    if not isinstance(layer_node, fx.Node) or layer_node.op != "call_module" or not _is_layer(layer := graph.module(part, layer_node)):
+        return f"its input is {_describe(part, layer_node, graph.module)}, not a conv or linear layer"
     layer_path = part.absolute(layer_node.target)
     kind = "conv" if isinstance(layer, nn.modules.conv._ConvNd) else "linear"
     problem = _layer_problem(layer)
@@ -147,12 +196,14 @@ def _why_not(part, node, layer_node, norm, calls, read_directly, module_of) -> s
     if len(layer_node.users) != 1:
         others = sorted(u.name for u in layer_node.users if u is not node)
         return f"{kind} output has another user ({', '.join(others[:3])}), which needs the unnormalised values"
-    if calls[id(layer)] != 1:
-        return f"{kind} module called {calls[id(layer)]} times ('{layer_path}'); folding would change every call"
-    if calls[id(norm)] != 1:
-        return f"BatchNorm module called {calls[id(norm)]} times; folding would change every call"
-    if any(a == layer_path or a.startswith(layer_path + ".") for a in read_directly):
+    if graph.calls[id(layer)] != 1:
+        return f"{kind} module called {graph.calls[id(layer)]} times ('{layer_path}'); folding would change every call"
+    if graph.calls[id(norm)] != 1:
+        return f"BatchNorm module called {graph.calls[id(norm)]} times; folding would change every call"
+    if graph.reads(layer):
         return f"the weights of '{layer_path}' are also read directly in forward"
+    if graph.reads(norm):
+        return "its tensors are also read directly in forward"
     channels = layer.out_channels if kind == "conv" else layer.out_features
     if norm.weight is not None and norm.weight.shape[0] not in (channels,) + ((1,) if kind == "linear" else ()):
         return f"BatchNorm has {norm.weight.shape[0]} features, the {kind} has {channels} outputs"
@@ -180,9 +231,13 @@ def _describe(part: TracedPart, node, module_of) -> str:
 
 
 def apply_folds(model: nn.Module, plan: FoldPlan) -> list[Folded]:
-    """Fold every planned pair in ``model`` (modified in place): the fused layer takes the layer's
-    path, the BatchNorm's path gets an nn.Identity."""
-    fused: dict[str, nn.Module] = {}
+    """Fold every planned pair in ``model`` (modified in place).
+
+    The fused layer takes the layer's place and the norm's place gets what the norm did after
+    normalising: nn.Identity for a BatchNorm, an nn.Sequential of ``drop`` and ``act`` for timm's
+    BatchNormAct2d. A module registered under several paths is replaced under all of them.
+    """
+    replaced: dict[int, nn.Module] = {}
     done: list[Folded] = []
     with torch.no_grad():
         for layer_path, norm_path in plan.pairs:
@@ -190,11 +245,18 @@ def apply_folds(model: nn.Module, plan: FoldPlan) -> list[Folded]:
             layer.eval()
             norm.eval()
             if isinstance(layer, nn.Linear):
-                fused[layer_path] = fuse_linear_bn_eval(layer, norm)
+                replaced[id(layer)] = fuse_linear_bn_eval(layer, norm)
             else:
-                fused[layer_path] = fuse_conv_bn_eval(layer, norm, transpose=layer.transposed)
-            done.append(Folded(layer_path, norm_path, type(layer).__name__, type(norm).__name__))
-    for layer_path, norm_path in plan.pairs:
-        model.set_submodule(layer_path, fused[layer_path])
-        model.set_submodule(norm_path, nn.Identity())
+                replaced[id(layer)] = fuse_conv_bn_eval(layer, norm, transpose=layer.transposed)
+            rest = after_norm(norm)
+            replaced[id(norm)] = nn.Sequential(OrderedDict(rest)) if rest else nn.Identity()
+            done.append(Folded(layer_path, norm_path, type(layer).__name__, type(norm).__name__, kept=[name for name, _ in rest]))
+    for path in _paths_of(model, replaced):
+        model.set_submodule(path, replaced[id(model.get_submodule(path))])
     return done
+
+
+def _paths_of(model: nn.Module, modules: dict[int, nn.Module]) -> list[str]:
+    """Every path of the given modules, deepest first, so a replaced parent cannot hide a child's path."""
+    paths = [path for path, m in model.named_modules(remove_duplicate=False) if path and id(m) in modules]
+    return sorted(paths, key=lambda p: p.count("."), reverse=True)

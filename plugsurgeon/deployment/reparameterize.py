@@ -1,25 +1,72 @@
-"""The reparameterization protocol: a train-time block with a ``reparameterize()`` method returns the
-single module it is equivalent to in eval mode, and deploy puts that module at the block's path.
+"""Train-time blocks to their inference form, each by the deploy method its own library defines.
 
-One protocol for every block (ACBlock, RepVGG, ...): nothing here knows their classes.
+plugsurgeon's catalog blocks (ACBlock, RepVGG, ...) follow one protocol: ``reparameterize()`` returns
+the single module the block equals in eval mode, and deploy puts that module at the block's path.
+
+Blocks from other libraries bring deploy methods with other meanings under similar names: timm's
+``reparameterize()`` changes the block in place and returns None (RepVGG, MobileOne, GhostNetV3,
+RepGhost, LCNetV2, FastViT), and timm's ``reparameterize_model`` then walks into the block's children,
+which have their own turn; timm's ``fuse()`` returns the fused module, while an Ultralytics model's
+``fuse()`` rewrites the whole model in place. Calling one convention with another's expectations
+breaks (ghostnetv3 returned None into a protocol that wanted a module), so those methods are called
+the way their library calls them, from the table ``CONVENTIONS`` keyed by method name, on deploy's
+copy of the model; what they did is reported, and verification proves the result. A method that is
+only safe inside its library's model-wide pass, or that raises, is left alone and reported.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from plugsurgeon.deployment.report import Reparameterized
+from plugsurgeon.deployment.report import LeftAlone, Reparameterized
 from plugsurgeon.errors import PlugsurgeonError
 
+OWN_METHOD = "reparameterize"
 
-def is_reparameterizable(module: nn.Module) -> bool:
-    """Has a ``reparameterize()`` callable without arguments (a VAE's ``reparameterize(mu, logvar)``
-    is another thing with the same name, and is left alone)."""
-    method = getattr(module, "reparameterize", None)
+
+@dataclass(frozen=True)
+class Convention:
+    """How a third-party library means one deploy method.
+
+    Whatever the method returns, a module other than the block itself replaces the block, and
+    anything else (None, the block) means it changed in place. ``descends``: after an in-place call
+    the block's children get their own turn, as in timm's ``reparameterize_model``; a ``fuse()`` that
+    rewrites in place already covers its subtree (Ultralytics' model-level fuse).
+    """
+
+    method: str
+    used_by: str  # who defines it this way, for the reference of whoever reads the report
+    descends: bool
+    options: dict[str, Any] = field(default_factory=dict)  # passed when the method takes them
+    alone: str | None = None  # why it is not safe to call on its own, when it is not
+
+
+# In timm's order: a block with several of these methods is handled by the first.
+CONVENTIONS = (
+    Convention("fuse", "timm (LeViT, RepViT, TinyViT, ... return the fused module); Ultralytics models (fuse in place)",
+               descends=False, options={"verbose": False}),
+    Convention("reparameterize", "timm (RepVGG, MobileOne, GhostNetV3, RepGhost, LCNetV2, FastViT), in place", descends=True),
+    Convention("switch_to_deploy", "timm GhostNet/RepGhost modules, RepVGG-style code, in place", descends=True),
+    Convention("fuse_convs", "Ultralytics RepConv", descends=False,
+               alone="its model's fuse() must also switch the block's forward; called alone it leaves a forward that reads deleted branches"),
+)
+
+
+def is_own_block(module: nn.Module) -> bool:
+    """A plugsurgeon catalog class, which follows our protocol."""
+    from plugsurgeon.plugins.registry import is_plugin
+
+    return type(module).__module__.startswith("plugsurgeon.") or is_plugin(module)
+
+
+def callable_without_arguments(method: Any) -> bool:
+    """A VAE's ``reparameterize(mu, logvar)`` or YOLO-World's ``fuse(txt_feats)`` share a name, not a meaning."""
     if not callable(method):
         return False
     try:
@@ -29,56 +76,156 @@ def is_reparameterizable(module: nn.Module) -> bool:
     return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
 
 
-def find_reparameterizable(model: nn.Module) -> dict[int, list[str]]:
-    """Outermost reparameterizable modules (a block inside another is the outer one's business),
-    by identity, with every path they sit at (a module shared by two paths is converted once)."""
-    found: dict[int, list[str]] = defaultdict(list)
-    outer: list[str] = []
-    for path, module in model.named_modules(remove_duplicate=False):
-        if any(o == "" or path.startswith(o + ".") for o in outer):
-            continue
-        if is_reparameterizable(module):
-            outer.append(path)
-            found[id(module)].append(path)
-    return dict(found)
+def is_reparameterizable(module: nn.Module) -> bool:
+    """Follows plugsurgeon's own protocol: a catalog block whose ``reparameterize()`` returns its inference module."""
+    return is_own_block(module) and callable_without_arguments(getattr(module, OWN_METHOD, None))
 
 
-def reparameterize_all(model: nn.Module) -> tuple[nn.Module, list[Reparameterized]]:
-    """Replace every reparameterizable module of ``model`` (modified in place) by its ``reparameterize()``.
+def convention_of(module: nn.Module) -> Convention | None:
+    if is_own_block(module):
+        return None
+    for convention in CONVENTIONS:
+        if callable_without_arguments(getattr(module, convention.method, None)):
+            return convention
+    return None
 
-    Returns the root (a new module when the root itself is such a block) and what was replaced.
-    The results are put in eval mode.
+
+@dataclass
+class Outcome:
+    root: nn.Module
+    reparameterized: list[Reparameterized] = field(default_factory=list)
+    left_alone: list[LeftAlone] = field(default_factory=list)
+
+
+def reparameterize_all(model: nn.Module) -> Outcome:
+    """Every train-time block of ``model`` (modified in place) to its inference form, top-down.
+
+    Returns the root (a new module when the root itself is replaced), what was converted and what
+    was left alone. A module shared by several paths is converted once and replaced at all of them.
     """
-    found = find_reparameterizable(model)
-    modules = {id(m): m for _, m in model.named_modules(remove_duplicate=False)}
-    replacements: dict[str, nn.Module] = {}
-    done: list[Reparameterized] = []
-    for key, paths in found.items():
-        block = modules[key]
-        where = f"'{paths[0] or '(root)'}' ({type(block).__name__})"
-        block.eval()
+    walk = _Walk()
+    walk.visit(model, "")
+    root = model
+    for module, paths in walk.replacements.values():
+        for path in paths:
+            if path == "":
+                root = module
+            else:
+                root.set_submodule(path, module)
+    root.eval()
+    return Outcome(root, walk.done, walk.left_alone)
+
+
+def find_reparameterizable(model: nn.Module) -> dict[int, list[str]]:
+    """The blocks deploy would still convert, by identity in ``model``, with the paths they sit at.
+
+    Found by running the conversion on a copy: a third-party method that has nothing left to do (a
+    timm block already reparameterized) is not reported, whatever its name says.
+    """
+    try:
+        outcome = reparameterize_all(copy.deepcopy(model))
+    except PlugsurgeonError:
+        outcome = Outcome(model)
+    found: dict[int, list[str]] = {}
+    for item in outcome.reparameterized:
+        try:
+            module = model.get_submodule(item.path)
+        except AttributeError:  # created by an ancestor's in-place conversion, which is reported itself
+            continue
+        found.setdefault(id(module), []).append(item.path)
+    return found
+
+
+class _Walk:
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.replacements: dict[int, tuple[nn.Module, list[str]]] = {}
+        self.done: list[Reparameterized] = []
+        self.left_alone: list[LeftAlone] = []
+
+    def visit(self, module: nn.Module, path: str) -> None:
+        key = id(module)
+        if key in self.seen:
+            if key in self.replacements:  # a shared instance: replaced at this path too, and reported there
+                self.replacements[key][1].append(path)
+                first = next(r for r in self.done if r.path == self.replacements[key][1][0])
+                self.done.append(replace(first, path=path))
+            return
+        self.seen.add(key)
+        replacement, descend = self.convert(module, path)
+        if replacement is not None:
+            self.replacements[key] = (replacement, [path])
+            return
+        if descend:
+            for name, child in list(module.named_children()):
+                self.visit(child, f"{path}.{name}" if path else name)
+
+    def convert(self, module: nn.Module, path: str) -> tuple[nn.Module | None, bool]:
+        """(the module that replaces this one or None, whether its children get their turn)."""
+        if is_reparameterizable(module):
+            result = _own(module, path)
+            self.done.append(Reparameterized(path, type(module).__name__, type(result).__name__))
+            return result, False
+        convention = convention_of(module)
+        if convention is None:
+            return None, True
+        if convention.alone:
+            self.left_alone.append(LeftAlone(path, type(module).__name__, f"{convention.method}()", convention.alone))
+            return None, True
+        return self.foreign(module, path, convention)
+
+    def foreign(self, module: nn.Module, path: str, convention: Convention) -> tuple[nn.Module | None, bool]:
+        name = type(module).__name__
+        before, keep = structure(module), copy.deepcopy(module)
+        method = getattr(module, convention.method)
+        options = _accepted(method, convention.options)
+        module.eval()
         try:
             with torch.no_grad():
-                result = block.reparameterize()
-        except PlugsurgeonError:
-            raise
-        except Exception as error:  # noqa: BLE001 - a plugin's method may raise anything
-            raise PlugsurgeonError(f"reparameterize() of {where} failed: {type(error).__name__}: {error}",
-                                   hint="the block cannot be converted; deploy the model without it") from None
-        if not isinstance(result, nn.Module):
-            raise PlugsurgeonError(f"reparameterize() of {where} returned {type(result).__name__}, not an nn.Module",
-                                   hint="reparameterize() must return the equivalent module")
-        if any(is_reparameterizable(m) for m in result.modules()):
-            raise PlugsurgeonError(f"reparameterize() of {where} returned a module that is still reparameterizable",
-                                   hint="reparameterize() must return the plain inference module")
-        result.eval()
-        for path in paths:
-            replacements[path] = result
-            done.append(Reparameterized(path, type(block).__name__, type(result).__name__))
-    root = model
-    for path, module in replacements.items():
-        if path == "":
-            root = module
-        else:
-            root.set_submodule(path, module)
-    return root, done
+                result = method(**options)
+        except Exception as error:  # noqa: BLE001 - a third-party method may raise anything
+            reason = f"{convention.method}() raised {type(error).__name__}: {str(error).strip()[:200]}; the block stays as it was"
+            self.left_alone.append(LeftAlone(path, name, f"{convention.method}()", reason))
+            return keep, False
+        if isinstance(result, nn.Module) and result is not module:
+            self.done.append(Reparameterized(path, name, type(result).__name__, method=f"{convention.method}()", in_place=False))
+            return result.eval(), False
+        if structure(module) != before:
+            self.done.append(Reparameterized(path, name, type(module).__name__, method=f"{convention.method}()", in_place=True))
+        return None, convention.descends
+
+
+def _own(block: nn.Module, path: str) -> nn.Module:
+    where = f"'{path or '(root)'}' ({type(block).__name__})"
+    block.eval()
+    try:
+        with torch.no_grad():
+            result = getattr(block, OWN_METHOD)()
+    except PlugsurgeonError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a plugin's method may raise anything
+        raise PlugsurgeonError(f"reparameterize() of {where} failed: {type(error).__name__}: {error}",
+                               hint="the block cannot be converted; deploy the model without it") from None
+    if not isinstance(result, nn.Module):
+        raise PlugsurgeonError(f"reparameterize() of {where} returned {type(result).__name__}, not an nn.Module",
+                               hint="reparameterize() must return the equivalent module")
+    if any(is_reparameterizable(m) for m in result.modules()):
+        raise PlugsurgeonError(f"reparameterize() of {where} returned a module that is still reparameterizable",
+                               hint="reparameterize() must return the plain inference module")
+    return result.eval()
+
+
+def _accepted(method, options: dict[str, Any]) -> dict[str, Any]:
+    try:
+        names = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in options.items() if k in names}
+
+
+def structure(module: nn.Module) -> tuple:
+    """What an in-place conversion changes: submodules and their classes, tensor names and shapes,
+    and forwards set on instances (Ultralytics switches ``forward`` to ``forward_fuse``)."""
+    modules = tuple((path, type(m).__name__, "forward" in vars(m)) for path, m in module.named_modules(remove_duplicate=False))
+    tensors = tuple((k, tuple(v.shape)) for k, v in module.state_dict(keep_vars=True).items())
+    return modules, tensors

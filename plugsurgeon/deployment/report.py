@@ -8,21 +8,37 @@ from typing import Any
 
 @dataclass
 class Reparameterized:
-    """A train-time block replaced by the module its ``reparameterize()`` returned."""
+    """A train-time block converted to its inference form: replaced by the module its method returned,
+    or changed in place by a third-party method (timm's ``reparameterize()``), then ``after == before``."""
 
     path: str
     before: str  # class name
     after: str
+    method: str = "reparameterize()"
+    in_place: bool = False
+
+
+@dataclass
+class LeftAlone:
+    """A block with a third-party deploy method that deploy did not apply, and why; verification
+    still compares the model that holds it."""
+
+    path: str
+    type: str  # class name
+    method: str
+    reason: str
 
 
 @dataclass
 class Folded:
-    """A BatchNorm folded into the conv (or linear) before it; the BN is now an nn.Identity."""
+    """A BatchNorm folded into the conv (or linear) before it. The BN's path now holds an nn.Identity,
+    or, for a norm + activation layer, an nn.Sequential of the children it applied after normalising."""
 
     layer: str  # path of the conv/linear, which now holds the fused weights
-    norm: str  # path of the BatchNorm, now an nn.Identity
+    norm: str  # path of the BatchNorm
     layer_type: str
     norm_type: str
+    kept: list[str] = field(default_factory=list)  # children kept at the norm's path, e.g. ["act"]
 
 
 @dataclass
@@ -76,6 +92,7 @@ class DeployReport:
     traced: list[str]  # traced part paths, "" for the whole model
     untraced: list[tuple[str, str]] = field(default_factory=list)
     reparameterized: list[Reparameterized] = field(default_factory=list)
+    left_alone: list[LeftAlone] = field(default_factory=list)
     folded: list[Folded] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     eval_mode: bool = True

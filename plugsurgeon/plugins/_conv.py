@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
+from plugsurgeon.errors import SiteError
 from plugsurgeon.sites.site import Site
 
 
@@ -17,6 +21,7 @@ class KeepsConvWeights(nn.Module):
         super().__init__()
         if not isinstance(source, nn.Conv2d):
             raise TypeError(f"expected an nn.Conv2d to replace, got {type(source).__name__}")
+        check_plain_conv(source)
         self.in_channels = source.in_channels
         self.out_channels = source.out_channels
         self.kernel_size = tuple(source.kernel_size)
@@ -55,5 +60,38 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
     return (int(padding[0]), int(padding[1]))
 
 
+def check_plain_conv(conv: nn.Module, where: str = "") -> None:
+    """Refuse a conv whose forward is not nn.Conv2d's.
+
+    Replace-mode plugins rebuild the computation from the conv's weight and geometry with F.conv2d, so
+    a subclass that does more in forward (timm's StdConv2d/ScaledStdConv2d standardise the weight,
+    Conv2dSame pads from the input size) would silently compute something else: ACNet on an NFNet is
+    1.15 off at init, and on a tf_* stem the output shape changes.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        return
+    cls = type(conv)
+    where = f"'{where}' is" if where else "the conv is"
+    if parametrize.is_parametrized(conv):
+        raise SiteError(f"{where} a {cls.__name__} with parametrized weights (weight or spectral norm), which this plugin would freeze",
+                        hint="remove the parametrization first (torch.nn.utils.parametrize.remove_parametrizations), or exclude the site")
+    if cls.forward is nn.Conv2d.forward and cls._conv_forward is nn.Conv2d._conv_forward:
+        return
+    raise SiteError(
+        f"{where} a {cls.__name__} ({cls.__module__}{_purpose(cls)}), whose forward is not nn.Conv2d's; the plugin "
+        "rebuilds the convolution from its weight as a plain conv and would change what it computes",
+        hint=f"leave the {cls.__name__} layers out with `where: {{exclude: [...]}}` or let the step skip them with "
+             "`on_unfit: skip`; `plugsurgeon sites MODEL --kind conv` lists the convs",
+    )
+
+
+def _purpose(cls: type) -> str:
+    """The first line of the class docstring says what it does differently, when the class has its own."""
+    doc = inspect.getdoc(cls) if "__doc__" in vars(cls) else None
+    line = doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
+    return f': "{line}"' if line else ""
+
+
 def replaced_conv(site: Site, module: nn.Module | None) -> dict:
+    check_plain_conv(module, site.path)
     return {"source": module}
