@@ -1,0 +1,165 @@
+"""Independent counts of residual merges, from an eager forward: no plugsurgeon code is used here.
+
+`count_adds` runs a model once under a TorchFunctionMode and counts every tensor addition whose two operands
+are 4-D tensors of the same shape (``torch.add``, ``Tensor.add``/``add_``, ``+``, ``+=``). Every residual
+merge of a convolutional network is such an add, so the count is an **upper bound** on the residual sites a
+correct locator can report. It is exact for families whose only same-shape 4-D adds are block shortcuts
+(ResNet, ConvNeXt v1, EfficientNet, MobileNet, CSP, GhostNet, ...). Where a family has other same-shape adds
+the rule is written out in `HAND_RULES`, keyed by the model-name prefix:
+
+- res2net*, res2next*: the hierarchical adds inside a Bottle2neck (``sp = sp + spx[i]``) are not block
+  merges; one residual merge per Bottle2neck block.
+- convnextv2*: GRN adds ``x + (gamma * x * Nx + beta)`` inside each block; one merge per ConvNeXt block.
+- hrnet*: the fuse layers sum branches of different resolutions (each resized to the target) and the
+  classification head adds the downsampled finer level to the incremented coarser one: neither is a
+  residual merge; one merge per BasicBlock / Bottleneck call.
+- repvgg* (timm RepVggBlock): the 3x3 and 1x1 branches are summed (a multi-branch conv, not a shortcut), then
+  the identity-BN branch is added where the block keeps its shape; a locator may count the branch sum, so the
+  rule is a range: at least one merge per block with an identity branch, at most every add.
+
+Hand rules count calls of block modules with forward hooks, so a block used twice counts twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+_ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__,
+         torch.Tensor.__radd__}
+
+
+class SameShapeAddCounter(TorchFunctionMode):
+    """Counts additions of two 4-D tensors of one shape, in call order, with their shapes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _ADDS:
+            operands = list(args[:2]) + [kwargs[k] for k in ("other",) if k in kwargs]
+            if (len(operands) >= 2 and all(isinstance(t, torch.Tensor) for t in operands[:2])
+                    and operands[0].dim() == 4 and operands[0].shape == operands[1].shape):
+                self.shapes.append(tuple(operands[0].shape))
+        return func(*args, **kwargs)
+
+
+def _forward(model: nn.Module, inputs) -> object:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(inputs)
+    finally:
+        model.train(was_training)
+
+
+def count_adds(model: nn.Module, inputs) -> int:
+    """Same-shape 4-D adds in one eval-mode eager forward of ``model(inputs)``: an upper bound on its residual merges."""
+    counter = SameShapeAddCounter()
+    with counter:
+        _forward(model, inputs)
+    return len(counter.shapes)
+
+
+class CallCounter(TorchFunctionMode):
+    """Counts calls of the given torch functions (``torch.nn.functional.interpolate``, ...) in an eager forward."""
+
+    def __init__(self, funcs) -> None:
+        super().__init__()
+        self.funcs = set(funcs)
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.funcs:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_upsamples(model: nn.Module, inputs) -> int:
+    """Calls of ``F.interpolate`` (which every ``nn.Upsample`` / ``UpsamplingBilinear2d`` calls) in one eval forward."""
+    counter = CallCounter([torch.nn.functional.interpolate])
+    with counter:
+        _forward(model, inputs)
+    return counter.calls
+
+
+def count_calls(model: nn.Module, inputs, predicate: Callable[[nn.Module], bool]) -> int:
+    """Forward calls of the modules for which ``predicate`` holds, in one eval-mode eager forward."""
+    calls = 0
+
+    def hook(*_):
+        nonlocal calls
+        calls += 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if predicate(m)]
+    try:
+        _forward(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _class_named(*names: str) -> Callable[[nn.Module], bool]:
+    return lambda m: type(m).__name__ in names
+
+
+def _repvgg_identity_blocks(m: nn.Module) -> bool:
+    return type(m).__name__ == "RepVggBlock" and getattr(m, "identity", None) is not None
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The number of residual merges a correct locator reports: ``low <= found <= high``."""
+
+    low: int
+    high: int
+    rule: str
+
+    @property
+    def exact(self) -> bool:
+        return self.low == self.high
+
+    def __contains__(self, found: int) -> bool:
+        return self.low <= found <= self.high
+
+    def __str__(self) -> str:
+        return str(self.low) if self.exact else f"{self.low}..{self.high}"
+
+
+# prefix -> (rule text, predicate for block modules, exact?)  exact=False: the count is a lower bound.
+HAND_RULES: dict[str, tuple[str, Callable[[nn.Module], bool], bool]] = {
+    "res2net": ("one per Bottle2neck", _class_named("Bottle2neck"), True),
+    "res2next": ("one per Bottle2neck", _class_named("Bottle2neck"), True),
+    "convnextv2": ("one per ConvNeXtBlock (GRN adds excluded)", _class_named("ConvNeXtBlock"), True),
+    "hrnet": ("one per BasicBlock/Bottleneck call (fuse adds excluded)", _class_named("BasicBlock", "Bottleneck"), True),
+    "repvgg": ("at least one per RepVggBlock with identity", _repvgg_identity_blocks, False),
+}
+
+
+def hand_rule(name: str) -> tuple[str, Callable[[nn.Module], bool], bool] | None:
+    bare = name.split(":", 1)[-1]
+    for prefix, rule in HAND_RULES.items():
+        if bare.startswith(prefix):
+            return rule
+    return None
+
+
+def expected_residuals(name: str, model: nn.Module, inputs) -> Expected:
+    """The independent expectation for ``name`` (a timm name): the add count, narrowed by a hand rule if one applies."""
+    adds = count_adds(model, inputs)
+    rule = hand_rule(name)
+    if rule is None:
+        return Expected(adds, adds, "same-shape 4-D adds")
+    text, predicate, exact = rule
+    blocks = count_calls(model, inputs, predicate)
+    if blocks > adds:
+        raise AssertionError(f"{name}: hand rule '{text}' counts {blocks} blocks but only {adds} same-shape adds ran")
+    return Expected(blocks, blocks if exact else adds, text)
