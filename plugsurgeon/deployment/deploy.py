@@ -116,13 +116,17 @@ def _notes(traced: Traced, reparameterized: list[Reparameterized], left_alone: l
         more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
         notes.append(f"left alone, {kind}.{method} at {', '.join(paths[:3])}{more}: {reason}")
     if not traced.whole:
-        parts = ", ".join(p.path for p in traced.parts)
+        parts = ", ".join(p.path or "(model)" for p in traced.parts)
         notes.append(f"verified part by part ({parts}) on random inputs shaped like each part's inputs: the outer "
                      "forward's NMS/top-k selection turns fp32 round-off into different detections, so its final outputs are not compared")
-        outside = [r.path for r in reparameterized if not any(r.path.startswith(p.path + ".") for p in traced.parts)]
+        outside = [r.path for r in reparameterized if not any(_within(r.path, p.path) for p in traced.parts)]
         if outside:
             notes.append(f"reparameterized outside the traced parts, so not verified: {outside[:5]}")
     return notes
+
+
+def _within(path: str, part: str) -> bool:
+    return part == "" or path == part or path.startswith(part + ".")
 
 
 def _verification_error(report: DeployReport) -> VerificationError:

@@ -31,7 +31,20 @@ from plugsurgeon.deployment.report import Folded, Skipped
 from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.graph.trace import Traced, TracedPart
 
-_CONV_FORWARDS = {cls.forward for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)}
+_STOCK_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_CONV_FORWARDS = {cls.forward for cls in _STOCK_CONVS}
+
+
+def conv_forwards() -> set:
+    """Conv forwards that are linear in ``weight`` and ``bias``, which is all the fusion formula needs.
+
+    timm's Conv2dSame pads its *input* from the input size before a plain conv, so a BatchNorm after it
+    folds exactly (the fused layer stays a Conv2dSame). StdConv2d standardises its weight in forward,
+    which would undo the folded scale: it is not here.
+    """
+    same = sys.modules.get("timm.layers.conv2d_same")
+    extra = {same.Conv2dSame.forward} if same is not None and hasattr(same, "Conv2dSame") else set()
+    return _CONV_FORWARDS | extra
 _BN_FORWARDS = {nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward}
 
 
@@ -85,7 +98,7 @@ def _norm_problem(norm: nn.Module) -> str | None:
 def _layer_problem(layer: nn.Module) -> str | None:
     name = type(layer).__name__
     if isinstance(layer, nn.modules.conv._ConvNd):
-        if type(layer).forward not in _CONV_FORWARDS:
+        if not _linear_conv(type(layer)):
             return f"the layer before it is a {name} with its own forward, which the fusion formula does not describe"
         if layer.transposed and layer.groups > 1:
             return f"the layer before it is a grouped {name}, which torch's fusion helper does not handle"
@@ -103,6 +116,14 @@ def _hook_problem(module: nn.Module, what: str) -> str | None:
     if module._forward_hooks or module._forward_pre_hooks:
         return f"the {what} has forward hooks, which folding would drop"
     return None
+
+
+def _linear_conv(cls: type) -> bool:
+    if cls.forward in conv_forwards() - _CONV_FORWARDS:
+        return True
+    # a stock forward that calls an overridden _conv_forward is not stock either
+    stock = next((c for c in _STOCK_CONVS if cls.forward is c.forward), None)
+    return stock is not None and getattr(cls, "_conv_forward", None) is getattr(stock, "_conv_forward", None)
 
 
 def _is_layer(module: nn.Module) -> bool:

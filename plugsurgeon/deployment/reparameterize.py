@@ -140,6 +140,7 @@ class _Walk:
     def __init__(self) -> None:
         self.seen: set[int] = set()
         self.replacements: dict[int, tuple[nn.Module, list[str]]] = {}
+        self.records: dict[int, Reparameterized] = {}
         self.done: list[Reparameterized] = []
         self.left_alone: list[LeftAlone] = []
 
@@ -148,11 +149,13 @@ class _Walk:
         if key in self.seen:
             if key in self.replacements:  # a shared instance: replaced at this path too, and reported there
                 self.replacements[key][1].append(path)
-                first = next(r for r in self.done if r.path == self.replacements[key][1][0])
-                self.done.append(replace(first, path=path))
+                if key in self.records:
+                    self.done.append(replace(self.records[key], path=path))
             return
         self.seen.add(key)
         replacement, descend = self.convert(module, path)
+        if self.done and self.done[-1].path == path:
+            self.records[key] = self.done[-1]
         if replacement is not None:
             self.replacements[key] = (replacement, [path])
             return
