@@ -1,7 +1,7 @@
-"""Read-only structural facts about a traced part: order, shapes, layout, ancestry, node kinds.
+"""Read-only structural facts about a traced part: order, shapes, layout, ancestry, node kinds, module calls.
 
 Locators ask questions of this view; none of them looks at class names of a model family, only at
-layer types of torch.nn (what a node computes) and at shapes.
+layer types of torch.nn (what a node computes), at shapes and at which module call ran a node.
 """
 
 from __future__ import annotations
@@ -19,15 +19,39 @@ from plugsurgeon.graph.trace import OWNER, TracedPart
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
+_MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+_MUL_METHODS = {"mul", "mul_"}
 _CAT_FUNCTIONS = {torch.cat, torch.concat}
-_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish, nn.Hardtanh)
-_ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, F.elu, F.mish, F.hardtanh, torch.relu_}
-_ACTIVATION_METHODS = {"relu", "relu_"}
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish,
+                       nn.Hardtanh, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.SELU, nn.CELU, nn.GLU, nn.Softplus,
+                       nn.Softmax)
+_ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, F.elu, F.mish,
+                         F.hardtanh, torch.relu_, torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.tanh, F.tanh,
+                         F.softmax, torch.softmax, F.softplus, F.selu, F.celu, F.glu}
+_ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "softmax"}
 _POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d)
 _POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d}
+_NORM_MODULES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+                 nn.LocalResponseNorm)
+# Layers whose output is N,C,H,W by definition, whatever their input looked like.
 _NCHW_MODULES = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                 nn.AdaptiveMaxPool2d, nn.Upsample, nn.InstanceNorm2d, nn.Dropout2d)
-_NCHW_FUNCTIONS = {F.conv2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate, F.batch_norm}
+                 nn.AdaptiveMaxPool2d, nn.Upsample, nn.InstanceNorm2d, nn.Dropout2d, nn.GroupNorm, nn.PixelShuffle,
+                 nn.PixelUnshuffle, nn.LPPool2d, nn.FractionalMaxPool2d)
+_NCHW_FUNCTIONS = {F.conv2d, F.conv_transpose2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                   F.adaptive_max_pool2d, F.interpolate, F.batch_norm, F.group_norm, F.instance_norm,
+                   F.pixel_shuffle, F.pixel_unshuffle, F.lp_pool2d}
+# Linear maps over the channel axis or the window: a shortcut made of these is a projection of its input.
+_MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d,
+                   nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
+_MIXING_FUNCTIONS = {F.conv2d, F.linear, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
+_PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+_PASS_METHODS = {"contiguous", "clone", "float", "to", "type_as", "detach"}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "squeeze", "unsqueeze"}
+_RESHAPE_FUNCTIONS = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze}
+_SPLIT_NAMES = {"split", "chunk", "tensor_split"}
+
+NCHW = ("N", "C", "H", "W")
+Layout = tuple  # one label per axis: N, C, H, W, or "?" for an axis of unknown meaning
 
 
 class GraphView:
@@ -37,11 +61,25 @@ class GraphView:
         self.model = model
         self.nodes = [n for n in self.gm.graph.nodes if n.op not in ("get_attr", "output")]
         self.position = {n: i for i, n in enumerate(self.nodes)}
-        self.modules = dict(self.gm.named_modules())
+        self.output_node = next((n for n in self.gm.graph.nodes if n.op == "output"), None)
+        self._modules: dict[str, nn.Module | None] = {}
+        self.cache: dict[str, object] = {}  # derived analyses (locators.anatomy) computed once per view
 
     # -- what a node is ---------------------------------------------------------------------------
     def module(self, node: fx.Node) -> nn.Module | None:
-        return self.modules.get(node.target) if node.op == "call_module" else None
+        """The module a call_module node runs, looked up by its target path.
+
+        A module instance called from several places has one node target per call site, and only
+        ``get_submodule`` resolves each of them (``named_modules`` lists a shared instance once).
+        """
+        if node.op != "call_module":
+            return None
+        if node.target not in self._modules:
+            try:
+                self._modules[node.target] = self.gm.get_submodule(node.target)
+            except AttributeError:
+                self._modules[node.target] = None
+        return self._modules[node.target]
 
     def shape(self, node) -> tuple[int, ...] | None:
         return shape_of(node) if isinstance(node, fx.Node) else None
@@ -54,17 +92,31 @@ class GraphView:
             node.op == "call_method" and node.target in _ADD_METHODS
         )
 
-    def is_merge(self, node: fx.Node) -> bool:
-        if self.is_add(node):
-            return True
+    def is_mul(self, node: fx.Node) -> bool:
+        return (node.op == "call_function" and node.target in _MUL_FUNCTIONS) or (
+            node.op == "call_method" and node.target in _MUL_METHODS
+        )
+
+    def is_cat(self, node: fx.Node) -> bool:
         return node.op == "call_function" and node.target in _CAT_FUNCTIONS
+
+    def is_merge(self, node: fx.Node) -> bool:
+        return self.is_add(node) or self.is_cat(node)
 
     def is_activation(self, node: fx.Node) -> bool:
         if node.op == "call_module":
-            return isinstance(self.module(node), _ACTIVATION_MODULES)
+            module = self.module(node)
+            return isinstance(module, _ACTIVATION_MODULES) or self.is_norm_with_activation(module)
         if node.op == "call_function":
             return node.target in _ACTIVATION_FUNCTIONS
         return node.op == "call_method" and node.target in _ACTIVATION_METHODS
+
+    @staticmethod
+    def is_norm_with_activation(module: nn.Module | None) -> bool:
+        """A norm layer subclass that also applies an activation (timm's BatchNormAct2d): its children say so."""
+        if not isinstance(module, _NORM_MODULES):
+            return False
+        return any(isinstance(child, _ACTIVATION_MODULES) for child in module.children())
 
     def conv(self, node: fx.Node) -> nn.Conv2d | None:
         module = self.module(node)
@@ -83,44 +135,103 @@ class GraphView:
         return int(stride[0] if isinstance(stride, (tuple, list)) else stride)
 
     def is_upsample(self, node: fx.Node) -> bool:
+        """A node that enlarges a real map: every 4-D input is smaller, and none is a 1-pixel-wide broadcast.
+
+        Resizing a pooled 1x1 (ASPP's image pooling) or a strip (H x 1) back to the map is a broadcast of
+        a context vector, not an upsampling of features; a gate (x * scale[N,C,1,1]) is neither.
+        """
         out = self.shape(node)
         if out is None or len(out) != 4 or not self.nchw(node):
             return False
-        # Every 4-D input must be smaller: a broadcast gate (x * scale[N,C,1,1]) is no upsample.
         inputs = [s for s in (self.shape(a) for a in self.tensor_inputs(node)) if s is not None and len(s) == 4]
-        return bool(inputs) and all(s[2] * s[3] < out[2] * out[3] for s in inputs)
+        return bool(inputs) and all(s[2] * s[3] < out[2] * out[3] and min(s[2], s[3]) > 1 for s in inputs)
+
+    def is_downsample(self, node: fx.Node) -> bool:
+        """A node whose N,C,H,W output is smaller than every 4-D input it reads (strided conv or pooling)."""
+        out = self.shape(node)
+        if out is None or len(out) != 4 or not self.nchw(node):
+            return False
+        inputs = [s for s in (self.shape(a) for a in self.tensor_inputs(node)) if s is not None and len(s) == 4]
+        return bool(inputs) and all(s[2] * s[3] > out[2] * out[3] > 1 for s in inputs)
+
+    def linear_kind(self, node: fx.Node) -> str | None:
+        """How a one-input node maps its input: "mixing" (conv, linear, pooling), "pointwise" (norms
+        without an activation, dropout, identity, copies, scaling by constants) or None (anything else)."""
+        module = self.module(node)
+        if module is not None:
+            if isinstance(module, _MIXING_MODULES):
+                return "mixing"
+            if isinstance(module, _PASS_MODULES) or (isinstance(module, _NORM_MODULES) and not self.is_norm_with_activation(module)):
+                return "pointwise"
+            # A childless shape-keeping leaf from another library (FrozenBatchNorm2d, drop-path) is
+            # per-element: it cannot mix positions or channels without children or a shape change.
+            inputs = self.tensor_inputs(node)
+            if (not isinstance(module, (*_ACTIVATION_MODULES, nn.Upsample)) and next(module.children(), None) is None
+                    and len(inputs) == 1 and self.shape(inputs[0]) == self.shape(node)):
+                return "pointwise"
+            return None
+        if node.op == "call_function" and node.target in _MIXING_FUNCTIONS:
+            return "mixing"
+        if node.op == "call_method" and node.target in _PASS_METHODS:
+            return "pointwise"
+        if (self.is_mul(node) or self.is_add(node) or (node.op == "call_function" and node.target in (operator.truediv, torch.div))
+                or (node.op == "call_method" and node.target in ("div", "div_"))):
+            # Scaling or shifting by constants (layer scale parameters are get_attr, not in the view).
+            return "pointwise" if len(self.tensor_inputs(node)) == 1 else None
+        return None
 
     # -- layout and strides -------------------------------------------------------------------
     @cached_property
-    def _nchw(self) -> dict[fx.Node, bool]:
-        """Which 4-D values are laid out N,C,H,W: produced by 2-D conv/pool/norm layers, or derived
-        elementwise from such values. Channels-last blocks (Swin, ConvNeXt's MLP) are excluded."""
-        layout: dict[fx.Node, bool] = {}
+    def layouts(self) -> dict[fx.Node, Layout | None]:
+        """The meaning of each axis of every value, where it can be told: N,C,H,W after 2-D conv, pool
+        and norm layers, permuted by permute/transpose, kept by reshapes that keep the batch and the
+        trailing H,W (channel shuffle), by split/chunk pieces and slices, and by elementwise ops whose
+        same-shape inputs agree (a broadcast gate or layer scale does not decide). A split node keeps
+        its input's layout for its pieces."""
+        layout: dict[fx.Node, Layout | None] = {}
         for node in self.nodes:
-            shape = self.shape(node)
-            if shape is None or len(shape) != 4:
-                layout[node] = False
-                continue
-            module = self.module(node)
-            if node.op == "placeholder":
-                layout[node] = True
-            elif isinstance(module, _NCHW_MODULES) or (node.op == "call_function" and node.target in _NCHW_FUNCTIONS):
-                layout[node] = True
-            elif node.op == "call_method" and node.target == "permute" or node.op == "call_function" and node.target is torch.permute:
-                dims = [d for d in node.args[1:]] if node.op == "call_method" else list(node.args[1])
-                dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-                layout[node] = dims == [0, 3, 1, 2]
-            elif isinstance(module, (nn.Linear, nn.LayerNorm)) or node.op in ("call_method",) and node.target in ("view", "reshape", "flatten", "transpose"):
-                layout[node] = False
-            else:
-                # Elementwise ops, concatenations and opaque leaves (plugins, custom layers) keep the
-                # layout of their 4-D inputs.
-                spatial_inputs = [a for a in self.tensor_inputs(node) if len(self.shape(a)) == 4]
-                layout[node] = bool(spatial_inputs) and all(layout.get(a, False) for a in spatial_inputs)
+            layout[node] = self._layout_of(node, layout)
         return layout
 
+    def _layout_of(self, node: fx.Node, known: dict) -> Layout | None:
+        if _is_split(node):
+            return known.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        shape = self.shape(node)
+        if shape is None:
+            return None
+        rank = len(shape)
+        if node.op == "placeholder":
+            return NCHW if rank == 4 else None
+        module = self.module(node)
+        if isinstance(module, _NCHW_MODULES) or (node.op == "call_function" and node.target in _NCHW_FUNCTIONS):
+            return NCHW if rank == 4 else None
+        first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        source = known.get(first) if first is not None else None
+        if _is_method_or_function(node, "permute"):
+            return _permuted(source, _dims(node), rank)
+        if _is_method_or_function(node, "transpose", "swapaxes", "swapdims"):
+            return _transposed(source, node.args[1:3], rank)
+        if (node.op == "call_method" and node.target in _RESHAPE_METHODS) or (
+                node.op == "call_function" and node.target in _RESHAPE_FUNCTIONS):
+            return _reshaped(source, self.shape(first) if first is not None else None, shape)
+        if node.op == "call_function" and node.target is operator.getitem and first is not None:
+            if _is_split(first):
+                return source if source is not None and len(source) == rank else None
+            return _indexed(source, node.args[1], rank)
+        if isinstance(module, nn.Linear):
+            return source if source is not None and source[-1] == "C" else None
+        # Elementwise ops, norms over the last axis, concatenations and opaque leaves: the inputs with
+        # the output's shape decide (a broadcast operand does not); failing those, inputs of its rank.
+        inputs = [a for a in self.tensor_inputs(node) if len(self.shape(a)) == rank]
+        deciding = [a for a in inputs if self.shape(a) == shape] or inputs
+        labels = {known.get(a) for a in deciding}
+        return labels.pop() if len(labels) == 1 else None
+
+    def layout(self, node: fx.Node) -> Layout | None:
+        return self.layouts.get(node)
+
     def nchw(self, node: fx.Node) -> bool:
-        return self._nchw.get(node, False)
+        return self.layouts.get(node) == NCHW
 
     def total_stride(self, node: fx.Node) -> int:
         shape = self.shape(node)
@@ -156,9 +267,45 @@ class GraphView:
         bits = self.ancestors[end] & self.descendants[start]
         return [self.nodes[i] for i in bit_positions(bits)]
 
-    def latest_common_ancestor(self, a: fx.Node, b: fx.Node) -> fx.Node | None:
-        common = self.ancestors[a] & self.ancestors[b]
-        return self.nodes[common.bit_length() - 1] if common else None
+    def latest_common_ancestor(self, *nodes: fx.Node) -> fx.Node | None:
+        common = -1
+        for node in nodes:
+            common &= self.ancestors[node]
+        return self.nodes[common.bit_length() - 1] if common > 0 else None
+
+    def is_output(self, node: fx.Node) -> bool:
+        return self.output_node is not None and self.output_node in node.users
+
+    # -- module calls -----------------------------------------------------------------------------
+    def frame(self, node: fx.Node) -> str:
+        """The path of the innermost module call that ran ``node``: a leaf module's own path for a
+        call_module node, the owner's path for anything its forward computed ("" for the root)."""
+        if node.op == "call_module":
+            return str(node.target)
+        return node.meta.get(OWNER, "")
+
+    @cached_property
+    def called_paths(self) -> set[str]:
+        """Every module path that runs as a call in this graph: non-leaf calls the tracer met and leaves."""
+        paths = {record.path for record in self.part.calls}
+        paths.update(str(n.target) for n in self.nodes if n.op == "call_module")
+        return paths
+
+    def outermost_call(self, node: fx.Node) -> str | None:
+        """The outermost module call (below the root) whose forward ran ``node``, or None for the root's own code."""
+        frame = self.frame(node)
+        if not frame:
+            return None
+        parts = frame.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if prefix in self.called_paths:
+                return prefix
+        return None
+
+    def within(self, node: fx.Node, path: str) -> bool:
+        frame = self.frame(node)
+        return frame == path or frame.startswith(path + ".")
 
     # -- where a node lives ----------------------------------------------------------------------
     def display_path(self, node: fx.Node) -> str:
@@ -173,3 +320,94 @@ def bit_positions(bits: int):
         low = bits & -bits
         yield low.bit_length() - 1
         bits ^= low
+
+
+# -- layout helpers ---------------------------------------------------------------------------------
+def _name_of(node: fx.Node) -> str | None:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", None)
+    return None
+
+
+_FUNCTIONS_BY_NAME = {"permute": {torch.permute}, "transpose": {torch.transpose}, "swapaxes": {torch.swapaxes},
+                      "swapdims": {torch.swapdims}}
+
+
+def _is_method_or_function(node: fx.Node, *names: str) -> bool:
+    if node.op == "call_method":
+        return node.target in names
+    return node.op == "call_function" and any(node.target in _FUNCTIONS_BY_NAME.get(name, ()) for name in names)
+
+
+def _is_split(node) -> bool:
+    if not isinstance(node, fx.Node) or node.op not in ("call_method", "call_function"):
+        return False
+    if node.op == "call_function" and node.target not in (torch.split, torch.chunk, torch.tensor_split):
+        return False
+    return _name_of(node) in _SPLIT_NAMES
+
+
+def _dims(node: fx.Node) -> list:
+    args = list(node.args[1:]) if node.op == "call_method" else list(node.args[1:2])
+    if "dims" in node.kwargs:
+        args = [node.kwargs["dims"]]
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = list(args[0])
+    return args
+
+
+def _permuted(source: Layout | None, dims: list, rank: int) -> Layout | None:
+    if source is None or len(source) != rank or len(dims) != rank or not all(isinstance(d, int) for d in dims):
+        return None
+    return tuple(source[d % rank] for d in dims)
+
+
+def _transposed(source: Layout | None, axes, rank: int) -> Layout | None:
+    if source is None or len(source) != rank or len(axes) != 2 or not all(isinstance(a, int) for a in axes):
+        return None
+    labels = list(source)
+    a, b = axes[0] % rank, axes[1] % rank
+    labels[a], labels[b] = labels[b], labels[a]
+    return tuple(labels)
+
+
+def _reshaped(source: Layout | None, before: tuple | None, after: tuple) -> Layout | None:
+    """A reshape keeps the layout when it keeps the shape, or when it keeps the batch axis first and
+    H,W last and only regroups what lies between (channel shuffle's 5-D view and back)."""
+    if source is None or before is None:
+        return None
+    if tuple(before) == tuple(after):
+        return source
+    if (len(after) >= 3 and source[0] == "N" and source[-2:] == ("H", "W") and before[0] == after[0]
+            and tuple(before[-2:]) == tuple(after[-2:])):
+        return ("N",) + ("C",) * (len(after) - 3) + ("H", "W")
+    return None
+
+
+def _indexed(source: Layout | None, index, rank: int) -> Layout | None:
+    """Basic indexing (slices, ints, None, ...) keeps the axes it does not drop or add: x[:, :c] stays N,C,H,W."""
+    if source is None:
+        return None
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(isinstance(i, fx.Node) for i in items):
+        return None  # advanced indexing by a tensor, or an index computed at run time
+    labels, axis = [], 0
+    for position, item in enumerate(items):
+        if item is Ellipsis:
+            remaining = sum(1 for i in items[position + 1:] if i is not None)
+            skip = len(source) - axis - remaining
+            labels.extend(source[axis:axis + skip])
+            axis += skip
+        elif item is None:
+            labels.append("?")
+        elif isinstance(item, slice):
+            labels.append(source[axis] if axis < len(source) else "?")
+            axis += 1
+        elif isinstance(item, int):
+            axis += 1
+        else:
+            return None
+    labels.extend(source[axis:])
+    return tuple(labels) if len(labels) == rank else None

@@ -1,14 +1,18 @@
 """One pure function per role: a GraphView in, the sites of that role out.
 
 Sites come from structure and shapes: an add whose inputs share a fork, a conv's kernel and stride,
-a drop in spatial size, an upsample feeding a merge. Nothing here knows a model family.
+a drop in spatial size, an upsample feeding a merge. Nothing here knows a model family. The rules are
+written out, with an example per architecture family, in docs/roles.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch.fx as fx
+from torch import nn
 
 from plugsurgeon.graph.trace import flat_tensors
 from plugsurgeon.sites.graphview import GraphView, bit_positions
@@ -50,33 +54,148 @@ def _spatial_4d(view: GraphView, node: fx.Node) -> bool:
     return shape is not None and len(shape) == 4 and view.nchw(node)
 
 
-# -- residual -----------------------------------------------------------------------------------------
-def residual_merges(view: GraphView) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
-    """(add, branch end, skip input) for every residual add on N,C,H,W maps.
+def _is_map(view: GraphView, node: fx.Node) -> bool:
+    """An N,C,H,W feature map with more than one pixel: what a spatial plugin can take."""
+    return _spatial_4d(view, node) and view.shape(node)[2] * view.shape(node)[3] > 1
 
-    An add is residual when its two inputs have the same shape and fork from a common node, neither
-    path contains an upsample (that is a pyramid merge), and one path (the skip) is no longer than
-    the other. The skip is the identity or a projection of the fork; the branch is the block body.
+
+def _cached(view: GraphView, key: str, compute: Callable[[], object]):
+    if key not in view.cache:
+        view.cache[key] = compute()
+    return view.cache[key]
+
+
+# -- residual -----------------------------------------------------------------------------------------
+class Merge(NamedTuple):
+    add: fx.Node  # the add that closes the block (the last add of a sum of several branches)
+    branch: fx.Node  # end of the block body: the add's input that is not the shortcut
+    skip: fx.Node  # the shortcut: the fork itself, or a linear projection of it
+    fork: fx.Node  # the value the block reads: both sides start here
+
+
+def residual_merges(view: GraphView) -> list[Merge]:
+    """Every residual merge on N,C,H,W maps, in graph order.
+
+    A residual merge is a same-shape add (or a sum of several same-shape branches, taken as one)
+    whose operands all start from one fork value, where some operand is a *shortcut* (the fork
+    itself, or a chain of linear one-input layers from it: conv, pooling, norm without activation,
+    dropout) and some other operand is a *body* (anything else: it has a nonlinearity or a merge).
+    A sum of only linear branches counts when one of them is the identity (possibly normalised):
+    the RepVGG-style block "3x3 + 1x1 + BN(x)". Rejected: a sum of two bodies (a multi-resolution
+    fusion, a NAS cell's combination), a sum of projections without an identity (a multi-branch
+    conv), operands that are different pieces of one split (Res2Net's hierarchical adds), and a
+    body that carries an upsampled map to the add other than through a multiplicative gate (a
+    feature-pyramid merge).
     """
+    return _cached(view, "residual_merges", lambda: _find_residual_merges(view))
+
+
+def _candidate_add(view: GraphView, node: fx.Node) -> bool:
+    if not view.is_add(node) or not _spatial_4d(view, node):
+        return False
+    inputs = view.tensor_inputs(node)
+    return len(inputs) == 2 and view.shape(inputs[0]) == view.shape(inputs[1]) == view.shape(node)
+
+
+def _inner_add(view: GraphView, node: fx.Node) -> bool:
+    """An add whose only use is a further add of the same shape: one term of a longer sum."""
+    users = list(node.users)
+    return _candidate_add(view, node) and len(users) == 1 and _candidate_add(view, users[0])
+
+
+def _sum_leaves(view: GraphView, node: fx.Node) -> list[fx.Node]:
+    leaves = []
+    for operand in view.tensor_inputs(node):
+        leaves.extend(_sum_leaves(view, operand) if _inner_add(view, operand) else [operand])
+    return leaves
+
+
+def _find_residual_merges(view: GraphView) -> list[Merge]:
     merges = []
     for node in view.nodes:
-        if not view.is_add(node) or not _spatial_4d(view, node):
+        if not _candidate_add(view, node) or _inner_add(view, node):
             continue
-        inputs = view.tensor_inputs(node)
-        if len(inputs) != 2 or view.shape(inputs[0]) != view.shape(inputs[1]):
-            continue
-        fork = view.latest_common_ancestor(inputs[0], inputs[1])
-        if fork is None:
-            continue
-        paths = [view.path_between(fork, x) for x in inputs]
-        if any(view.is_upsample(n) for path in paths for n in path):
-            continue
-        branch_index = 0 if len(paths[0]) >= len(paths[1]) else 1
-        branch, skip = inputs[branch_index], inputs[1 - branch_index]
-        if branch is fork:  # x + x, or an add of two views of one value
-            continue
-        merges.append((node, branch, skip))
+        merge = _as_residual(view, node)
+        if merge is not None:
+            merges.append(merge)
     return merges
+
+
+def _as_residual(view: GraphView, add: fx.Node) -> Merge | None:
+    leaves = _sum_leaves(view, add)
+    fork = view.latest_common_ancestor(*leaves)
+    if fork is None or view.shape(fork) is None:
+        return None  # no common value (the fork is a split's tuple: the operands are different pieces)
+    kinds = {leaf: _linear_from(view, leaf, fork, {}) for leaf in leaves}
+    bodies = [leaf for leaf in leaves if kinds[leaf] is None]
+    identities = [leaf for leaf in leaves if kinds[leaf] == "identity"]
+    if bodies:
+        if len(bodies) == len(leaves):
+            return None
+    elif not identities or len(identities) == len(leaves):
+        return None
+    operands = view.tensor_inputs(add)
+    shortcuts = [x for x in operands if kinds.get(x) is not None and (bodies or kinds[x] == "identity")]
+    if len(shortcuts) == 1:
+        skip = shortcuts[0]
+        branch = operands[1] if skip is operands[0] else operands[0]
+    else:  # the shortcut is one term inside a longer sum: the later operand ends the body
+        branch, skip = sorted(operands, key=view.position.get, reverse=True)
+    if branch is fork or any(_carries_upsample(view, fork, leaf) for leaf in bodies or [branch]):
+        return None
+    return Merge(add, branch, skip, fork)
+
+
+def _linear_from(view: GraphView, node: fx.Node, fork: fx.Node, memo: dict) -> str | None:
+    """"identity" when ``node`` is ``fork`` up to per-element linear layers, "projection" when it is a
+    linear map of it (conv, pooling; sums of such), None otherwise."""
+    if node is fork:
+        return "identity"
+    if node in memo:
+        return memo[node]
+    memo[node] = None
+    if not (view.descendants[fork] >> view.position[node]) & 1:
+        return None
+    inputs = view.tensor_inputs(node)
+    if view.is_add(node) and len(inputs) == 2:
+        kinds = [_linear_from(view, x, fork, memo) for x in inputs]
+        memo[node] = None if None in kinds else "projection"
+        return memo[node]
+    kind = view.linear_kind(node)
+    if kind is None or len(inputs) != 1:
+        return None
+    below = _linear_from(view, inputs[0], fork, memo)
+    if below is not None:
+        memo[node] = "projection" if kind == "mixing" or below == "projection" else "identity"
+    return memo[node]
+
+
+def _carries_upsample(view: GraphView, fork: fx.Node, end: fx.Node) -> bool:
+    """Whether an upsampled map reaches ``end`` from ``fork`` other than through a multiplicative gate
+    (GhostNetV2's attention resizes a gate that multiplies the branch; an FPN adds the resized map)."""
+    region = set(view.path_between(fork, end))
+    return any(view.is_upsample(n) and _reaches_ungated(view, n, end, region) for n in region)
+
+
+def _reaches_ungated(view: GraphView, start: fx.Node, end: fx.Node, region: set[fx.Node]) -> bool:
+    seen, stack = {start}, [start]
+    while stack:
+        node = stack.pop()
+        if node is end:
+            return True
+        for user in node.users:
+            if user in region and user not in seen and not _gates(view, user, start):
+                seen.add(user)
+                stack.append(user)
+    return False
+
+
+def _gates(view: GraphView, node: fx.Node, source: fx.Node) -> bool:
+    """``node`` multiplies a map of its own shape by a value computed from ``source``: a gate."""
+    if not view.is_mul(node):
+        return False
+    return any(view.shape(x) == view.shape(node) and not (view.descendants[source] >> view.position[x]) & 1
+               for x in view.tensor_inputs(node))
 
 
 def block_output(view: GraphView, add: fx.Node) -> fx.Node:
@@ -89,9 +208,9 @@ def block_output(view: GraphView, add: fx.Node) -> fx.Node:
 
 def residual_sites(view: GraphView) -> list[Site]:
     sites = []
-    for add, branch, _skip in residual_merges(view):
-        sites.append(make_site(view, "residual.branch", branch))
-        sites.append(make_site(view, "residual.output", block_output(view, add)))
+    for merge in residual_merges(view):
+        sites.append(make_site(view, "residual.branch", merge.branch))
+        sites.append(make_site(view, "residual.output", block_output(view, merge.add)))
     return sites
 
 
@@ -100,10 +219,12 @@ def _residual_paths(view: GraphView) -> tuple[set[fx.Node], set[fx.Node]]:
     """(branch nodes, shortcut nodes): what lies strictly after the fork on each side of a residual merge."""
     branches: set[fx.Node] = set()
     shortcuts: set[fx.Node] = set()
-    for _add, branch, skip in residual_merges(view):
-        fork = view.latest_common_ancestor(branch, skip)
-        branches.update(n for n in view.path_between(fork, branch) if n is not fork)
-        shortcuts.update(n for n in view.path_between(fork, skip) if n is not fork)
+    for merge in residual_merges(view):
+        skip_side = set(view.path_between(merge.fork, merge.skip)) - {merge.fork}
+        shortcuts.update(skip_side)
+        for operand in view.tensor_inputs(merge.add):
+            if operand is not merge.skip:
+                branches.update(n for n in view.path_between(merge.fork, operand) if n is not merge.fork and n not in skip_side)
     return branches, shortcuts
 
 
@@ -131,93 +252,231 @@ def downsample_sites(view: GraphView) -> list[Site]:
     return sites
 
 
-# -- stages and the backbone ------------------------------------------------------------------------
-def _spatial_nodes(view: GraphView) -> list[fx.Node]:
-    return [n for n in view.nodes if n.op != "placeholder" and _spatial_4d(view, n) and view.shape(n)[2] > 1]
+# -- anatomy: the extractor, its end, the neck ------------------------------------------------------
+@dataclass
+class Anatomy:
+    """What a traced part is made of. ``end`` is the extractor's last feature map (the backbone site);
+    the extractor is every node ``end`` depends on. ``rule`` says which evidence found the end:
+    0 a head that pools the map away, 1 a feature pyramid, 2 an upsampling head, 3 the deepest map."""
+
+    end: fx.Node | None = None
+    rule: int = 3
+    extractor: int = 0  # bit set of positions
+    top_down: list[tuple[fx.Node, fx.Node, fx.Node]] = field(default_factory=list)  # (merge, lateral, upsample)
+    bottom_up: list[tuple[fx.Node, fx.Node, fx.Node]] = field(default_factory=list)  # (merge, lateral, downsample)
+    top: fx.Node | None = None  # what the first top-down upsample reads, when it is no merge
+    levels: list[fx.Node] = field(default_factory=list)
+
+    def in_extractor(self, view: GraphView, node: fx.Node) -> bool:
+        return bool((self.extractor >> view.position[node]) & 1)
 
 
-def _cut_nodes(view: GraphView) -> set[fx.Node]:
-    """Nodes every later node depends on through them: no edge jumps over them in execution order."""
-    cuts, reach = set(), -1
-    for node in view.nodes:
-        position = view.position[node]
-        if reach <= position and node.op != "placeholder":
-            cuts.add(node)
-        for user in node.users:
-            if user in view.position:
-                reach = max(reach, view.position[user])
-    return cuts
+def anatomy(view: GraphView) -> Anatomy:
+    return _cached(view, "anatomy", lambda: _find_anatomy(view))
 
 
-def _ends_resolution(view: GraphView, user: fx.Node, stride: int) -> bool:
-    """The consumer leaves this resolution: a smaller map, no map at all, or the graph's output."""
-    shape = view.shape(user)
-    return user.op == "output" or view.total_stride(user) > stride or (shape is not None and len(shape) < 4)
+def _fed_several_maps(view: GraphView) -> bool:
+    return sum(1 for t in flat_tensors(view.part.example_inputs) if t.dim() == 4) > 1
 
 
-def stage_sites(view: GraphView) -> list[Site]:
-    """The output of the last block at each cumulative stride.
-
-    With residual blocks that is the last block output at that stride; without, the last node at
-    that stride that every later node passes through (the activation before a pooling layer).
-    """
-    if sum(1 for t in flat_tensors(view.part.example_inputs) if t.dim() == 4) > 1:
-        return []  # a part fed several maps (a head run on pyramid levels) has no stages of its own
-    block_outputs = [block_output(view, add) for add, _b, _s in residual_merges(view)]
-    candidates = {}
-    by_stride: dict[int, fx.Node] = {}
-    for node in block_outputs:
-        if _spatial_4d(view, node):
-            by_stride[view.total_stride(node)] = node
-    cuts = _cut_nodes(view)
-    neck = _pyramid_region(view)
-    for node in _spatial_nodes(view):
-        if view.position[node] in neck:
-            continue
-        stride = view.total_stride(node)
-        if stride not in by_stride and node in cuts and any(_ends_resolution(view, user, stride) for user in node.users):
-            candidates[stride] = node
-    by_stride = {**candidates, **by_stride}
-    return [make_site(view, "stage", node) for _stride, node in sorted(by_stride.items())]
-
-
-def _global_pool_inputs(view: GraphView) -> list[fx.Node]:
-    """Spatial maps consumed by something that removes the spatial dimensions (pool to 1x1, flatten, mean)."""
-    found = []
-    for node in _spatial_nodes(view):
-        for user in node.users:
-            shape = view.shape(user)
-            if shape is not None and (len(shape) < 4 or (len(shape) == 4 and shape[2] == shape[3] == 1)):
-                found.append(node)
-                break
+def _find_anatomy(view: GraphView) -> Anatomy:
+    found = Anatomy()
+    if _fed_several_maps(view):
+        return found  # a head run on pyramid levels: neither extractor nor neck of its own
+    top_down = _resampled_merges(view, view.is_upsample)
+    head = _pooling_head(view)
+    if head is not None:
+        found.rule = 0
+    elif top_down:
+        head, found.rule = top_down[0][2], 1
+    else:
+        head = _upsampling_head(view)
+        found.rule = 2 if head is not None else 3
+    end = _extractor_end(view, head) if head is not None else _deepest_map(view)
+    if end is None or end.op == "placeholder":
+        return Anatomy()
+    found.end, found.extractor = end, view.ancestors[end]
+    outside = lambda merge: not found.in_extractor(view, merge[0])  # noqa: E731
+    found.top_down = [m for m in top_down if outside(m)]
+    found.bottom_up = [m for m in _resampled_merges(view, view.is_downsample) if outside(m)]
+    if found.top_down:
+        first_up = found.top_down[0][2]
+        source = _one_input(view, first_up)
+        found.top = source if source is not None and not view.is_merge(source) else None
+    found.levels = _levels(view, found)
     return found
 
 
-def backbone_sites(view: GraphView) -> list[Site]:
-    """The last spatial feature map of the backbone.
+def _one_input(view: GraphView, node: fx.Node) -> fx.Node | None:
+    inputs = view.tensor_inputs(node)
+    return inputs[0] if inputs else None
 
-    Classifiers: the map fed to global pooling. Pyramids: the deepest map the neck reads (the input
-    of the lateral that starts the top-down path). Otherwise: the last residual block output at the
-    largest stride, or the last spatial node at the largest stride.
+
+def _pooling_head(view: GraphView) -> fx.Node | None:
+    """The node that pools the deepest map away for good: its output has no spatial extent (1x1, or
+    a vector per image) and nothing after it is a map again (an SE squeeze comes back; a classifier
+    does not). A reshape that keeps positions as an axis (a detection head's N,C,H*W) is no pooling."""
+    maps = 0
+    for node in view.nodes:
+        if _is_map(view, node):
+            maps |= 1 << view.position[node]
+    best, deepest = None, 0
+    for node in view.nodes:
+        shape = view.shape(node)
+        if node.op == "placeholder" or shape is None or view.descendants[node] & maps:
+            continue
+        pooled = len(shape) <= 2 or (len(shape) == 4 and view.nchw(node) and shape[2] * shape[3] == 1)
+        sources = [x for x in view.tensor_inputs(node) if _is_map(view, x)]
+        if pooled and len(sources) == 1 and view.total_stride(sources[0]) >= deepest:
+            best, deepest = node, view.total_stride(sources[0])
+    return best
+
+
+def _resampled_merges(view: GraphView, resampled: Callable[[fx.Node], bool]) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
+    """(merge, lateral, resampling node) for every add/cat of one resized map with same-size maps
+    that were not resized: a top-down merge when the resizing enlarges, bottom-up when it shrinks.
+    Residual merges are not among them."""
+    residual = {m.add for m in residual_merges(view)}
+    found = []
+    for node in view.nodes:
+        if not view.is_merge(node) or not _spatial_4d(view, node) or node in residual or _inner_add(view, node):
+            continue
+        inputs = [x for x in view.tensor_inputs(node) if _spatial_4d(view, x)]
+        if len(inputs) < 2 or len({view.shape(x)[2:] for x in inputs}) != 1:
+            continue
+        sources = [_resampled_source(view, x, resampled) for x in inputs]
+        resized = [s for s in sources if s is not None]
+        laterals = [x for x, s in zip(inputs, sources) if s is None]
+        if len(resized) == 1 and laterals:
+            found.append((node, laterals[0], resized[0]))
+    return found
+
+
+def _resampled_source(view: GraphView, node: fx.Node, resampled: Callable[[fx.Node], bool]) -> fx.Node | None:
+    """The resizing node ``node`` comes from through one-input layers at its size (conv, norm, act), if any."""
+    size = view.shape(node)[2:]
+    while True:
+        if resampled(node):
+            return node
+        inputs = view.tensor_inputs(node)
+        if len(inputs) != 1 or view.shape(inputs[0]) is None or tuple(view.shape(inputs[0])[2:]) != tuple(size):
+            return None
+        node = inputs[0]
+
+
+def _upsampling_head(view: GraphView) -> fx.Node | None:
+    """The first upsample that leads to the outputs on its own, merging nothing else on the way
+    (a segmentation head resizing its logits); an upsample inside a block feeds a merge or a gate."""
+    for node in view.nodes:
+        if not view.is_upsample(node):
+            continue
+        below = view.descendants[node]
+        if all(((below >> view.position[x]) & 1) for d in bit_positions(below) for x in view.tensor_inputs(view.nodes[d])
+               if view.nodes[d] is not node):
+            return node
+    return None
+
+
+def _extractor_end(view: GraphView, head: fx.Node) -> fx.Node | None:
+    """The extractor's last map, from the node that starts the head.
+
+    The head is the outermost module call that runs its first node (or, when the root's own code
+    runs it, the call that computes what it reads): a classifier head with its own 1x1 conv, an FPN,
+    a decoder, a segmentation head. When that call does not downsample on the way from its inputs to
+    the head's first node, the extractor ends at the deepest map the call reads. Otherwise (the
+    call is a stage of the extractor itself) the extractor ends at what the head's first node reads.
     """
+    source = _one_input(view, head)
+    if source is None:
+        return None
+    for node in (head, source):
+        call = view.outermost_call(node)
+        if call is None:
+            continue
+        end = _call_input(view, call, head)
+        return _pass_back(view, end if end is not None else source)
+    return _pass_back(view, source)
+
+
+def _call_input(view: GraphView, call: str, head: fx.Node) -> fx.Node | None:
+    inside = [view.nodes[i] for i in bit_positions(view.ancestors[head]) if view.within(view.nodes[i], call)]
+    inside_bits = sum(1 << view.position[n] for n in inside)
+    upstream = view.ancestors[head]
+    inputs = {x for n in inside for x in view.tensor_inputs(n)
+              if not (inside_bits >> view.position[x]) & 1 and (upstream >> view.position[x]) & 1 and _is_map(view, x)}
+    if not inputs:
+        return None
+    deepest = max(view.total_stride(x) for x in inputs)
+    if any(_is_map(view, n) and view.total_stride(n) > deepest for n in inside if n is not head):
+        return None
+    return max((x for x in inputs if view.total_stride(x) == deepest), key=view.position.get)
+
+
+def _pass_back(view: GraphView, node: fx.Node) -> fx.Node:
+    """Past no-op layers (identity, dropout, copies) to the node that computed the value."""
+    while True:
+        no_op = isinstance(view.module(node), (nn.Identity, nn.Dropout, nn.Dropout2d)) or (
+            node.op == "call_method" and node.target in ("contiguous", "clone"))
+        inputs = view.tensor_inputs(node)
+        if not no_op or len(inputs) != 1:
+            return node
+        node = inputs[0]
+
+
+def _deepest_map(view: GraphView) -> fx.Node | None:
+    maps = [n for n in view.nodes if n.op != "placeholder" and _is_map(view, n)]
+    if not maps:
+        return None
+    deepest = max(view.total_stride(n) for n in maps)
+    return [n for n in maps if view.total_stride(n) == deepest][-1]
+
+
+# -- stages and the backbone ------------------------------------------------------------------------
+def _cuts(view: GraphView, bits: int) -> list[fx.Node]:
+    """Nodes of the set ``bits`` that every path inside it passes through: no edge between two of
+    its nodes jumps over them in execution order (values that are no tensors do not count)."""
+    cuts, reach = [], -1
+    for position in bit_positions(bits):
+        node = view.nodes[position]
+        if reach <= position and node.op != "placeholder":
+            cuts.append(node)
+        if view.shape(node) is None and not _tuple_valued(node):
+            continue
+        for user in node.users:
+            if user in view.position and (bits >> view.position[user]) & 1:
+                reach = max(reach, view.position[user])
+    return sorted(cuts, key=view.position.get)
+
+
+def _tuple_valued(node: fx.Node) -> bool:
+    return isinstance(node.meta.get("tensor_meta"), (tuple, list))
+
+
+def stage_sites(view: GraphView) -> list[Site]:
+    """The end of each stage of the extractor: at each cumulative stride, the last map on the
+    extractor's main path (every path from the input to the extractor's end passes through it)."""
+    found = anatomy(view)
+    if found.end is None:
+        return []
+    by_stride: dict[int, fx.Node] = {}
+    for node in _cuts(view, found.extractor):
+        if _is_map(view, node):
+            by_stride[view.total_stride(node)] = node
+    return [make_site(view, "stage", node) for _stride, node in sorted(by_stride.items())]
+
+
+def backbone_sites(view: GraphView) -> list[Site]:
+    """The extractor's last feature map: the map a pooling head, a neck or a decoder starts from."""
     found = backbone_candidate(view)
     return [found[1]] if found else []
 
 
 def backbone_candidate(view: GraphView) -> tuple[int, Site] | None:
-    """(rule rank, site): lower ranks are stronger evidence; a model split in parts keeps the best."""
-    pooled = _global_pool_inputs(view)
-    if pooled:
-        return 0, make_site(view, "backbone", pooled[-1])
-    top = _pyramid_top_lateral(view)
-    if top is not None and view.tensor_inputs(top):
-        return 1, make_site(view, "backbone", view.tensor_inputs(top)[0])
-    outputs = [block_output(view, add) for add, _b, _s in residual_merges(view)]
-    rank, pool = (2, outputs) if outputs else (3, _spatial_nodes(view))
-    if not pool:
+    """(rule, site): lower rules are stronger evidence; a model traced in parts keeps the strongest."""
+    found = anatomy(view)
+    if found.end is None or not _is_map(view, found.end):
         return None
-    deepest = max(view.total_stride(n) for n in pool)
-    return rank, make_site(view, "backbone", [n for n in pool if view.total_stride(n) == deepest][-1])
+    return found.rule, make_site(view, "backbone", found.end)
 
 
 # -- pyramids and upsampling -----------------------------------------------------------------------
@@ -225,75 +484,62 @@ def upsample_sites(view: GraphView) -> list[Site]:
     return [make_site(view, "upsample", n) for n in view.nodes if view.is_upsample(n)]
 
 
-def _pyramid_merges(view: GraphView) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
-    """(merge, lateral, upsample) for every add/cat that merges an upsampled map with a same-size one."""
-    found = []
-    for node in view.nodes:
-        if not view.is_merge(node) or not _spatial_4d(view, node):
-            continue
-        inputs = view.tensor_inputs(node)
-        ups = [x for x in inputs if view.is_upsample(x)]
-        others = [x for x in inputs if not view.is_upsample(x)]
-        if len(ups) == 1 and len(others) == 1:
-            found.append((node, others[0], ups[0]))
-    return found
+def _levels(view: GraphView, found: Anatomy) -> list[fx.Node]:
+    """The pyramid's output map at each size: where the last merge at that size (or the top of the
+    top-down path) hands over, in graph order."""
+    sources = [found.top] if found.top is not None else []
+    sources += [m for m, _l, _r in found.top_down + found.bottom_up]
+    merges = {m for m, _l, _r in found.top_down + found.bottom_up}
+    modules = _neck_modules(view, found)
+    by_size: dict[tuple, fx.Node] = {}
+    for source in sorted(sources, key=view.position.get):
+        level = _level_output(view, source, merges, modules)
+        if level is not None and _is_map(view, level):
+            by_size[tuple(view.shape(source)[2:])] = level
+    return sorted(set(by_size.values()), key=view.position.get)
 
 
-def _pyramid_region(view: GraphView) -> set[int]:
-    """Positions of everything computed from the pyramid's top lateral or its merges: the neck, not the backbone."""
-    merges = _pyramid_merges(view)
-    starts = [m for m, _l, _u in merges]
-    top = _pyramid_top_lateral(view)
-    if top is not None:
-        starts.append(top)
-    bits = 0
-    for node in starts:
-        bits |= view.descendants[node]
-    return set(bit_positions(bits))
+def _neck_modules(view: GraphView, found: Anatomy) -> set[str]:
+    """Module calls that hold several pyramid merges or resizings: a level does not leave them."""
+    counts: dict[str, int] = {}
+    for node in [m for m, _l, _r in found.top_down + found.bottom_up] + [r for _m, _l, r in found.top_down]:
+        call = view.outermost_call(node)
+        if call is not None:
+            counts[call] = counts.get(call, 0) + 1
+    return {call for call, count in counts.items() if count > 1}
 
 
-def _pyramid_top_lateral(view: GraphView) -> fx.Node | None:
-    """The top of the top-down path: what the first pyramid upsample reads, when it is no merge."""
-    merges = _pyramid_merges(view)
-    if not merges:
-        return None
-    first_up = min((up for _m, _l, up in merges), key=view.position.get)
-    source = view.tensor_inputs(first_up)[0]
-    return None if view.is_merge(source) else source
-
-
-def _level_output(view: GraphView, source: fx.Node) -> fx.Node | None:
-    """The map a pyramid level outputs: the non-upsample consumer of a level source, followed
-    through single-user same-size layers (the 3x3 smoothing conv and its norm/activation)."""
-    consumers = [u for u in source.users if u in view.position and not view.is_upsample(u) and not view.is_merge(u)]
-    consumers = [u for u in consumers if view.shape(u) is not None and view.shape(u)[2:] == view.shape(source)[2:]]
-    if len(consumers) != 1:
-        return None
-    node = consumers[0]
-    while len(node.users) == 1:
-        user = next(iter(node.users))
-        if user not in view.position or view.is_merge(user) or view.shape(user) != view.shape(node):
-            break
-        node = user
-    return node
+def _level_output(view: GraphView, source: fx.Node, merges: set[fx.Node], modules: set[str]) -> fx.Node | None:
+    """The last node that everything computed from ``source`` at its size passes through or comes
+    from: the smoothing conv after an FPN merge, the block after a PAN concat; not a head's branch."""
+    size = view.shape(source)[2:]
+    home = view.outermost_call(source)
+    fence = home if home in modules else None
+    region, stack = {source}, [source]
+    while stack:
+        node = stack.pop()
+        for user in node.users:
+            if (user in region or user not in view.position or user in merges or not _spatial_4d(view, user)
+                    or view.shape(user)[2:] != size or view.is_upsample(user) or view.is_downsample(user)
+                    or (fence is not None and not view.within(user, fence))):
+                continue
+            region.add(user)
+            stack.append(user)
+    bits = sum(1 << view.position[n] for n in region)
+    for node in sorted(region, key=view.position.get, reverse=True):
+        if (view.ancestors[node] | view.descendants[node]) & bits == bits:
+            return node
+    return source
 
 
 def neck_sites(view: GraphView) -> list[Site]:
-    merges = _pyramid_merges(view)
-    if not merges:
-        return []
-    sources = [m for m, _l, _u in merges]
-    top = _pyramid_top_lateral(view)
-    if top is not None:
-        sources.append(top)
-    levels = [out for out in (_level_output(view, s) for s in sources) if out is not None and _spatial_4d(view, out)]
-    levels = sorted(set(levels), key=view.position.get)
+    found = anatomy(view)
     sites = []
-    for level in levels:
-        others = [o for o in levels if o is not level]
+    for level in found.levels:
+        others = [o for o in found.levels if o is not level]
         sites.append(make_site(view, "neck.level", level, extra=others))
-    for _merge, lateral, up in merges:
-        top_down = view.tensor_inputs(up)[0]
+    for _merge, lateral, up in found.top_down:
+        top_down = _one_input(view, up)
         sites.append(make_site(view, "neck.merge", lateral, extra=[top_down]))
     return sites
 
