@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,6 +23,11 @@ class Step(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict, description="plugin arguments; structural ones come from the graph")
     name: str | None = Field(default=None, description="attribute name of the new module (default: the plugin name)")
     allow_empty: bool = Field(default=False, description="a step that matches no site is an error unless this is true")
+    on_unfit: Literal["refuse", "skip"] = Field(
+        default="refuse",
+        description="a matched site the plugin cannot take (a conv subclass it cannot reproduce, a map too small) "
+        "refuses the whole recipe (refuse), or is skipped and reported (skip)",
+    )
 
     @field_validator("name")
     @classmethod

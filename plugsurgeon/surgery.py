@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
-from plugsurgeon.graph.edit import Insertion, build_owner, commit
+from plugsurgeon.graph.check import compare
+from plugsurgeon.graph.edit import Insertion, build_owner, commit, overlay
 from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import shape_of
-from plugsurgeon.graph.trace import Scope, Traced, trace
+from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, trace
 from plugsurgeon.plugins.registry import PluginSpec, get_plugin
 from plugsurgeon.provenance import record_step
 from plugsurgeon.recipe import Recipe, Step, load_recipe
@@ -94,7 +95,15 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
         spec = get_plugin(step.plugin)
         sites = _sites_for(step, spec, all_sites, index, recipe, model)
         for site in sites:
-            edits.append(_plan_edit(model, traced, step, spec, site, index, dtype))
+            try:
+                edits.append(_plan_edit(model, traced, step, spec, site, index, dtype))
+            except SiteError as unfit:
+                if step.on_unfit != "skip":
+                    raise
+                notes.append(f"step {index} ({spec.name}) skipped '{site.path}': {unfit.message}")
+        if not any(e.step_index == index for e in edits) and sites and not step.allow_empty:
+            raise SiteError(f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): every matched site was skipped as unfit",
+                            hint="the report's notes say why; set `allow_empty: true` to accept a step that changes nothing")
     _check_conflicts(edits, notes)
     _name_new_modules(model, edits)
     if not edits:
@@ -129,10 +138,14 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
     return chosen
 
 
-def _choose_scope(site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tuple[int, ...]]:
-    """The smallest module forward that sees the site's node (and, for multi-input plugins, all its extra nodes)."""
+def _scope_candidates(site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...]]]:
+    """Module forwards that see the site's node (and, for multi-input plugins, all its extra nodes), in
+    order of preference: the smallest first, except that a residual branch end goes into the block
+    that holds the add ("before the add" is a place in that block, and its class is what changes)."""
     if spec.inputs == "site":
-        return site.scopes[0], ()
+        scopes = list(site.scopes)
+        return [(s, ()) for s in (reversed(scopes) if site.role == "residual.branch" else scopes)]
+    found = []
     for scope in site.scopes:
         extras = []
         for extra_scopes in site.extra_scopes:
@@ -141,9 +154,32 @@ def _choose_scope(site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tupl
                 break
             extras.append(match.local)
         else:
-            return scope, tuple(extras)
-    raise SiteError(f"{where}: the plugin reads {list(site.extra)}, which no single module forward computes together with the site",
-                    hint="multi-input plugins need all their inputs inside one module's forward")
+            found.append((scope, tuple(extras)))
+    return found
+
+
+def _choose_scope(model: nn.Module, part, site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tuple[int, ...]]:
+    """The preferred module forward that can be edited: called once, and tracing to the same graph in
+    train and eval mode (else the edit would keep only one of them)."""
+    candidates = _scope_candidates(site, spec)
+    if not candidates:
+        raise SiteError(f"{where}: the plugin reads {list(site.extra)}, which no single module forward computes together with the site",
+                        hint="multi-input plugins need all their inputs inside one module's forward")
+    refusals = []
+    for scope, extras in candidates:
+        owner_path = part.absolute(scope.owner)
+        if part.call_count(scope.owner) > 1 or scope.call > 0:
+            refusals.append(SiteError(
+                f"{where}: module '{owner_path}' runs {part.call_count(scope.owner)} times in forward, so one insertion would change every call",
+                hint="exclude the site with `where: {exclude: [...]}`, or choose a site of a module that runs once"))
+        elif _differs_between_modes(model, part, scope):
+            refusals.append(SiteError(
+                f"{where}: the forward of '{owner_path or type(model).__name__}' ({type(_owner_module(model, owner_path)).__name__}) "
+                "differs between train and eval mode (it branches on self.training), so an edited copy would keep only one of its two graphs",
+                hint="exclude this site with `where: {exclude: [...]}`, or target sites inside its blocks"))
+        else:
+            return scope, extras
+    raise refusals[0]
 
 
 def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
@@ -151,23 +187,25 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
     where = f"step {index} ({spec.name}) at '{site.path}'"
     node = _node(part, site.node)
     replaced = None
-    scope, extra_locals = _choose_scope(site, spec, where)
     if spec.mode == "replace":
+        scope, extra_locals = site.scopes[0], ()
         if site.target is None:
             raise SiteError(f"{where}: the site is a functional op, and '{spec.name}' replaces modules", hint="choose a site that calls a module")
         replaced = model.get_submodule(site.target)
-    elif part.call_count(scope.owner) > 1 or scope.call > 0:
-        raise SiteError(f"{where}: module '{part.absolute(scope.owner)}' runs more than once in forward, so one insertion would change every call",
-                        hint="exclude the site with `where: {exclude: [...]}`")
     else:
-        _check_mode_independent(model, part, scope, where)
+        scope, extra_locals = _choose_scope(model, part, site, spec, where)
     try:
         module = spec.build(site, replaced, dict(step.args))
     except PlugsurgeonError:
         raise
     except Exception as error:  # noqa: BLE001 - constructors raise anything on bad arguments
         raise RecipeError(f"{where}: cannot build the plugin: {error}", hint=f"`plugsurgeon plugins` shows what '{spec.name}' takes") from None
-    module = module.to(dtype=dtype, device=_host_device(model))
+    # The new module's dtype comes from what it joins: the replaced module, or the model; converting
+    # it never touches a tensor it shares with the replaced module, which has that dtype already.
+    dtype = _host_dtype(replaced) if replaced is not None else dtype
+    module = module.to(dtype=dtype, device=_host_device(replaced if replaced is not None else model))
+    if replaced is not None:
+        module.train(replaced.training)
     flops = _check_runs(module, _calls_to_check(part, node, site, spec), dtype, where)
     params_added = count_params(module)
     if replaced is not None:
@@ -209,17 +247,36 @@ def _check_runs(module: nn.Module, calls, dtype: torch.dtype, where: str) -> int
     return total
 
 
-def _check_mode_independent(model: nn.Module, part, scope: Scope, where: str) -> None:
-    owner_path = part.absolute(scope.owner)
-    owner = model.get_submodule(owner_path) if owner_path else model
-    record = part.call_record(scope.owner) if scope.owner else None
+def _owner_module(model: nn.Module, owner_path: str) -> nn.Module:
+    return model.get_submodule(owner_path) if owner_path else model
+
+
+def _owner_call(part, scope: Scope):
+    """(concrete args, children to trace through) of the owner's call, as the model trace saw it."""
+    record = part.call_record(scope.owner, scope.call) if scope.owner else None
     concrete = record.concrete_args if record is not None else part.concrete_args
-    if differs_between_modes(owner, concrete):
-        raise SiteError(
-            f"{where}: the forward of '{owner_path or type(model).__name__}' differs between train and eval mode "
-            "(it reads self.training), so an edited copy would keep only one of them",
-            hint="exclude this site with `where: {exclude: [...]}`, or target sites inside its blocks",
-        )
+    return concrete, _structured_children(part, scope.owner, scope.call)
+
+
+def _structured_children(part, owner: str, call: int) -> frozenset[str]:
+    """Direct children whose call returned a structure (a tuple the owner unpacks, like torchvision's
+    FPN ``extra_blocks``): the owner's own trace must follow them, as a leaf would be opaque."""
+    prefix = owner + "." if owner else ""
+    names = set()
+    for record in part.calls:
+        child = record.path[len(prefix):] if record.path.startswith(prefix) else None
+        if child and "." not in child and record.parent == (owner, call) and record.output is None:
+            names.add(child)
+    return frozenset(names)
+
+
+def _differs_between_modes(model: nn.Module, part, scope: Scope) -> bool:
+    owner = _owner_module(model, part.absolute(scope.owner))
+    concrete, through = _owner_call(part, scope)
+    try:
+        return differs_between_modes(owner, concrete, through)
+    except ModuleTraceError:
+        return False  # not traceable alone: building the owner says so with the reason
 
 
 def _node(part, name):
@@ -263,8 +320,8 @@ def _name_new_modules(model: nn.Module, edits: list[PlannedEdit]) -> None:
         edit.attribute = name
 
 
-def apply_plan(planned: Plan) -> SurgeryResult:
-    """Commit a plan into ``planned.model``. All new modules are built before the first attribute is set."""
+def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Every edited owner and replacement module, built without touching ``planned.model``."""
     model, traced = planned.model, planned.traced
     groups: dict[str, list[PlannedEdit]] = defaultdict(list)
     for edit in planned.edits:
@@ -273,15 +330,61 @@ def apply_plan(planned: Plan) -> SurgeryResult:
     owners: dict[str, nn.Module] = {}
     for owner_path, edits in groups.items():
         part = traced.part(edits[0].site.part)
-        record = part.call_record(edits[0].scope.owner) if edits[0].scope.owner else None
-        concrete = record.concrete_args if record is not None else part.concrete_args
+        concrete, through = _owner_call(part, edits[0].scope)
         insertions = [
             Insertion(e.scope.local, e.attribute, e.module, e.scope.op, e.scope.target, e.extra_locals)
             for e in sorted(edits, key=lambda e: e.step_index)
         ]
-        owner_module = model.get_submodule(owner_path) if owner_path else model
-        owners[owner_path] = build_owner(owner_module, owner_path, insertions, concrete)
+        try:
+            owners[owner_path] = build_owner(_owner_module(model, owner_path), owner_path, insertions, concrete, through)
+        except PlugsurgeonError:
+            raise
+        except Exception as error:  # noqa: BLE001 - fx raises many types
+            raise SiteError(f"cannot edit '{owner_path or type(model).__name__}' (sites {[e.site.path for e in edits]}): "
+                            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}",
+                            hint="exclude these sites with `where: {exclude: [...]}`") from None
     replacements = {e.attribute: e.module for e in planned.edits if e.spec.mode == "replace"}
+    return owners, replacements
+
+
+def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[str, nn.Module]) -> None:
+    """The edited model runs in train and eval mode wherever the original does, with the same output
+    structure (each edited part on its recorded inputs); the failing edit is named."""
+    model, traced = planned.model, planned.traced
+    for part in traced.parts:
+        paths = [p for p in (*owners, *replacements) if _within(p, part.path)]
+        if not paths:
+            continue
+        problem = _part_problem(model, part, owners, replacements)
+        if problem is None:
+            continue
+        culprit = next((p for p in paths if _part_problem(model, part, *_only(p, owners, replacements)) is not None), None)
+        sites = [e.site.path for e in planned.edits if e.module_path == culprit or (culprit and e.owner == culprit)] if culprit else []
+        where = f"the edit at '{culprit}' (site {', '.join(sites)})" if culprit else f"the edits in '{part.path or type(model).__name__}'"
+        raise SiteError(f"{where} breaks the model: {problem}",
+                        hint="exclude the site with `where: {exclude: [...]}`; nothing was changed")
+
+
+def _within(path: str, part_path: str) -> bool:
+    return part_path == "" or path == part_path or path.startswith(part_path + ".")
+
+
+def _only(path, owners, replacements):
+    return ({path: owners[path]} if path in owners else {}), ({path: replacements[path]} if path in replacements else {})
+
+
+def _part_problem(model: nn.Module, part, owners, replacements) -> str | None:
+    edited = overlay(model, owners, replacements)
+    original_part = _owner_module(model, part.path)
+    edited_part = _owner_module(edited, part.path)
+    return compare(original_part, edited_part, part.example_inputs)
+
+
+def apply_plan(planned: Plan) -> SurgeryResult:
+    """Commit a plan into ``planned.model``. All new modules are built and checked before the first attribute is set."""
+    model = planned.model
+    owners, replacements = build_edits(planned)
+    check_edits(planned, owners, replacements)
     keys_before = set(model.state_dict())
     report = planned.report()
     root = commit(model, owners, replacements)
@@ -302,8 +405,9 @@ def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_
     """
     if not isinstance(model, nn.Module):
         raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load_model('resnet50')")
-    if dry_run:
+    if dry_run:  # the same plan, edits and checks as a real call, only not committed
         planned = plan(model, recipe, input_shape=input_shape)
+        check_edits(planned, *build_edits(planned))
         return SurgeryResult(model, planned.report(), planned)
     target = model if inplace else copy.deepcopy(model)
     planned = plan(target, recipe, input_shape=input_shape)

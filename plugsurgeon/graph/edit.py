@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError
-from plugsurgeon.graph.trace import LOCAL, OWNER, body_nodes, trace_module
+from plugsurgeon.graph.trace import LOCAL, OWNER, ModuleTraceError, body_nodes, trace_module
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,22 @@ class EditError(PlugsurgeonError):
     pass
 
 
-def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], concrete_args=None) -> fx.GraphModule:
+def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], concrete_args=None,
+                trace_through: frozenset[str] = frozenset()) -> fx.GraphModule:
     """Trace ``owner`` shallowly and splice ``insertions`` in; the owner itself is not modified.
 
     Insertions at the same node chain in list order (the first sits closest to the node). Every
     consumer of the node, the owner's output included, then reads the last module of the chain;
     other inserted modules keep reading the original values (pyramid fusion reads all raw levels).
     """
-    gm, _tracer = trace_module(owner, concrete_args, shallow=True)
+    try:
+        gm, _tracer = trace_module(owner, concrete_args, shallow=True, trace_through=trace_through)
+    except ModuleTraceError as error:
+        raise EditError(
+            f"torch.fx cannot trace the forward of '{owner_path or type(owner).__name__}' on its own: "
+            f"{str(error.cause).strip().splitlines()[0][:200] if str(error.cause).strip() else type(error.cause).__name__}",
+            hint="exclude the sites inside it with `where: {exclude: [...]}`",
+        ) from None
     graph = gm.graph
     # Only the owner's own frame: stateless children traced through number their nodes in frames of their own.
     by_local = {n.meta[LOCAL]: n for n in body_nodes(graph) if n.meta.get(OWNER) == ""}
@@ -69,7 +77,11 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
     graph.lint()
     gm.recompile()
     _keep_unreferenced_state(owner, gm)
-    gm.train(owner.training)
+    # Only the new modules take the owner's mode: its children keep theirs (a frozen BatchNorm
+    # stays in eval mode inside a training model).
+    gm.training = owner.training
+    for insertion in insertions:
+        insertion.module.train(owner.training)
     return gm
 
 
@@ -96,6 +108,38 @@ def _keep_unreferenced_state(owner: nn.Module, gm: fx.GraphModule) -> None:
         if not hasattr(gm, name):
             persistent = name not in getattr(owner, "_non_persistent_buffers_set", set())
             gm.register_buffer(name, buffer, persistent=persistent)
+
+
+def overlay(model: nn.Module, owners: dict[str, nn.Module], replacements: dict[str, nn.Module]) -> nn.Module:
+    """The model as ``commit`` would leave it, built without changing ``model``.
+
+    Every module on the way from the root to an edited path is a shallow clone (own child, parameter
+    and buffer tables, everything else shared), so the edited model can be run and checked before
+    anything is committed; untouched modules and all tensors are shared, not copied.
+    """
+    root = owners.get("", model)
+    clones: dict[str, nn.Module] = {"": _shallow_clone(root)}
+
+    def clone_at(path: str) -> nn.Module:
+        if path not in clones:
+            parent_path, _, name = path.rpartition(".")
+            parent = clone_at(parent_path)
+            clones[path] = parent._modules[name] = _shallow_clone(parent._modules[name])
+        return clones[path]
+
+    edits = {**{p: m for p, m in owners.items() if p}, **replacements}
+    for path in sorted(edits, key=lambda p: p.count(".")):
+        parent_path, _, name = path.rpartition(".")
+        clone_at(parent_path)._modules[name] = edits[path]
+    return clones[""]
+
+
+def _shallow_clone(module: nn.Module) -> nn.Module:
+    clone = object.__new__(type(module))
+    clone.__dict__ = dict(module.__dict__)
+    for table in ("_modules", "_parameters", "_buffers"):
+        clone.__dict__[table] = dict(module.__dict__[table])
+    return clone
 
 
 def commit(model: nn.Module, owners: dict[str, nn.Module], replacements: dict[str, nn.Module]) -> nn.Module:

@@ -15,16 +15,18 @@ from torch import nn
 from plugsurgeon.graph.trace import reads_training_flag, trace_module
 
 
-def differs_between_modes(owner: nn.Module, concrete_args: dict[str, Any] | None) -> bool:
+def differs_between_modes(owner: nn.Module, concrete_args: dict[str, Any] | None,
+                          trace_through: frozenset[str] = frozenset()) -> bool:
     if not reads_training_flag(type(owner)):
         return False
-    was_training = owner.training
+    flags = [(m, m.training) for m in owner.modules()]  # every flag, so frozen BatchNorms stay frozen
     try:
         codes = []
         for mode in (True, False):
-            owner.train(mode)
-            gm, _ = trace_module(owner, concrete_args, shallow=True)
+            owner.training = mode
+            gm, _ = trace_module(owner, concrete_args, shallow=True, trace_through=trace_through)
             codes.append(gm.code)
         return codes[0] != codes[1]
     finally:
-        owner.train(was_training)
+        for module, flag in flags:
+            module.training = flag

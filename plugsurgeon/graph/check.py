@@ -1,0 +1,120 @@
+"""Does an edited model still run, and give what the original gave?
+
+Before surgery returns (and in a dry run, which builds the same edits) the edited model runs in
+train and in eval mode next to the original, on fake tensors, and both outputs must have the same
+structure (pytree layout, shapes, dtypes). Nothing of the caller's model changes meanwhile: state is
+swapped for fake (or cloned) tensors with ``torch.func.functional_call``, training flags and plain
+attributes are put back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
+from torch.utils._pytree import tree_flatten, tree_map
+
+from plugsurgeon.graph.shapes import needs_values
+from plugsurgeon.graph.trace import attributes_preserved
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call gave: its output's structure, or the first line of the error it raised."""
+
+    structure: tuple | None
+    error: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.error is None
+
+
+def run_outcome(module: nn.Module, inputs: tuple[Any, ...], training: bool) -> Outcome:
+    """Run ``module`` in the given mode on fake copies of ``inputs`` (real zeros where the model reads
+    tensor values), without changing any of its state, flags or attributes."""
+    try:
+        output = _run(module, inputs, training, fake=True)
+    except Exception as error:  # noqa: BLE001 - the model may raise anything
+        if not needs_values(error):
+            return Outcome(None, _first_line(error))
+        try:
+            with torch.no_grad():
+                output = _run(module, inputs, training, fake=False)
+        except Exception as real_error:  # noqa: BLE001
+            return Outcome(None, _first_line(real_error))
+    return Outcome(_structure(output))
+
+
+def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: bool) -> Any:
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+    convert = (lambda t: mode.from_tensor(t)) if fake else (lambda t: t.detach().clone())
+    state = {name: convert(t) for name, t in _named_state(module)}
+    args = tree_map(lambda v: torch.zeros(v.shape, dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else v, inputs)
+    if fake:
+        args = tree_map(lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v, args)
+    with _modes_kept(module, training), attributes_preserved(module), mode or contextlib.nullcontext():
+        return functional_call(module, state, args, strict=False, tie_weights=True)
+
+
+def _named_state(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    # Parameters stay as they are on a real run: a forward does not write them. Buffers (BatchNorm
+    # statistics) are cloned there, so a train-mode check cannot move them.
+    yield from module.named_buffers(remove_duplicate=False)
+
+
+@contextlib.contextmanager
+def _modes_kept(module: nn.Module, training: bool):
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        module.train(training)
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _structure(output: Any) -> tuple:
+    leaves, spec = tree_flatten(output)
+    described = tuple((tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__ for v in leaves)
+    # An fx GraphModule returns a plain dict where the module returned an OrderedDict (same keys, same
+    # order): that is the same output to every caller that does not test the exact type.
+    return (str(spec).replace("TreeSpec(OrderedDict,", "TreeSpec(dict,"), described)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def train_batch(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The inputs with a batch of at least 2: train-mode BatchNorm refuses one value per channel."""
+
+    def widen(v):
+        if isinstance(v, torch.Tensor) and v.dim() >= 4 and v.shape[0] < 2:
+            return torch.empty((2, *v.shape[1:]), dtype=v.dtype, device=v.device)
+        return v
+
+    return tree_map(widen, inputs)
+
+
+def compare(original: nn.Module, edited: nn.Module, inputs: tuple[Any, ...]) -> str | None:
+    """None when ``edited`` runs wherever ``original`` runs, with the same output structure; else why not."""
+    for training in (True, False):
+        args = train_batch(inputs) if training else inputs
+        before = run_outcome(original, args, training)
+        if not before.ran:
+            continue  # nothing to compare against in this mode
+        after = run_outcome(edited, args, training)
+        mode = "train" if training else "eval"
+        if not after.ran:
+            return f"the edited model fails in {mode} mode: {after.error}"
+        if after.structure != before.structure:
+            return f"the edited model's {mode}-mode output differs in structure from the original's"
+    return None
