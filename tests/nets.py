@@ -130,3 +130,63 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                     module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                     module.bias.copy_(torch.randn(n, generator=generator) * 0.5)
     return model
+
+
+class SharedActBlock(nn.Module):
+    """A conv block whose activation is one instance shared by every block (Ultralytics' Conv.default_act)."""
+
+    default_act = nn.SiLU()
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = self.default_act
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class SplitBottleneck(nn.Module):
+    """forward(x, shortcut=None) with the default relied on (timm's DLA), residual inside."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.cv1 = SharedActBlock(channels)
+        self.cv2 = SharedActBlock(channels)
+
+    def forward(self, x, shortcut=None):
+        if shortcut is None:
+            shortcut = x
+        return shortcut + self.cv2(self.cv1(x))
+
+
+class ForeignPatternsNet(nn.Module):
+    """The patterns of networks written elsewhere: a root forward taking *args/**kwargs, list(x.chunk())
+    (C2f), a module called without its default argument, shared activation instances, and a head that
+    branches on shapes in Python (Ultralytics' Detect in eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = SharedActBlock(8)
+        self.stem.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.blocks = nn.ModuleList([SplitBottleneck(4), SplitBottleneck(4)])
+        self.head = ShapeCheckingHead(8)
+
+    def forward(self, x, *args, **kwargs):
+        y = list(self.stem(x).chunk(2, 1))
+        y.extend(block(y[-1]) for block in self.blocks)
+        return self.head(torch.cat([y[0], y[-1]], 1))
+
+
+class ShapeCheckingHead(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.shape = None
+
+    def forward(self, x):
+        x = self.proj(x)
+        if self.shape != x.shape:  # Python control flow on a shape: fx cannot follow it
+            self.shape = x.shape
+        return x.mean((2, 3))

@@ -219,3 +219,75 @@ def test_owner_whose_forward_depends_on_the_mode_is_refused():
 
     with pytest.raises(ps.SiteError, match="differs between train and eval mode"):
         ps.apply(ModeDependent(), recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE)
+
+
+def test_foreign_patterns_take_attention_in_the_block_that_holds_the_add():
+    from tests.nets import ForeignPatternsNet
+
+    model = randomize_batchnorm(ForeignPatternsNet()).eval()
+    result = ps.apply(model, recipe({"plugin": "cbam", "at": "residual.branch"}), input_shape=(1, 3, 32, 32))
+    # Into the bottleneck that holds the add (its conv block, with the shared activation, keeps its class).
+    assert [e.module for e in result.report.edits] == ["blocks.0.cbam", "blocks.1.cbam"]
+    assert type(result.model) is ForeignPatternsNet
+    assert type(result.model.blocks[0].cv2).__name__ == "SharedActBlock"
+    assert result.model.blocks[0].cv2.act is result.model.stem.act  # still one shared instance
+    assert result.model(torch.randn(1, 3, 32, 32)).shape == (1, 8)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_edit_that_breaks_the_model_is_refused_before_commit(monkeypatch, dry_run):
+    from plugsurgeon import surgery
+
+    original = surgery.build_owner
+
+    class FailsInTraining(nn.Module):  # an edited owner that runs in eval mode only
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            if self.training:
+                raise RuntimeError("simulated broken edit")
+            return self.inner(*args)
+
+    monkeypatch.setattr(surgery, "build_owner", lambda *a, **k: FailsInTraining(original(*a, **k)))
+    model = randomize_batchnorm(TinyResNet()).eval()
+    snap = snapshot(model)
+    with pytest.raises(ps.SiteError, match=r"the edit at 'layer1.0' \(site layer1.0.bn2\) breaks the model: .*train mode.*simulated"):
+        ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE, inplace=True, dry_run=dry_run)
+    assert_same(model, snap)
+    assert not any(m.training for m in model.modules())
+
+
+@pytest.fixture
+def picky_plugin():
+    @registry.register_plugin("picky", roles=("residual",), mode="after", infer=lambda s, m: {"channels": s.channels},
+                              structural=("channels",), identity_at_init=True, paper="test, arXiv:0000.00000", year=2000, summary="test")
+    class Picky(nn.Module):  # takes only 16-channel maps: a site it cannot take, as a conv subclass would be
+        def __init__(self, channels):
+            super().__init__()
+            self.channels = channels
+
+        def forward(self, x):
+            return x if self.channels == 16 else x[:, :1]
+
+    yield "picky"
+    registry._REGISTRY.pop("picky")
+
+
+def test_unfit_sites_refuse_by_default_and_are_skipped_when_asked(picky_plugin):
+    with pytest.raises(ps.SiteError, match="layer2.0.bn2"):
+        ps.apply(TinyResNet(), recipe({"plugin": picky_plugin, "at": "residual.branch"}), input_shape=SHAPE)
+    result = ps.apply(TinyResNet(), recipe({"plugin": picky_plugin, "at": "residual.branch", "on_unfit": "skip"}), input_shape=SHAPE)
+    assert [e.site for e in result.report.edits] == ["layer1.0.bn2", "layer1.1.bn2"]
+    assert sum("skipped 'layer2." in note for note in result.report.notes) == 2
+
+
+def test_modes_are_kept_new_modules_join_the_mode_of_their_place():
+    model = TinyResNet().eval()
+    model.layer1[0].bn1.train()  # a deliberately mixed model: every flag must survive
+    flags = {name: m.training for name, m in model.named_modules()}
+    result = ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}, {"plugin": "acnet", "at": "conv3x3"}), input_shape=SHAPE)
+    edited = dict(result.model.named_modules())
+    assert all(edited[name].training == flag for name, flag in flags.items() if name in edited and not name.endswith(("conv1", "conv2")))
+    assert not any(m.training for name, m in edited.items() if ".se" in name or "acnet" in type(m).__name__.lower())

@@ -68,3 +68,51 @@ def test_pyramid_outputs_keep_their_structure():
     traced = ps.trace(TinyFPN(), (1, 3, 64, 64))
     out = traced.parts[0].gm(torch.randn(1, 3, 64, 64))
     assert list(out) == ["p3", "p4", "p5"]
+
+
+def test_foreign_patterns_trace_as_one_graph_around_an_opaque_head():
+    from tests.nets import ForeignPatternsNet
+
+    model = ForeignPatternsNet().eval()
+    traced = ps.trace(model, (1, 3, 32, 32))
+    # The whole model is one graph; only the head, whose own forward branches on a shape, is a leaf,
+    # and its insides are traced as a part of their own.
+    assert [p.path for p in traced.parts] == ["", "head.proj"]
+    assert [path for path, _reason in traced.untraced] == ["head"]
+    assert model.head.shape is None  # nothing the trace ran stayed on the model
+
+
+def test_shared_module_instance_is_named_by_its_call_site():
+    from tests.nets import ForeignPatternsNet
+
+    traced = ps.trace(ForeignPatternsNet(), (1, 3, 32, 32))
+    gm = traced.parts[0].gm
+    act_calls = [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target.endswith(".act")]
+    assert act_calls == ["stem.act", "blocks.0.cv1.act", "blocks.0.cv2.act", "blocks.1.cv1.act", "blocks.1.cv2.act"]
+    owners = {n.target: n.meta[OWNER] for n in gm.graph.nodes if n.op == "call_module" and n.target.endswith(".act")}
+    assert owners["blocks.1.cv2.act"] == "blocks.1.cv2"
+
+
+def test_defaults_the_caller_left_out_are_part_of_the_call():
+    from plugsurgeon.graph.trace import _concrete_args_of
+    from tests.nets import SplitBottleneck
+
+    block = SplitBottleneck(4)
+    # Traced alone with shortcut=None bound, `if shortcut is None` takes the branch the model takes.
+    assert _concrete_args_of(block.forward, (torch.zeros(1),), {}, is_input=lambda v: isinstance(v, torch.Tensor)) == {"shortcut": None}
+
+
+def test_torch_layer_subclasses_from_other_packages_are_leaves():
+    from plugsurgeon.graph.trace import is_leaf_type
+
+    class BatchNormAct(nn.BatchNorm2d):  # timm's BatchNormAct2d: a BatchNorm with an activation child
+        def __init__(self, n):
+            super().__init__(n)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(super().forward(x)) if self.training or True else x
+
+    BatchNormAct.__module__ = "somewhere.else"
+    assert is_leaf_type(BatchNormAct(4))
+    assert not is_leaf_type(nn.Sequential(nn.ReLU()))

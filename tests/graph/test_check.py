@@ -1,0 +1,42 @@
+"""The pre-commit check: edited models run in both modes with the original output structure, and checking changes nothing."""
+
+import torch
+from torch import nn
+
+from plugsurgeon.graph.check import compare, run_outcome
+from tests.nets import TinyResNet, randomize_batchnorm
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_running_a_train_mode_check_changes_no_buffer_flag_or_attribute():
+    model = randomize_batchnorm(TinyResNet()).eval()
+    model.layer1[0].bn1.train()  # a mixed-mode model must keep every flag
+    flags = [m.training for m in model.modules()]
+    before = _state(model)
+    outcome = run_outcome(model, (torch.empty(2, 3, 32, 32),), training=True)
+    assert outcome.ran
+    assert [m.training for m in model.modules()] == flags
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # num_batches_tracked included
+
+
+def test_compare_finds_a_mode_that_breaks_and_a_changed_structure():
+    class TrainOnlyFailure(nn.Module):
+        def forward(self, x):
+            if self.training:
+                raise RuntimeError("cannot train")
+            return x
+
+    class TupleOut(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    x = (torch.empty(1, 3, 8, 8),)
+    assert compare(nn.Identity(), nn.Identity(), x) is None
+    assert "train mode" in compare(nn.Identity(), TrainOnlyFailure(), x)
+    assert "structure" in compare(nn.Identity(), TupleOut(), x)
+    # A mode where the original itself fails is not held against the edit.
+    assert compare(TrainOnlyFailure(), nn.Identity(), x) is None
