@@ -227,6 +227,10 @@ class GraphView:
         labels = {known.get(a) for a in deciding}
         return labels.pop() if len(labels) == 1 else None
 
+    def is_split(self, node: fx.Node) -> bool:
+        """A split/chunk: one value in, a tuple of pieces out (fx sees the pieces as getitem nodes)."""
+        return _is_split(node)
+
     def layout(self, node: fx.Node) -> Layout | None:
         return self.layouts.get(node)
 

@@ -519,9 +519,11 @@ def _level_output(view: GraphView, source: fx.Node, merges: set[fx.Node], module
     while stack:
         node = stack.pop()
         for user in node.users:
-            if (user in region or user not in view.position or user in merges or not _spatial_4d(view, user)
-                    or view.shape(user)[2:] != size or view.is_upsample(user) or view.is_downsample(user)
-                    or (fence is not None and not view.within(user, fence))):
+            if user in region or user not in view.position or user in merges or (fence is not None and not view.within(user, fence)):
+                continue
+            pieces = view.is_split(user) and view.nchw(node)  # a split keeps the map's size for its pieces
+            if not pieces and (not _spatial_4d(view, user) or view.shape(user)[2:] != size
+                               or view.is_upsample(user) or view.is_downsample(user)):
                 continue
             region.add(user)
             stack.append(user)
