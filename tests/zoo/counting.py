@@ -13,6 +13,8 @@ the rule is written out in `HAND_RULES`, keyed by the model-name prefix:
 - hrnet*: the fuse layers sum branches of different resolutions (each resized to the target) and the
   classification head adds the downsampled finer level to the incremented coarser one: neither is a
   residual merge; one merge per BasicBlock / Bottleneck call.
+- torchvision swin_*: its blocks add channels-last (N,H,W,C) maps, which are 4-D too; none is an N,C,H,W
+  residual merge. torchvision maxvit_t: MBConv blocks are N,C,H,W merges, its attention blocks are not: a range.
 - repvgg* (timm RepVggBlock): the 3x3 and 1x1 branches are summed (a multi-branch conv, not a shortcut), then
   the identity-BN branch is added where the block keeps its shape; a locator may count the branch sum, so the
   rule is a range: at least one merge per block with an identity branch, at most every add.
@@ -141,11 +143,15 @@ HAND_RULES: dict[str, tuple[str, Callable[[nn.Module], bool], bool]] = {
     "convnextv2": ("one per ConvNeXtBlock (GRN adds excluded)", _class_named("ConvNeXtBlock"), True),
     "hrnet": ("one per BasicBlock/Bottleneck call (fuse adds excluded)", _class_named("BasicBlock", "Bottleneck"), True),
     "repvgg": ("at least one per RepVggBlock with identity", _repvgg_identity_blocks, False),
+    # torchvision builders, named "torchvision:NAME"
+    "torchvision:swin": ("none: channels-last (N,H,W,C) transformer blocks", lambda m: False, True),
+    "torchvision:maxvit": ("at least one per MBConv (attention blocks are channels-last)", _class_named("MBConv"), False),
 }
 
 
 def hand_rule(name: str) -> tuple[str, Callable[[nn.Module], bool], bool] | None:
-    bare = name.split(":", 1)[-1]
+    """The rule for ``name``: a timm name (bare or ``timm:NAME``) or ``torchvision:NAME``."""
+    bare = name.removeprefix("timm:")
     for prefix, rule in HAND_RULES.items():
         if bare.startswith(prefix):
             return rule
@@ -153,7 +159,7 @@ def hand_rule(name: str) -> tuple[str, Callable[[nn.Module], bool], bool] | None
 
 
 def expected_residuals(name: str, model: nn.Module, inputs) -> Expected:
-    """The independent expectation for ``name`` (a timm name): the add count, narrowed by a hand rule if one applies."""
+    """The independent expectation for ``name`` (see `hand_rule`): the add count, narrowed by a hand rule if one applies."""
     adds = count_adds(model, inputs)
     rule = hand_rule(name)
     if rule is None:
