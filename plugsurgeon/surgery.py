@@ -105,6 +105,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
             raise SiteError(f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): every matched site was skipped as unfit",
                             hint="the report's notes say why; set `allow_empty: true` to accept a step that changes nothing")
     _check_conflicts(edits, notes)
+    _note_shared_instances(model, edits, notes)
     _name_new_modules(model, edits)
     if not edits:
         raise SiteError(f"recipe '{recipe.name}' matched no site in {type(model).__name__}", hint="`plugsurgeon sites MODEL` lists the sites it has")
@@ -303,6 +304,24 @@ def _check_conflicts(edits: list[PlannedEdit], notes: list[str]) -> None:
         if len({e.step_index for e in group}) > 1:
             order = " then ".join(f"{e.spec.name} (step {e.step_index})" for e in group)
             notes.append(f"'{group[0].site.path}' takes {order}, in step order, the first closest to the site")
+
+
+def _note_shared_instances(model: nn.Module, edits: list[PlannedEdit], notes: list[str]) -> None:
+    """An edited module that the model also holds at other paths is edited at this path only: the
+    other calls keep the original module, with the same weights (they are not copied)."""
+    paths: dict[int, list[str]] = defaultdict(list)
+    for path, module in model.named_modules(remove_duplicate=False):
+        paths[id(module)].append(path)
+    seen = set()
+    for edit in edits:
+        path = edit.attribute if edit.spec.mode == "replace" else edit.owner
+        if not path or path in seen:
+            continue
+        seen.add(path)
+        others = [p for p in paths[id(model.get_submodule(path))] if p != path]
+        if others:
+            notes.append(f"'{path}' is the same module instance as {others[:3]}{' ...' if len(others) > 3 else ''}: only the "
+                         f"call at '{path}' is edited, the others keep the original module (weights stay shared)")
 
 
 def _name_new_modules(model: nn.Module, edits: list[PlannedEdit]) -> None:

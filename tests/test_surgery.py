@@ -291,3 +291,22 @@ def test_modes_are_kept_new_modules_join_the_mode_of_their_place():
     edited = dict(result.model.named_modules())
     assert all(edited[name].training == flag for name, flag in flags.items() if name in edited and not name.endswith(("conv1", "conv2")))
     assert not any(m.training for name, m in edited.items() if ".se" in name or "acnet" in type(m).__name__.lower())
+
+
+def test_an_instance_held_at_two_paths_is_edited_at_the_called_path_only():
+    class TwoPaths(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.first = TinyResNet().layer1[0]
+            self.second = self.first  # one instance under two names, each called once
+
+        def forward(self, x, use_second: bool = False):
+            return self.second(x) if use_second else self.first(self.stem(x))
+
+    model = TwoPaths()
+    result = ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE)
+    assert [e.module for e in result.report.edits] == ["first.se"]
+    assert any("same module instance as ['second']" in note for note in result.report.notes)
+    edited = result.model
+    assert not hasattr(edited.second, "se") and edited.first.conv1 is edited.second.conv1  # weights stay shared
