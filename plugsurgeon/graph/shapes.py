@@ -46,7 +46,7 @@ def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where:
     try:
         return _propagate(gm, fake_inputs, _mode_of(fake_inputs))
     except Exception as fake_error:  # noqa: BLE001 - ShapeProp re-raises whatever the model raised
-        if not _needs_values(fake_error):
+        if not needs_values(fake_error):
             raise _shape_error(fake_error, fake_inputs, where) from None
     real_inputs = tree_map(lambda v: torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v, fake_inputs)
     from plugsurgeon.graph.trace import attributes_preserved
@@ -74,7 +74,7 @@ def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode
     return counter.get_total_flops()
 
 
-def _needs_values(error: Exception) -> bool:
+def needs_values(error: Exception) -> bool:
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
     cause = error
