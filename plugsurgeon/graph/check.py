@@ -36,36 +36,42 @@ class Outcome:
         return self.error is None
 
 
-def run_outcome(module: nn.Module, inputs: tuple[Any, ...], training: bool) -> Outcome:
+def run_outcome(module: nn.Module, inputs: tuple[Any, ...], training: bool, mode: FakeTensorMode | None = None) -> Outcome:
     """Run ``module`` in the given mode on fake copies of ``inputs`` (real zeros where the model reads
-    tensor values), without changing any of its state, flags or attributes."""
+    tensor values), without changing any of its state, flags or attributes.
+
+    Runs that share ``mode`` share the fake copies of the tensors they have in common (converting
+    every parameter costs more than the run itself)."""
     try:
-        output = _run(module, inputs, training, fake=True)
+        output = _run(module, inputs, training, fake=mode or FakeTensorMode(allow_non_fake_inputs=True))
     except Exception as error:  # noqa: BLE001 - the model may raise anything
         if not needs_values(error):
             return Outcome(None, _first_line(error))
         try:
             with torch.no_grad():
-                output = _run(module, inputs, training, fake=False)
+                output = _run(module, inputs, training, fake=None)
         except Exception as real_error:  # noqa: BLE001
             return Outcome(None, _first_line(real_error))
     return Outcome(_structure(output))
 
 
-def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: bool) -> Any:
-    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
-    convert = (lambda t: mode.from_tensor(t)) if fake else (lambda t: t.detach().clone())
-    state = {name: convert(t) for name, t in _named_state(module)}
+def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: FakeTensorMode | None) -> Any:
+    if fake is not None:
+        state = {name: fake.from_tensor(t) for name, t in _named_state(module, with_parameters=True)}
+    else:
+        # Parameters stay as they are on a real run: a forward does not write them. Buffers (BatchNorm
+        # statistics) are cloned, so a train-mode check cannot move them.
+        state = {name: t.detach().clone() for name, t in _named_state(module, with_parameters=False)}
     args = tree_map(lambda v: torch.zeros(v.shape, dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else v, inputs)
-    if fake:
-        args = tree_map(lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v, args)
-    with _modes_kept(module, training), attributes_preserved(module), mode or contextlib.nullcontext():
+    if fake is not None:
+        args = tree_map(lambda v: fake.from_tensor(v) if isinstance(v, torch.Tensor) else v, args)
+    with _modes_kept(module, training), attributes_preserved(module), fake or contextlib.nullcontext():
         return functional_call(module, state, args, strict=False, tie_weights=True)
 
 
-def _named_state(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    # Parameters stay as they are on a real run: a forward does not write them. Buffers (BatchNorm
-    # statistics) are cloned there, so a train-mode check cannot move them.
+def _named_state(module: nn.Module, *, with_parameters: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    if with_parameters:
+        yield from module.named_parameters(remove_duplicate=False)
     yield from module.named_buffers(remove_duplicate=False)
 
 
@@ -106,12 +112,13 @@ def train_batch(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def compare(original: nn.Module, edited: nn.Module, inputs: tuple[Any, ...]) -> str | None:
     """None when ``edited`` runs wherever ``original`` runs, with the same output structure; else why not."""
+    shared = FakeTensorMode(allow_non_fake_inputs=True)
     for training in (True, False):
         args = train_batch(inputs) if training else inputs
-        before = run_outcome(original, args, training)
+        before = run_outcome(original, args, training, shared)
         if not before.ran:
             continue  # nothing to compare against in this mode
-        after = run_outcome(edited, args, training)
+        after = run_outcome(edited, args, training, shared)
         mode = "train" if training else "eval"
         if not after.ran:
             return f"the edited model fails in {mode} mode: {after.error}"

@@ -524,13 +524,21 @@ class _PartTracer:
         else:
             args = None
         if args is not None:
+            gm = None
             try:
                 gm, tracer, opaque = trace_isolating(module, concrete)
             except ModuleTraceError as error:
                 self.untraced.append((path, f"{type(module).__name__}: {_short(error.cause)}"))
             else:
-                example = _example_call(module.forward, args, kwargs) if path else args
-                flops = propagate_shapes(gm, fake_inputs_like(example), where=f"'{path}'" if path else "the model")
+                try:
+                    example = _example_call(module.forward, args, kwargs) if path else args
+                    flops = propagate_shapes(gm, fake_inputs_like(example), where=f"'{path}'" if path else "the model")
+                except (TraceError, TypeError) as error:
+                    if not path:
+                        raise  # the model itself does not run on that input: the user's shape is wrong
+                    self.untraced.append((path, f"{type(module).__name__}: {getattr(error, 'message', error)}"))
+                    gm = None
+            if gm is not None:
                 first_image = next((a for a in flat_tensors(example) if a.dim() == 4), None)
                 spatial = _spatial(first_image.shape) if first_image is not None else None
                 self.parts.append(TracedPart(path, gm, tracer.calls, example, spatial, concrete, flops))
