@@ -119,15 +119,13 @@ def reparameterize_all(model: nn.Module) -> Outcome:
 def find_reparameterizable(model: nn.Module) -> dict[int, list[str]]:
     """The blocks deploy would still convert, by identity in ``model``, with the paths they sit at.
 
-    Found by running the conversion on a copy: a third-party method that has nothing left to do (a
-    timm block already reparameterized) is not reported, whatever its name says.
+    Third-party methods are tried on a copy: one with nothing left to do (a timm block already
+    reparameterized) is not reported, whatever its name says. Our own blocks always convert.
     """
-    try:
-        outcome = reparameterize_all(copy.deepcopy(model))
-    except PlugsurgeonError:
-        outcome = Outcome(model)
+    walk = _Walk(trial=True)
+    walk.visit(copy.deepcopy(model), "")
     found: dict[int, list[str]] = {}
-    for item in outcome.reparameterized:
+    for item in walk.done:
         try:
             module = model.get_submodule(item.path)
         except AttributeError:  # created by an ancestor's in-place conversion, which is reported itself
@@ -137,7 +135,14 @@ def find_reparameterizable(model: nn.Module) -> dict[int, list[str]]:
 
 
 class _Walk:
-    def __init__(self) -> None:
+    """timm's ``reparameterize_model`` walk, with our protocol for our blocks and a report.
+
+    ``trial``: our blocks are recorded without being called (they always convert); third-party
+    methods still run, so only run a trial on a copy.
+    """
+
+    def __init__(self, trial: bool = False) -> None:
+        self.trial = trial
         self.seen: set[int] = set()
         self.replacements: dict[int, tuple[nn.Module, list[str]]] = {}
         self.records: dict[int, Reparameterized] = {}
@@ -153,50 +158,48 @@ class _Walk:
                     self.done.append(replace(self.records[key], path=path))
             return
         self.seen.add(key)
-        replacement, descend = self.convert(module, path)
-        if self.done and self.done[-1].path == path:
-            self.records[key] = self.done[-1]
+        replacement, descend, record = self.convert(module, path)
+        if record is not None:
+            self.records[key] = record
+            self.done.append(record)
         if replacement is not None:
             self.replacements[key] = (replacement, [path])
-            return
-        if descend:
+        elif descend:
             for name, child in list(module.named_children()):
                 self.visit(child, f"{path}.{name}" if path else name)
 
-    def convert(self, module: nn.Module, path: str) -> tuple[nn.Module | None, bool]:
-        """(the module that replaces this one or None, whether its children get their turn)."""
+    def convert(self, module: nn.Module, path: str) -> tuple[nn.Module | None, bool, Reparameterized | None]:
+        """(the module that replaces this one or None, whether its children get their turn, what was done)."""
+        name = type(module).__name__
         if is_reparameterizable(module):
+            if self.trial:
+                return None, False, Reparameterized(path, name, "?")
             result = _own(module, path)
-            self.done.append(Reparameterized(path, type(module).__name__, type(result).__name__))
-            return result, False
+            return result, False, Reparameterized(path, name, type(result).__name__)
         convention = convention_of(module)
         if convention is None:
-            return None, True
+            return None, True, None
         if convention.alone:
-            self.left_alone.append(LeftAlone(path, type(module).__name__, f"{convention.method}()", convention.alone))
-            return None, True
+            self.left_alone.append(LeftAlone(path, name, f"{convention.method}()", convention.alone))
+            return None, True, None
         return self.foreign(module, path, convention)
 
-    def foreign(self, module: nn.Module, path: str, convention: Convention) -> tuple[nn.Module | None, bool]:
-        name = type(module).__name__
+    def foreign(self, module: nn.Module, path: str, convention: Convention) -> tuple[nn.Module | None, bool, Reparameterized | None]:
+        name, method_name = type(module).__name__, f"{convention.method}()"
         before, keep = structure(module), copy.deepcopy(module)
         method = getattr(module, convention.method)
-        options = _accepted(method, convention.options)
         module.eval()
         try:
             with torch.no_grad():
-                result = method(**options)
+                result = method(**_accepted(method, convention.options))
         except Exception as error:  # noqa: BLE001 - a third-party method may raise anything
-            reason = f"{convention.method}() raised {type(error).__name__}: {str(error).strip()[:200]}; the block stays as it was"
-            self.left_alone.append(LeftAlone(path, name, f"{convention.method}()", reason))
-            return keep, False
+            reason = f"{method_name} raised {type(error).__name__}: {str(error).strip()[:200]}; the block stays as it was"
+            self.left_alone.append(LeftAlone(path, name, method_name, reason))
+            return keep, False, None
         if isinstance(result, nn.Module) and result is not module:
-            self.done.append(Reparameterized(path, name, type(result).__name__, method=f"{convention.method}()", in_place=False))
-            return result.eval(), False
-        if structure(module) != before:
-            self.done.append(Reparameterized(path, name, type(module).__name__, method=f"{convention.method}()", in_place=True))
-        return None, convention.descends
-
+            return result.eval(), False, Reparameterized(path, name, type(result).__name__, method=method_name, in_place=False)
+        changed = structure(module) != before
+        return None, convention.descends, Reparameterized(path, name, name, method=method_name, in_place=True) if changed else None
 
 def _own(block: nn.Module, path: str) -> nn.Module:
     where = f"'{path or '(root)'}' ({type(block).__name__})"

@@ -260,3 +260,23 @@ def test_ultralytics_detection_model_deploys_through_its_own_fuse(monkeypatch):
     assert [(r.path, r.method, r.in_place) for r in result.report.reparameterized] == [("", "fuse()", True)]
     assert result.report.verification.passed and no_norms_left(result.model)
     assert result.model.is_fused() and not model.is_fused()
+
+
+def test_export_sees_pending_third_party_blocks_and_not_converted_ones():
+    from plugsurgeon.export import unfused_parts
+
+    model = nn.Sequential(TimmStyle(), nn.ReLU())
+    assert any("train-time block" in u and "0" in u for u in unfused_parts(model, SHAPE))
+    assert unfused_parts(ps.deploy(model, input_shape=SHAPE).model, SHAPE) == []
+
+
+def test_a_deployed_timm_model_saves_and_loads_by_replaying_its_own_methods(tmp_path):
+    _timm()
+    model = randomize_batchnorm(ps.load_model("timm:lcnetv2_small"))
+    deployed = ps.deploy(model, input_shape=(1, 3, 64, 64)).model
+    ps.save(deployed, tmp_path / "d")
+    loaded = ps.load(tmp_path / "d")
+    assert types_by_path(loaded) == types_by_path(deployed)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), deployed(x))
