@@ -1,7 +1,8 @@
 """Deploy: the fastest inference model that computes what the trained one does.
 
-reparameterize.py  the one protocol: a module's ``reparameterize()`` returns its single equivalent module
-fold.py            conv/linear -> BatchNorm folding decided on the traced graph (torch's fusion helpers)
+reparameterize.py  our protocol (a catalog block's ``reparameterize()`` returns its single equivalent module),
+                   and third-party deploy methods called by their own conventions (timm, Ultralytics)
+fold.py            conv/linear -> BatchNorm (and BatchNorm + act) folding decided on the traced graph
 verify.py          deployed against original on random input, whole model or part by part
 measure.py         parameters and FLOPs
 deploy.py          deploy() and DeployResult: reparameterize, re-trace, fold, verify

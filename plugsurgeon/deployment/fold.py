@@ -196,8 +196,8 @@ def _why_not_called(path: str, module: nn.Module, traced_paths: list[str], graph
     if not inside:
         return "in a part of the model that torch.fx cannot trace"
     if graph.reads(module):
-        return (f"the trace went through {type(module).__name__}'s forward (its tensors are read as graph constants), "
-                "so there is no single call to fold")
+        return ("the traced forward reads its tensors directly (its forward was traced through, or another module "
+                "uses them), not through one call of the module, so there is no single call to fold")
     return "not called in the traced forward"
 
 

@@ -174,3 +174,40 @@ def test_timm_models_built_on_batchnormact_fold_every_norm(name):
     assert no_norms_left(result.model)
     assert result.report.verification.passed
     assert_same_function(copy.deepcopy(model), result.model, torch.randn(2, 3, 64, 64))
+
+
+class ReadsNormTensors(nn.Module):
+    """Uses the BatchNorm's tensors without calling the module: nothing to fold, and the reason says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        bn = self.bn
+        return torch.nn.functional.batch_norm(self.conv(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def test_a_norm_whose_tensors_are_read_directly_is_skipped_with_that_reason():
+    model = randomize_batchnorm(ReadsNormTensors(), seed=4)
+    result = ps.deploy(model, input_shape=SHAPE)
+    [skipped] = result.report.skipped
+    assert skipped.path == "bn" and "reads its tensors directly" in skipped.reason
+    assert_same_function(copy.deepcopy(model), result.model, torch.randn(2, *SHAPE[1:]))
+
+
+def test_frozen_batchnormact_folds_when_traced_as_one_layer(monkeypatch):
+    """timm's FrozenBatchNormAct2d (timm.layers.freeze_batch_norm_2d) is one layer when the tracer
+    keeps it whole; timm marks it with register_notrace_module, which the tracer may not read yet."""
+    from timm.layers import FrozenBatchNormAct2d, freeze_batch_norm_2d
+
+    from plugsurgeon.graph import trace as trace_module
+
+    monkeypatch.setattr(trace_module, "_extra_leaf_types", trace_module._extra_leaf_types | {FrozenBatchNormAct2d})
+    model = freeze_batch_norm_2d(_randomized(NormActNet()))
+    assert [type(m).__name__ for m in (model.bn1, model.bn2, model.bn3)] == ["FrozenBatchNormAct2d"] * 3
+    result = ps.deploy(model, input_shape=SHAPE)
+    assert [(f.norm, f.norm_type, f.kept) for f in result.report.folded] == [
+        ("bn1", "FrozenBatchNormAct2d", ["act"]), ("bn2", "FrozenBatchNormAct2d", ["drop", "act"]), ("bn3", "FrozenBatchNormAct2d", [])]
+    assert no_norms_left(result.model)
+    assert_same_function(copy.deepcopy(model), result.model, torch.randn(2, *SHAPE[1:]))
