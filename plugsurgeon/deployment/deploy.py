@@ -1,7 +1,7 @@
 """deploy(): reparameterize train-time blocks, re-trace, fold BatchNorm into the layer before it, verify.
 
-The order matters: an ACBlock becomes a Conv2d, and only then can the model's own BN after it fold
-into that conv. The caller's model is never modified: deploy works on a deep copy.
+The order matters: an ACBlock becomes a Conv2d (a timm RepVGG block gets its fused conv), and only
+then can the model's own BN after it fold into that conv. The caller's model is never modified: deploy works on a deep copy.
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ class DeployResult:
 def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> DeployResult:
     """The fastest inference model that computes what ``model`` computes in eval mode.
 
-    Every module with a ``reparameterize()`` method is replaced by what it returns; then every
-    BatchNorm that follows a conv (or a Linear, for BatchNorm1d) and can be folded is folded into
-    it with torch's fusion helpers. With ``verify`` the result is compared with the eval-mode
+    Every plugsurgeon block with ``reparameterize()`` is replaced by the module it returns, and
+    third-party blocks are converted by their own deploy methods as their library calls them (timm's
+    in-place ``reparameterize()``, ``fuse()``, an Ultralytics model's ``fuse()``) or left alone, and
+    reported either way; then every BatchNorm (or BatchNorm + activation) that follows a conv (or a
+    Linear, for BatchNorm1d) and can be folded is folded into it with torch's fusion helpers, keeping
+    the activation. With ``verify`` the result is compared with the eval-mode
     original on random input, and a difference over ``atol + rtol * max|output|`` raises
     VerificationError. The caller's model is not modified; the deployed model is in eval mode.
     """
