@@ -7,7 +7,7 @@ correct locator can report. It is exact for families whose only same-shape 4-D a
 (ResNet, ConvNeXt v1, EfficientNet, MobileNet, CSP, GhostNet, ...). Where a family has other same-shape adds
 the rule is written out in `HAND_RULES`, keyed by the model-name prefix:
 
-- res2net*, res2next*: the hierarchical adds inside a Bottle2neck (``sp = sp + spx[i]``) are not block
+- res2net*, res2next*, dla60_res2net/res2next: the hierarchical adds inside a Bottle2neck (``sp = sp + spx[i]``) are not block
   merges; one residual merge per Bottle2neck block.
 - convnextv2*: GRN adds ``x + (gamma * x * Nx + beta)`` inside each block; one merge per ConvNeXt block.
 - hrnet*: the fuse layers sum branches of different resolutions (each resized to the target) and the
@@ -15,9 +15,10 @@ the rule is written out in `HAND_RULES`, keyed by the model-name prefix:
   residual merge; one merge per BasicBlock / Bottleneck call.
 - torchvision swin_*: its blocks add channels-last (N,H,W,C) maps, which are 4-D too; none is an N,C,H,W
   residual merge. torchvision maxvit_t: MBConv blocks are N,C,H,W merges, its attention blocks are not: a range.
-- repvgg* (timm RepVggBlock): the 3x3 and 1x1 branches are summed (a multi-branch conv, not a shortcut), then
-  the identity-BN branch is added where the block keeps its shape; a locator may count the branch sum, so the
-  rule is a range: at least one merge per block with an identity branch, at most every add.
+- repvgg*, mobileone* (timm RepVggBlock, MobileOneBlock): the kxk and 1x1 (scale) branches are summed, then the
+  identity-BN branch is added where the block keeps its shape. The branch sum forks from the block input like a
+  projection shortcut, so a locator may count it: the rule is a range, at least one merge per block with an
+  identity branch, at most every add.
 
 Hand rules count calls of block modules with forward hooks, so a block used twice counts twice.
 """
@@ -113,8 +114,9 @@ def _class_named(*names: str) -> Callable[[nn.Module], bool]:
     return lambda m: type(m).__name__ in names
 
 
-def _repvgg_identity_blocks(m: nn.Module) -> bool:
-    return type(m).__name__ == "RepVggBlock" and getattr(m, "identity", None) is not None
+def _identity_branch_blocks(m: nn.Module) -> bool:
+    """timm's reparameterisable blocks (RepVGG, MobileOne) that keep their shape have an identity-BN branch."""
+    return type(m).__name__ in ("RepVggBlock", "MobileOneBlock") and getattr(m, "identity", None) is not None
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,9 @@ HAND_RULES: dict[str, tuple[str, Callable[[nn.Module], bool], bool]] = {
     "res2next": ("one per Bottle2neck", _class_named("Bottle2neck"), True),
     "convnextv2": ("one per ConvNeXtBlock (GRN adds excluded)", _class_named("ConvNeXtBlock"), True),
     "hrnet": ("one per BasicBlock/Bottleneck call (fuse adds excluded)", _class_named("BasicBlock", "Bottleneck"), True),
-    "repvgg": ("at least one per RepVggBlock with identity", _repvgg_identity_blocks, False),
+    "dla60_res2": ("one per DlaBottle2neck", _class_named("DlaBottle2neck"), True),
+    "repvgg": ("at least one per block with an identity branch", _identity_branch_blocks, False),
+    "mobileone": ("at least one per block with an identity branch", _identity_branch_blocks, False),
     # torchvision builders, named "torchvision:NAME"
     "torchvision:swin": ("none: channels-last (N,H,W,C) transformer blocks", lambda m: False, True),
     "torchvision:maxvit": ("at least one per MBConv (attention blocks are channels-last)", _class_named("MBConv"), False),

@@ -62,3 +62,35 @@ def capture(modules: dict[str, nn.Module], *, inputs: bool = False) -> tuple[dic
             handle.remove()
 
     return records, remove
+
+
+# torchvision detectors
+
+
+def build_detector(name: str, size: int = 320) -> nn.Module:
+    """A torchvision detector with random weights that resizes images to ``size`` (SSD: its fixed size)."""
+    import torchvision
+
+    kwargs = {} if name.startswith("ssd") else {"min_size": size, "max_size": size}
+    return torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs).eval()
+
+
+def image_size(model: nn.Module) -> int:
+    """The square size the detector's transform resizes to (SSD: fixed; the others: min_size)."""
+    transform = model.transform
+    return transform.fixed_size[0] if getattr(transform, "fixed_size", None) else transform.min_size[0]
+
+
+def targets_for(model: nn.Module, size: int) -> list[dict]:
+    target = {"boxes": torch.tensor([[10.0, 20.0, 120.0, 160.0]]), "labels": torch.tensor([1])}
+    if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask():
+        target["masks"] = torch.zeros(1, size, size, dtype=torch.uint8)
+        target["masks"][0, 20:160, 10:120] = 1
+    if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_keypoint():
+        k = model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels
+        target["keypoints"] = torch.tensor([[[50.0, 60.0, 1.0]] * k])
+    return [target]
+
+
+def extractor(model: nn.Module) -> nn.Module:
+    return model.backbone.body if hasattr(model.backbone, "body") else model.backbone

@@ -1,5 +1,5 @@
 """torchvision detection and segmentation builders (random weights, small images): `se` on the backbone's
-residual blocks, and on every FPN detector `asff` (one per pyramid output level) and `seb` (one per top-down
+residual blocks (segmentation: `se` on every builder, `cbam` on two), and on every FPN detector `asff` (one per pyramid output level) and `seb` (one per top-down
 merge). The edited model keeps its class, its eval outputs (detections: the same keys and per-detection
 shapes) and its train outputs (the same losses, given targets). Two representatives run by default; every
 builder runs under the `slow` marker.
@@ -18,9 +18,17 @@ from torch import nn
 
 import plugsurgeon as ps
 from tests.zoo.counting import count_adds
-from tests.zoo.helpers import new_module_paths, run, structure, within
+from tests.zoo.helpers import (
+    build_detector,
+    extractor,
+    image_size,
+    new_module_paths,
+    run,
+    structure,
+    targets_for,
+    within,
+)
 
-SIZE = 320
 DETECTION = torchvision.models.list_models(module=torchvision.models.detection)
 SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
 FPN = [n for n in DETECTION if "fpn" in n]
@@ -29,32 +37,6 @@ DEFAULT = {("retinanet_resnet50_fpn", "asff"), ("retinanet_resnet50_fpn", "seb")
 
 def params(cases):
     return [pytest.param(*case, marks=() if case in DEFAULT else pytest.mark.slow, id="-".join(case)) for case in cases]
-
-
-def build_detector(name: str) -> nn.Module:
-    kwargs = {} if name.startswith("ssd") else {"min_size": SIZE, "max_size": SIZE}
-    return torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs).eval()
-
-
-def image_size(model: nn.Module) -> int:
-    """The square size the detector's transform resizes to (SSD: fixed; the others: min_size)."""
-    transform = model.transform
-    return transform.fixed_size[0] if getattr(transform, "fixed_size", None) else transform.min_size[0]
-
-
-def targets_for(model: nn.Module, size: int) -> list[dict]:
-    target = {"boxes": torch.tensor([[10.0, 20.0, 120.0, 160.0]]), "labels": torch.tensor([1])}
-    if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask():
-        target["masks"] = torch.zeros(1, size, size, dtype=torch.uint8)
-        target["masks"][0, 20:160, 10:120] = 1
-    if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_keypoint():
-        k = model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels
-        target["keypoints"] = torch.tensor([[[50.0, 60.0, 1.0]] * k])
-    return [target]
-
-
-def extractor(model: nn.Module) -> nn.Module:
-    return model.backbone.body if hasattr(model.backbone, "body") else model.backbone
 
 
 def assert_detector_runs_like(edited: nn.Module, model: nn.Module, size: int) -> None:
@@ -98,7 +80,7 @@ def test_detector_takes_the_recipe(name, recipe):
     assert_detector_runs_like(result.model, model, size)
 
 
-@pytest.mark.parametrize(("name", "recipe"), params([(n, r) for n in SEGMENTATION for r in ("se", "cbam")]))
+@pytest.mark.parametrize(("name", "recipe"), params([(n, "se") for n in SEGMENTATION] + [("deeplabv3_resnet50", "cbam"), ("fcn_resnet50", "cbam")]))
 def test_segmentation_model_takes_the_recipe(name, recipe):
     aux = {} if name.startswith("lraspp") else {"aux_loss": True}  # LR-ASPP has no auxiliary head
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **aux).eval()
