@@ -139,19 +139,38 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
     return chosen
 
 
-def _scope_candidates(site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...]]]:
+def _computed_from(part, node, names: tuple[str, ...]) -> set[str]:
+    """Which of the nodes ``names`` the model computes from ``node``."""
+    later, frontier = set(), [node]
+    while frontier:
+        for user in frontier.pop().users:
+            if user not in later:
+                later.add(user)
+                frontier.append(user)
+    return {name for name in names if _node(part, name) in later}
+
+
+def _scope_candidates(part, site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...]]]:
     """Module forwards that see the site's node (and, for multi-input plugins, all its extra nodes), in
     order of preference: the smallest first, except that a residual branch end goes into the block
     that holds the add ("before the add" is a place in that block, and its class is what changes)."""
     if spec.inputs == "site":
         scopes = list(site.scopes)
         return [(s, ()) for s in (reversed(scopes) if site.role == "residual.branch" else scopes)]
+    # The lateral input of a merge is changed for the merge only: where the merging block gets it as
+    # an argument (a U-Net decoder block's skip connection), that is the place.
+    own = [*part.input_scopes(_node(part, site.node)), *site.scopes] if site.role == "neck.merge" else list(site.scopes)
+    # An extra input is readable wherever it is computed or passed in whole (smp's FPN block gets the
+    # top-down map as an argument and computes the lateral itself) ...
+    readable = [(*scopes, *part.input_scopes(_node(part, name))) for name, scopes in zip(site.extra, site.extra_scopes, strict=True)]
+    # ... except where it would be computed after the site, from the site itself: it cannot flow back.
+    later = _computed_from(part, _node(part, site.node), site.extra)
     found = []
-    for scope in site.scopes:
+    for scope in own:
         extras = []
-        for extra_scopes in site.extra_scopes:
+        for name, extra_scopes in zip(site.extra, readable, strict=True):
             match = next((s for s in extra_scopes if (s.owner, s.call) == (scope.owner, scope.call)), None)
-            if match is None:
+            if match is None or (match.op != "placeholder" and name in later):
                 break
             extras.append(match.local)
         else:
@@ -162,8 +181,13 @@ def _scope_candidates(site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[i
 def _choose_scope(model: nn.Module, part, site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tuple[int, ...]]:
     """The preferred module forward that can be edited: called once, and tracing to the same graph in
     train and eval mode (else the edit would keep only one of them)."""
-    candidates = _scope_candidates(site, spec)
+    candidates = _scope_candidates(part, site, spec)
     if not candidates:
+        later = sorted(_computed_from(part, _node(part, site.node), site.extra))
+        if later:
+            raise SiteError(f"{where}: the plugin reads {later}, which the model computes from this site itself, so they "
+                            "cannot flow back into it (each level is built from the one before, as in a U-Net decoder)",
+                            hint="this plugin needs levels computed side by side (an FPN); choose another plugin or role")
         raise SiteError(f"{where}: the plugin reads {list(site.extra)}, which no single module forward computes together with the site",
                         hint="multi-input plugins need all their inputs inside one module's forward")
     refusals = []

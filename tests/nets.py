@@ -190,3 +190,33 @@ class ShapeCheckingHead(nn.Module):
         if self.shape != x.shape:  # Python control flow on a shape: fx cannot follow it
             self.shape = x.shape
         return x.mean((2, 3))
+
+
+class UpBlock(nn.Module):
+    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+        super().__init__()
+        self.conv = conv_bn(cin + cskip, cout)
+
+    def forward(self, x, skip):
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(torch.cat([x, skip], 1))
+
+
+class TinyUNet(nn.Module):
+    """A U-Net: the decoder builds each level from the one before and gets the skips as arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.ModuleList([conv_bn(3, 8), conv_bn(8, 16, stride=2), conv_bn(16, 32, stride=2)])
+        self.up = nn.ModuleList([UpBlock(32, 16, 16), UpBlock(16, 8, 8)])
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        skips = []
+        for stage in self.enc:
+            x = stage(x)
+            skips.append(x)
+        x = skips[-1]
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = block(x, skip)
+        return self.head(x)

@@ -310,3 +310,17 @@ def test_an_instance_held_at_two_paths_is_edited_at_the_called_path_only():
     assert any("same module instance as ['second']" in note for note in result.report.notes)
     edited = result.model
     assert not hasattr(edited.second, "se") and edited.first.conv1 is edited.second.conv1  # weights stay shared
+
+
+def test_unet_merges_take_seb_in_the_decoder_block_and_asff_is_refused_clearly():
+    from tests.nets import TinyUNet
+
+    model = randomize_batchnorm(TinyUNet()).eval()
+    x = torch.randn(1, 3, 32, 32)
+    # The skip arrives as an argument of the block that merges it: SEB goes there, identity at init.
+    result = ps.apply(model, recipe({"plugin": "seb", "at": "neck.merge"}), input_shape=(1, 3, 32, 32))
+    assert sorted(e.module for e in result.report.edits) == ["up.0.seb", "up.1.seb"]
+    torch.testing.assert_close(result.model.eval()(x), model(x), rtol=0, atol=0)
+    # ASFF would need later levels at an earlier one: refused at planning, with the reason.
+    with pytest.raises(ps.SiteError, match="computes from this site itself"):
+        ps.apply(model, recipe({"plugin": "asff", "at": "neck.level"}), input_shape=(1, 3, 32, 32), dry_run=True)

@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError
-from plugsurgeon.graph.trace import LOCAL, OWNER, ModuleTraceError, body_nodes, trace_module
+from plugsurgeon.graph.trace import LOCAL, OWNER, ModuleTraceError, body_nodes, placeholder_local, trace_module
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
     graph = gm.graph
     # Only the owner's own frame: stateless children traced through number their nodes in frames of their own.
     by_local = {n.meta[LOCAL]: n for n in body_nodes(graph) if n.meta.get(OWNER) == ""}
+    by_local.update({placeholder_local(n): n for n in graph.nodes if n.op == "placeholder"})
     order = {n: i for i, n in enumerate(graph.nodes)}
     new_nodes: set[fx.Node] = set()
     chains: dict[fx.Node, fx.Node] = {}
@@ -59,6 +60,8 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
         extras = [by_local[i] for i in insertion.extra_locals]
         previous = chains.get(anchor, anchor)
         latest = max([previous, *extras], key=lambda n: order.get(n, len(order)))
+        if latest.op == "placeholder":  # new code goes after every argument, not between them
+            latest = [n for n in graph.nodes if n.op == "placeholder"][-1]
         gm.add_submodule(insertion.name, insertion.module)
         with graph.inserting_after(latest):
             node = graph.call_module(insertion.name, (previous, *extras))
@@ -87,7 +90,7 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
 
 def _resolve(by_local, local, owner_path, expected_op, expected_target, owner) -> fx.Node:
     node = by_local.get(local)
-    if node is None or node.op != expected_op or node.target != expected_target:
+    if node is None or node.op != expected_op or (expected_op != "placeholder" and node.target != expected_target):
         raise EditError(
             f"the forward of '{owner_path or type(owner).__name__}' traces differently on its own than inside the model",
             hint="its forward probably depends on how it is called; exclude this site with `where: {exclude: [...]}`",

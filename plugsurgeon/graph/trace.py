@@ -99,6 +99,7 @@ class CallRecord:
     parent: tuple[str, int] = ("", 0)
     slot: int = -1
     output: str | None = None  # name of the node the call returned, when it returned a single value
+    inputs: dict[str, int] = field(default_factory=dict)  # node passed straight in -> index of its placeholder
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,29 @@ class _CountedProxy(fx.Proxy):
     def __iter__(self):
         count = _static_count(self.node)
         if count is None:
+            # fx itself handles ``a, b = proxy`` by reading the caller's bytecode; that caller is one
+            # frame further out now, so look there.
+            count = _unpacked_count(inspect.currentframe().f_back)
+        if count is None:
             return super().__iter__()
         return iter([self[i] for i in range(count)])
 
     def __len__(self) -> int:
         count = _static_count(self.node)
         return super().__len__() if count is None else count
+
+
+def _unpacked_count(frame) -> int | None:
+    import dis
+    from bisect import bisect_left
+
+    if frame is None:
+        return None
+    instructions = list(dis.get_instructions(frame.f_code))
+    index = bisect_left(instructions, frame.f_lasti, key=lambda i: i.offset)
+    if index < len(instructions) and instructions[index].opname == "UNPACK_SEQUENCE":
+        return int(instructions[index].argval)
+    return None
 
 
 def _static_count(node: fx.Node) -> int | None:
@@ -238,7 +256,8 @@ class PlugsurgeonTracer(fx.Tracer):
         parent.counter += 1  # the slot of this call in the parent, see module docstring
         call = self._call_counts.get(path, 0)
         self._call_counts[path] = call + 1
-        record = CallRecord(path, call, _concrete_args_of(m.forward, args, kwargs), (parent.path, parent.call), slot)
+        record = CallRecord(path, call, _concrete_args_of(m.forward, args, kwargs), (parent.path, parent.call), slot,
+                            inputs=_direct_inputs(m.forward, args, kwargs))
         self.calls.append(record)
         self._frames.append(_Frame(path, call, m))
         try:
@@ -280,6 +299,17 @@ def _concrete_args_of(forward, args, kwargs, is_input=lambda v: isinstance(v, fx
             continue
         concrete[name] = tree_map(lambda v: fx.PH if is_input(v) else v, value)
     return concrete or None
+
+
+def _direct_inputs(forward, args, kwargs) -> dict[str, int]:
+    """Nodes passed as whole arguments, by the position of the parameter (= placeholder) that receives them."""
+    try:
+        signature = inspect.signature(forward)
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return {}
+    names = list(signature.parameters)
+    return {value.node.name: names.index(name) for name, value in bound.arguments.items() if isinstance(value, fx.Proxy)}
 
 
 def _is_variadic(parameter: inspect.Parameter) -> bool:
@@ -350,10 +380,11 @@ def trace_module(module: nn.Module, concrete_args: dict[str, Any] | None = None,
         warnings.simplefilter("ignore", UserWarning)
         try:
             graph = tracer.trace(_without_variadics(module), concrete_args=concrete_args)
+            # Built before the module's attributes are restored: fx keeps tensor constants it met as
+            # attributes of the root (``_tensor_constant0``), and the GraphModule copies them from there.
+            gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
         except Exception as error:  # noqa: BLE001 - fx raises many types
             raise ModuleTraceError(error, tracer.failed_in) from error
-    name = type(module).__name__
-    gm = fx.GraphModule(tracer.root, graph, name)
     return gm, tracer
 
 
@@ -377,6 +408,12 @@ def trace_isolating(module: nn.Module, concrete_args: dict[str, Any] | None = No
             if error.failed_in is None or id(error.failed_in[1]) in opaque or len(opaque) >= _MAX_OPAQUE:
                 raise
             opaque[id(error.failed_in[1])] = (error.failed_in[0], _short(error.cause))
+
+
+def placeholder_local(node: fx.Node) -> int:
+    """Placeholders are numbered -1, -2, ... in signature order, apart from the body's 0, 1, ..."""
+    index = [n for n in node.graph.nodes if n.op == "placeholder"].index(node)
+    return -1 - index
 
 
 def body_nodes(graph: fx.Graph) -> Iterator[fx.Node]:
@@ -417,6 +454,8 @@ class TracedPart:
 
         A node that a module call returns is also that call's slot in the caller, and so on up.
         """
+        if node.op == "placeholder":  # an input of the part: its first statement is the place after it
+            return [Scope("", 0, placeholder_local(node), "placeholder", None)]
         owner = node.meta.get(OWNER, "")
         scopes = [Scope(owner, node.meta.get(OWNER_CALL, 0), node.meta.get(LOCAL, -1), node.op, relative_target(node, owner))]
         outputs = {(r.path, r.call): r for r in self.calls if r.output is not None}
@@ -427,6 +466,14 @@ class TracedPart:
             scopes.append(Scope(parent_path, parent_call, record.slot, "call_module", child))
             record = outputs.get(record.parent)
         return scopes
+
+    def input_scopes(self, node: fx.Node) -> list[Scope]:
+        """Module forwards that receive ``node`` whole as an argument: there it is a placeholder.
+
+        A value is readable there but not replaceable (other users outside still see the original),
+        so these serve a multi-input plugin's extra inputs only.
+        """
+        return [Scope(r.path, r.call, -1 - r.inputs[node.name], "placeholder", None) for r in self.calls if node.name in r.inputs]
 
     def absolute(self, relative_path: str) -> str:
         return ".".join(p for p in (self.path, relative_path) if p)
