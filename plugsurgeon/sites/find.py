@@ -49,25 +49,27 @@ def locate(traced: Traced, kind: str | None = None) -> list[Site]:
 def _extractor_sites(views: list[GraphView]) -> list[tuple[int, Site]]:
     """The backbone and stage sites of the whole model.
 
-    One part with its own evidence of where the extractor ends (a pooling head, a pyramid, an
-    upsampling head) holds the extractor: its backbone and stages are the model's. Without such a
-    part (a model traced as a row of small parts, each a layer), the extractor is the parts that run
-    before the first part fed several maps (a merge or a head): its backbone is their deepest map,
-    the last one at that stride; its stage at each stride is the last of those parts' stages.
+    The extractor reads the image: only parts fed the input image itself can hold it. One of them
+    with its own evidence of where the extractor ends (a pooling head, a pyramid, an upsampling
+    head) holds the whole extractor (a model traced whole; a detector's backbone with its FPN).
+    Otherwise the model was traced as a row of parts (an encoder then a decoder; single layers):
+    the extractor is the parts that run from the first image-fed part up to the first part fed
+    several maps (a decoder, a merge, a head); its backbone is their deepest map, the last one at
+    that stride, and its stage at each stride the last of those parts' stages.
     """
-    candidates = [(c[0], i, c[1]) for i, c in ((i, backbone_candidate(v)) for i, v in enumerate(views)) if c is not None]
-    if not candidates:
-        return []
-    rule, index, site = min(candidates, key=lambda c: (c[0], c[1]))
-    if rule < 3:
+    image_fed = [i for i, v in enumerate(views) if _fed_the_image(v)]
+    candidates = [(c[0], i, c[1]) for i, c in ((i, backbone_candidate(views[i])) for i in image_fed) if c is not None]
+    strong = [c for c in candidates if c[0] < 3]
+    if strong:
+        _rule, index, site = min(strong, key=lambda c: (c[0], c[1]))
         return [(index, site)] + [(index, s) for s in stage_sites(views[index])]
-    return _extractor_of_layer_parts(views)
+    return _extractor_of_a_row(views, image_fed[0]) if image_fed else []
 
 
-def _extractor_of_layer_parts(views: list[GraphView]) -> list[tuple[int, Site]]:
+def _extractor_of_a_row(views: list[GraphView], first: int) -> list[tuple[int, Site]]:
     front = []
-    for index, view in enumerate(views):
-        if _fed_several(view):
+    for index in range(first, len(views)):
+        if _maps_fed(views[index]) != 1:
             break
         front.append(index)
     candidates = [(i, backbone_candidate(views[i])) for i in front]
@@ -83,5 +85,10 @@ def _extractor_of_layer_parts(views: list[GraphView]) -> list[tuple[int, Site]]:
     return [backbone, *(stages[stride] for stride in sorted(stages))]
 
 
-def _fed_several(view: GraphView) -> bool:
-    return sum(1 for t in flat_tensors(view.part.example_inputs) if t.dim() == 4) > 1
+def _maps_fed(view: GraphView) -> int:
+    return sum(1 for t in flat_tensors(view.part.example_inputs) if t.dim() == 4)
+
+
+def _fed_the_image(view: GraphView) -> bool:
+    maps = [t for t in flat_tensors(view.part.example_inputs) if t.dim() == 4]
+    return len(maps) == 1 and tuple(maps[0].shape[-2:]) == tuple(view.part.input_spatial or ())

@@ -143,15 +143,20 @@ class GraphView:
         out = self.shape(node)
         if out is None or len(out) != 4 or not self.nchw(node):
             return False
-        inputs = [s for s in (self.shape(a) for a in self.tensor_inputs(node)) if s is not None and len(s) == 4]
+        inputs = self._map_inputs(node)
         return bool(inputs) and all(s[2] * s[3] < out[2] * out[3] and min(s[2], s[3]) > 1 for s in inputs)
+
+    def _map_inputs(self, node: fx.Node) -> list[tuple[int, ...]] | None:
+        """Shapes of the 4-D inputs, or None when one is not N,C,H,W (its axes 2, 3 are no H, W)."""
+        inputs = [a for a in self.tensor_inputs(node) if len(self.shape(a)) == 4]
+        return [self.shape(a) for a in inputs] if all(self.nchw(a) for a in inputs) else None
 
     def is_downsample(self, node: fx.Node) -> bool:
         """A node whose N,C,H,W output is smaller than every 4-D input it reads (strided conv or pooling)."""
         out = self.shape(node)
         if out is None or len(out) != 4 or not self.nchw(node):
             return False
-        inputs = [s for s in (self.shape(a) for a in self.tensor_inputs(node)) if s is not None and len(s) == 4]
+        inputs = self._map_inputs(node)
         return bool(inputs) and all(s[2] * s[3] > out[2] * out[3] > 1 for s in inputs)
 
     def linear_kind(self, node: fx.Node) -> str | None:
@@ -172,6 +177,8 @@ class GraphView:
             return None
         if node.op == "call_function" and node.target in _MIXING_FUNCTIONS:
             return "mixing"
+        if self.is_slice(node):
+            return "pointwise"  # a selection of the input's values (DPN's residual channels)
         if node.op == "call_method" and node.target in _PASS_METHODS:
             return "pointwise"
         if (self.is_mul(node) or self.is_add(node) or (node.op == "call_function" and node.target in (operator.truediv, torch.div))
@@ -222,10 +229,21 @@ class GraphView:
             return source if source is not None and source[-1] == "C" else None
         # Elementwise ops, norms over the last axis, concatenations and opaque leaves: the inputs with
         # the output's shape decide (a broadcast operand does not); failing those, inputs of its rank.
+        # An input whose layout could not be told does not overrule one that could: values added
+        # elementwise share their axes.
         inputs = [a for a in self.tensor_inputs(node) if len(self.shape(a)) == rank]
         deciding = [a for a in inputs if self.shape(a) == shape] or inputs
-        labels = {known.get(a) for a in deciding}
+        labels = {known.get(a) for a in deciding} - {None}
         return labels.pop() if len(labels) == 1 else None
+
+    def is_slice(self, node: fx.Node) -> bool:
+        """x[:, a:b, ...]: basic slicing of a tensor, every axis kept."""
+        if node.op != "call_function" or node.target is not operator.getitem or _is_split(node.args[0]):
+            return False
+        index = node.args[1]
+        items = index if isinstance(index, tuple) else (index,)
+        return isinstance(node.args[0], fx.Node) and self.shape(node.args[0]) is not None and all(
+            isinstance(i, slice) or i is Ellipsis for i in items)
 
     def is_split(self, node: fx.Node) -> bool:
         """A split/chunk: one value in, a tuple of pieces out (fx sees the pieces as getitem nodes)."""
@@ -378,16 +396,63 @@ def _transposed(source: Layout | None, axes, rank: int) -> Layout | None:
 
 
 def _reshaped(source: Layout | None, before: tuple | None, after: tuple) -> Layout | None:
-    """A reshape keeps the layout when it keeps the shape, or when it keeps the batch axis first and
-    H,W last and only regroups what lies between (channel shuffle's 5-D view and back)."""
-    if source is None or before is None:
+    """Labels after a reshape, matching groups of axes whose sizes multiply to the same number.
+
+    An axis that is split keeps its meaning in the pieces (channel groups stay C; a flattened H*W
+    axis splits back into H, W), axes that are merged keep it only when they share it (C with C) or
+    form H*W; anything else, batch folding included, is unknown. So channel shuffle's 5-D view and
+    back, and tokens (N, H*W, C) reshaped to (N, H, W, C), keep their layout.
+    """
+    if source is None or before is None or len(source) != len(before):
         return None
     if tuple(before) == tuple(after):
         return source
-    if (len(after) >= 3 and source[0] == "N" and source[-2:] == ("H", "W") and before[0] == after[0]
-            and tuple(before[-2:]) == tuple(after[-2:])):
-        return ("N",) + ("C",) * (len(after) - 3) + ("H", "W")
-    return None
+    labels: list[str] = []
+    i = j = 0
+    while i < len(before) or j < len(after):
+        if j < len(after) and after[j] == 1 and (i >= len(before) or before[i] != 1):
+            labels.append("?")  # an axis of size one that was not there
+            j += 1
+            continue
+        if i < len(before) and before[i] == 1 and (j >= len(after) or after[j] != 1):
+            i += 1  # an axis of size one dropped
+            continue
+        if i >= len(before) or j >= len(after):
+            return None
+        gi, gj = [i], [j]
+        pi, pj = before[i], after[j]
+        while pi != pj:
+            if pi < pj:
+                i += 1
+                if i >= len(before):
+                    return None
+                gi.append(i)
+                pi *= before[i]
+            else:
+                j += 1
+                if j >= len(after):
+                    return None
+                gj.append(j)
+                pj *= after[j]
+        labels.extend(_regrouped([source[k] for k in gi], len(gj)))
+        i, j = i + 1, j + 1
+    return tuple(labels)
+
+
+def _regrouped(merged: list[str], pieces: int) -> list[str]:
+    if len(merged) == 1:
+        label = merged[0]
+    elif set(merged) == {"C"}:
+        label = "C"
+    elif merged == ["H", "W"]:
+        label = "HW"
+    else:
+        label = "?"
+    if pieces == 1:
+        return [label]
+    if label == "HW" and pieces == 2:
+        return ["H", "W"]
+    return ["C"] * pieces if label == "C" else ["?"] * pieces
 
 
 def _indexed(source: Layout | None, index, rank: int) -> Layout | None:

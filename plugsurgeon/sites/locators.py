@@ -126,7 +126,8 @@ def _as_residual(view: GraphView, add: fx.Node) -> Merge | None:
     fork = view.latest_common_ancestor(*leaves)
     if fork is None or view.shape(fork) is None:
         return None  # no common value (the fork is a split's tuple: the operands are different pieces)
-    kinds = {leaf: _linear_from(view, leaf, fork, {}) for leaf in leaves}
+    memo: dict = {}
+    kinds = {leaf: _shortcut_kind(_linear_from(view, leaf, fork, memo)) for leaf in leaves}
     bodies = [leaf for leaf in leaves if kinds[leaf] is None]
     identities = [leaf for leaf in leaves if kinds[leaf] == "identity"]
     if bodies:
@@ -143,12 +144,35 @@ def _as_residual(view: GraphView, add: fx.Node) -> Merge | None:
         branch, skip = sorted(operands, key=view.position.get, reverse=True)
     if branch is fork or any(_carries_upsample(view, fork, leaf) for leaf in bodies or [branch]):
         return None
+    if any(view.is_slice(n) for n in view.path_between(fork, skip)) and not all(_reads_whole(view, fork, leaf) for leaf in bodies):
+        return None  # the shortcut is a slice of the fork, and the body computes from other slices
+    if "preprojection" in kinds.values() and not all(_computed_from(view, fork, leaf) for leaf in bodies):
+        return None  # a pre-activated projection is a shortcut only around a body of its own (not a NAS cell's long skip)
     return Merge(add, branch, skip, fork)
+
+
+def _computed_from(view: GraphView, fork: fx.Node, end: fx.Node) -> bool:
+    """Every value on the way from ``fork`` to ``end`` is computed from the fork alone."""
+    region = view.ancestors[end] & view.descendants[fork]
+    return all((region >> view.position[x]) & 1 for n in view.path_between(fork, end) if n is not fork
+               for x in view.tensor_inputs(n))
+
+
+def _reads_whole(view: GraphView, fork: fx.Node, end: fx.Node) -> bool:
+    """Some layer on the way from ``fork`` to ``end`` reads all of the fork, not a slice of it."""
+    return any(fork in n.all_input_nodes and not view.is_slice(n)
+               for n in view.path_between(fork, end) if n is not fork)
+
+
+def _shortcut_kind(kind: str | None) -> str | None:
+    return None if kind == "preact" else kind  # "preprojection" stays: a projection of the pre-activated fork
 
 
 def _linear_from(view: GraphView, node: fx.Node, fork: fx.Node, memo: dict) -> str | None:
     """"identity" when ``node`` is ``fork`` up to per-element linear layers, "projection" when it is a
-    linear map of it (conv, pooling; sums of such), None otherwise."""
+    linear map of it (conv, pooling; sums of such) or of its pre-activation (norm and activation
+    first, as DPN's projection shortcut: BN-ReLU-conv), None otherwise. "preact" is a pre-activated
+    fork on its way to a projection: no shortcut by itself."""
     if node is fork:
         return "identity"
     if node in memo:
@@ -159,15 +183,26 @@ def _linear_from(view: GraphView, node: fx.Node, fork: fx.Node, memo: dict) -> s
     inputs = view.tensor_inputs(node)
     if view.is_add(node) and len(inputs) == 2:
         kinds = [_linear_from(view, x, fork, memo) for x in inputs]
-        memo[node] = None if None in kinds else "projection"
+        memo[node] = "projection" if all(k in ("identity", "projection") for k in kinds) else None
         return memo[node]
-    kind = view.linear_kind(node)
-    if kind is None or len(inputs) != 1:
+    if len(inputs) != 1:
         return None
-    below = _linear_from(view, inputs[0], fork, memo)
-    if below is not None:
-        memo[node] = "projection" if kind == "mixing" or below == "projection" else "identity"
+    kind = "activation" if view.is_activation(node) else view.linear_kind(node)
+    below = _linear_from(view, inputs[0], fork, memo) if kind is not None else None
+    memo[node] = _chain_kind(below, kind)
     return memo[node]
+
+
+def _chain_kind(below: str | None, op: str | None) -> str | None:
+    if below is None or op is None:
+        return None
+    if op == "activation":
+        return "preact" if below in ("identity", "preact") else None
+    if below in ("preact", "preprojection"):
+        return "preprojection" if op == "mixing" or below == "preprojection" else "preact"
+    if op == "mixing" or below == "projection":
+        return "projection"
+    return below
 
 
 def _carries_upsample(view: GraphView, fork: fx.Node, end: fx.Node) -> bool:
@@ -281,9 +316,11 @@ def _fed_several_maps(view: GraphView) -> bool:
 
 def _find_anatomy(view: GraphView) -> Anatomy:
     found = Anatomy()
-    if _fed_several_maps(view):
-        return found  # a head run on pyramid levels: neither extractor nor neck of its own
     top_down = _resampled_merges(view, view.is_upsample)
+    if _fed_several_maps(view):
+        # A part fed maps of an extractor traced apart (a decoder, a head on pyramid levels): no
+        # extractor of its own, but a neck if it merges them.
+        return _neck(view, found, top_down)
     head = _pooling_head(view)
     if head is not None:
         found.rule = 0
@@ -296,13 +333,18 @@ def _find_anatomy(view: GraphView) -> Anatomy:
     if end is None or end.op == "placeholder":
         return Anatomy()
     found.end, found.extractor = end, view.ancestors[end]
+    return _neck(view, found, top_down)
+
+
+def _neck(view: GraphView, found: Anatomy, top_down: list) -> Anatomy:
     outside = lambda merge: not found.in_extractor(view, merge[0])  # noqa: E731
     found.top_down = [m for m in top_down if outside(m)]
     found.bottom_up = [m for m in _resampled_merges(view, view.is_downsample) if outside(m)]
     if found.top_down:
         first_up = found.top_down[0][2]
         source = _one_input(view, first_up)
-        found.top = source if source is not None and not view.is_merge(source) else None
+        # The top of the top-down path is a level computed here: not a merge, not a map handed in.
+        found.top = source if source is not None and not view.is_merge(source) and source.op != "placeholder" else None
     found.levels = _levels(view, found)
     return found
 
@@ -500,9 +542,9 @@ def _levels(view: GraphView, found: Anatomy) -> list[fx.Node]:
 
 
 def _neck_modules(view: GraphView, found: Anatomy) -> set[str]:
-    """Module calls that hold several pyramid merges or resizings: a level does not leave them."""
+    """Module calls that hold several pyramid merges (an FPN, a decoder): a level does not leave them."""
     counts: dict[str, int] = {}
-    for node in [m for m, _l, _r in found.top_down + found.bottom_up] + [r for _m, _l, r in found.top_down]:
+    for node in [m for m, _l, _r in found.top_down + found.bottom_up]:
         call = view.outermost_call(node)
         if call is not None:
             counts[call] = counts.get(call, 0) + 1
