@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import keyword
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
 from plugsurgeon.graph.check import compare
-from plugsurgeon.graph.edit import Insertion, build_owner, commit, overlay
+from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
 from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import shape_of
@@ -387,6 +388,8 @@ def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Modul
                             f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}",
                             hint="exclude these sites with `where: {exclude: [...]}`") from None
     replacements = {e.attribute: e.module for e in planned.edits if e.spec.mode == "replace"}
+    for path, module in replacements.items():
+        carry_hooks(model.get_submodule(path), module)
     return owners, replacements
 
 
@@ -452,12 +455,26 @@ def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_
         planned = plan(model, recipe, input_shape=input_shape)
         check_edits(planned, *build_edits(planned))
         return SurgeryResult(model, planned.report(), planned)
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _copy_of(model)
     planned = plan(target, recipe, input_shape=input_shape)
-    result = apply_plan(planned)
+    # Everything that can fail runs before the commit: the step is recorded as plain JSON data.
     step = {"kind": "recipe", "recipe": planned.recipe.model_dump(mode="json", exclude_defaults=True), "input_shape": list(planned.traced.input_shape)}
+    try:
+        json.dumps(step, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"recipe '{planned.recipe.name}' holds a value that cannot be saved: {error}",
+                          hint="recipe arguments are plain numbers, strings, booleans and lists of them") from None
+    result = apply_plan(planned)
     record_step(target, result.model, step)
     return result
+
+
+def _copy_of(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # noqa: BLE001 - a model may hold anything (locks, open files, handles)
+        raise PlugsurgeonError(f"cannot copy {type(model).__name__} to edit the copy: {type(error).__name__}: {str(error)[:200]}",
+                               hint="pass inplace=True to edit the model itself (a failure still leaves it unchanged)") from None
 
 
 def _host_dtype(model: nn.Module) -> torch.dtype:

@@ -324,3 +324,39 @@ def test_unet_merges_take_seb_in_the_decoder_block_and_asff_is_refused_clearly()
     # ASFF would need later levels at an earlier one: refused at planning, with the reason.
     with pytest.raises(ps.SiteError, match="computes from this site itself"):
         ps.apply(model, recipe({"plugin": "asff", "at": "neck.level"}), input_shape=(1, 3, 32, 32), dry_run=True)
+
+
+def test_callers_hooks_never_run_during_surgery_and_stay_registered():
+    model = TinyResNet().eval()
+    seen = []
+    model.layer1[0].conv1.register_forward_hook(lambda m, i, o: seen.append(float(o.sum())))  # reads values
+    model.register_forward_pre_hook(lambda m, i: seen.append("root"))
+    ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}, {"plugin": "acnet", "at": "conv3x3"}), input_shape=SHAPE, inplace=True)
+    assert seen == []
+    model(torch.randn(1, 3, 32, 32))
+    assert seen[0] == "root" and isinstance(seen[1], float)
+
+
+def test_a_model_that_cannot_be_copied_is_refused_with_the_way_out():
+    import threading
+
+    model = TinyResNet()
+    model.lock = threading.Lock()
+    with pytest.raises(ps.PlugsurgeonError, match="inplace=True"):
+        ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE)
+    result = ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE, inplace=True)
+    assert result.report.applied
+
+
+def test_an_input_too_large_to_look_at_is_refused_before_anything_runs():
+    with pytest.raises(ps.PlugsurgeonError, match="elements"):
+        ps.apply(TinyResNet(), recipe({"plugin": "se", "at": "residual.branch"}), input_shape=(1, 3, 100000, 100000), dry_run=True)
+
+
+def test_frozen_batchnorm_stays_frozen_through_a_trace_in_parts():
+    from tests.nets import UntraceableNet
+
+    model = UntraceableNet().train()
+    model.backbone.layer1[0].bn1.eval()  # frozen by the user
+    ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE, dry_run=True)
+    assert not model.backbone.layer1[0].bn1.training and model.backbone.layer1[0].bn2.training

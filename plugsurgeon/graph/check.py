@@ -21,7 +21,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_flatten, tree_map
 
 from plugsurgeon.graph.shapes import needs_values
-from plugsurgeon.graph.trace import attributes_preserved
+from plugsurgeon.graph.trace import attributes_preserved, hooks_suspended
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: Fa
     args = tree_map(lambda v: torch.zeros(v.shape, dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else v, inputs)
     if fake is not None:
         args = tree_map(lambda v: fake.from_tensor(v) if isinstance(v, torch.Tensor) else v, args)
-    with _modes_kept(module, training), attributes_preserved(module), fake or contextlib.nullcontext():
+    with _modes_kept(module, training), attributes_preserved(module), hooks_suspended(module), fake or contextlib.nullcontext():
         return functional_call(module, state, args, strict=False, tie_weights=True)
 
 

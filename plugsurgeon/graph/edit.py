@@ -113,6 +113,19 @@ def _keep_unreferenced_state(owner: nn.Module, gm: fx.GraphModule) -> None:
             gm.register_buffer(name, buffer, persistent=persistent)
 
 
+def carry_hooks(replaced: nn.Module, replacement: nn.Module) -> None:
+    """The replacement computes what the replaced module did, so the caller's hooks on it keep working.
+
+    The hook tables are copied: the handles the caller holds still refer to the old module's tables.
+    """
+    from plugsurgeon.graph.trace import HOOK_TABLES
+
+    for name in HOOK_TABLES:
+        table = replaced.__dict__.get(name)
+        if table:
+            replacement.__dict__[name] = type(table)(table)
+
+
 def overlay(model: nn.Module, owners: dict[str, nn.Module], replacements: dict[str, nn.Module]) -> nn.Module:
     """The model as ``commit`` would leave it, built without changing ``model``.
 

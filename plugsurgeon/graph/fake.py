@@ -15,16 +15,19 @@ def run_fake(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtyp
 
     Eval mode keeps BatchNorm from writing fake statistics into real buffers.
     """
-    was_training = module.training
+    from plugsurgeon.graph.trace import hooks_suspended
+
+    flags = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        with hooks_suspended(module), FakeTensorMode(allow_non_fake_inputs=True):
             inputs = [torch.empty(shape, dtype=dtype) for shape in shapes]
             with FlopCounterMode(display=False) as counter:
                 output = module(*inputs)
         return output, counter.get_total_flops()
     finally:
-        module.train(was_training)
+        for m, flag in flags:
+            m.training = flag
 
 
 def count_params(module: nn.Module) -> int:

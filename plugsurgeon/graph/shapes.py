@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from typing import Any
 
 import torch
@@ -27,7 +28,17 @@ def validate_input_shape(shape: Any) -> tuple[int, ...]:
             f"input shape {shape!r} is not a list of positive sizes",
             hint="pass it as N,C,H,W, for example --input-shape 1,3,224,224",
         )
+    if math.prod(dims) > MAX_INPUT_ELEMENTS:
+        # Some models must run for real once (a detector's transform, a head reading its strides):
+        # an input this large would allocate gigabytes just to find sites.
+        raise PlugsurgeonError(
+            f"input shape {dims} has {math.prod(dims):,} elements, more than the {MAX_INPUT_ELEMENTS:,} surgery needs to see a model",
+            hint="sites and shapes do not change with size past a few hundred pixels: pass for example --input-shape 1,3,512,512",
+        )
     return dims
+
+
+MAX_INPUT_ELEMENTS = 1 << 26  # 64M values: 1 x 3 x 4096 x 4096 fits, 1 x 3 x 100000 x 100000 does not
 
 
 def fake_inputs_like(example: tuple[Any, ...], mode: FakeTensorMode | None = None) -> tuple[Any, ...]:
@@ -43,18 +54,19 @@ def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where:
     real on zeros instead, in eval mode, without gradients, and without keeping any change to the
     model. A failure names the input shape that broke it.
     """
+    from plugsurgeon.graph.trace import attributes_preserved, hooks_suspended
+
     try:
-        return _propagate(gm, fake_inputs, _mode_of(fake_inputs))
+        with hooks_suspended(gm):
+            return _propagate(gm, fake_inputs, _mode_of(fake_inputs))
     except Exception as fake_error:  # noqa: BLE001 - ShapeProp re-raises whatever the model raised
         if not needs_values(fake_error):
             raise _shape_error(fake_error, fake_inputs, where) from None
     real_inputs = tree_map(lambda v: torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v, fake_inputs)
-    from plugsurgeon.graph.trace import attributes_preserved
-
     flags = [(m, m.training) for m in gm.modules()]
     try:
         gm.eval()
-        with torch.no_grad(), attributes_preserved(gm):
+        with torch.no_grad(), attributes_preserved(gm), hooks_suspended(gm):
             return _propagate(gm, real_inputs, None)
     except Exception as error:  # noqa: BLE001
         raise _shape_error(error, fake_inputs, where) from None
@@ -122,7 +134,6 @@ def record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, t
     recorded tensors are replaced by empty tensors of the same shape and dtype.
     """
     records: dict[str, tuple[tuple, dict]] = {}
-    handles = []
 
     def hook(path):
         def record(module, args, kwargs):
@@ -132,24 +143,25 @@ def record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, t
 
         return record
 
-    for path, module in model.named_modules():
-        if path:
-            handles.append(module.register_forward_pre_hook(hook(path), with_kwargs=True))
-    from plugsurgeon.graph.trace import attributes_preserved
+    from plugsurgeon.graph.trace import attributes_preserved, hooks_suspended
 
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), attributes_preserved(model):
-            model(example)
-    except Exception as error:  # noqa: BLE001
-        raise TraceError(
-            f"{type(model).__name__} cannot be traced by torch.fx and does not run on an input of shape "
-            f"{tuple(example.shape)}: {str(error).strip().splitlines()[0][:300]}",
-            hint="pass the shape the model expects with --input-shape N,C,H,W",
-        ) from None
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    flags = [(m, m.training) for m in model.modules()]  # every flag: frozen BatchNorms stay frozen
+    # The caller's hooks are set aside; ours go into the emptied tables and leave with them.
+    with hooks_suspended(model):
+        for path, module in model.named_modules():
+            if path:
+                module.register_forward_pre_hook(hook(path), with_kwargs=True)
+        try:
+            model.eval()
+            with torch.no_grad(), attributes_preserved(model):
+                model(example)
+        except Exception as error:  # noqa: BLE001
+            raise TraceError(
+                f"{type(model).__name__} cannot be traced by torch.fx and does not run on an input of shape "
+                f"{tuple(example.shape)}: {str(error).strip().splitlines()[0][:300]}",
+                hint="pass the shape the model expects with --input-shape N,C,H,W",
+            ) from None
+        finally:
+            for module, flag in flags:
+                module.training = flag
     return records

@@ -336,6 +336,26 @@ def attributes_preserved(model: nn.Module):
 
 
 _MISSING = object()
+HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
+                "_forward_hooks_always_called", "_backward_hooks", "_backward_pre_hooks")
+
+
+@contextlib.contextmanager
+def hooks_suspended(model: nn.Module):
+    """The caller's hooks do not run while surgery looks at the model: they were written for real
+    values and may read them (they would fail on fake tensors) or record them (our runs are not theirs).
+    The hook tables are set aside whole and put back as they were."""
+    saved = []
+    for module in model.modules():
+        tables = {name: module.__dict__[name] for name in HOOK_TABLES if name in module.__dict__}
+        saved.append((module, tables))
+        for name, table in tables.items():
+            module.__dict__[name] = type(table)()
+    try:
+        yield
+    finally:
+        for module, tables in saved:
+            module.__dict__.update(tables)
 
 
 def _without_variadics(module: nn.Module) -> nn.Module:
