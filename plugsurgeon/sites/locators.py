@@ -504,7 +504,18 @@ def stage_sites(view: GraphView) -> list[Site]:
     for node in _cuts(view, found.extractor):
         if _is_map(view, node):
             by_stride[view.total_stride(node)] = node
-    return [make_site(view, "stage", node) for _stride, node in sorted(by_stride.items())]
+    return [make_site(view, "stage", _before_norms(view, node)) for _stride, node in sorted(by_stride.items())]
+
+
+def _before_norms(view: GraphView, node: fx.Node) -> fx.Node:
+    """Back past per-element linear layers (a norm that opens the next stage's downsampling, as in
+    ConvNeXt) to the block output that feeds them at the same size."""
+    while view.linear_kind(node) == "pointwise":
+        inputs = view.tensor_inputs(node)
+        if len(inputs) != 1 or view.shape(inputs[0]) != view.shape(node) or not _is_map(view, inputs[0]):
+            break
+        node = inputs[0]
+    return node
 
 
 def backbone_sites(view: GraphView) -> list[Site]:
