@@ -9,18 +9,19 @@ from typing import Any
 # A role names what a place *is* in the network. Dotted roles are variants; ``at: downsample`` in a
 # recipe means every variant, ``at: downsample.pool`` one of them.
 ROLES: dict[str, str] = {
-    "residual.branch": "end of a residual branch, before the add (the SE/CBAM slot)",
+    "residual.branch": "end of a residual branch (the body, not the shortcut), before the add (the SE/CBAM slot)",
     "residual.output": "output of a residual block, after the add and its activation",
     "conv": "a convolution module (filter with kernel, stride, groups, depthwise)",
     "downsample.pool": "max/avg pooling with stride > 1",
     "downsample.conv": "strided convolution on the main path",
     "downsample.shortcut": "strided projection on a residual shortcut",
-    "stage": "output of the last block at each resolution (stage = log2 of the cumulative stride, C2..C5)",
-    "backbone": "the backbone's last spatial feature map, before global pooling or the neck",
-    "neck.level": "an output level of a feature pyramid (FPN)",
-    "neck.merge": "a top-down merge of a feature pyramid: the lateral input, with the upsampled input as extra",
-    "upsample": "an interpolate / Upsample node",
+    "stage": "end of each stage of the feature extractor: its last map at each stride (stage = log2 of the cumulative stride, C2..C5)",
+    "backbone": "the feature extractor's last map: where a pooling head, a neck or a decoder starts (never inside them)",
+    "neck.level": "an output level of a feature pyramid (FPN, PAN, U-Net decoder): its map at one size, the other levels as extra",
+    "neck.merge": "a top-down merge of a pyramid or decoder (upsample + add or concat): the lateral input, the upsampled input as extra",
+    "upsample": "a node that enlarges a feature map (interpolate, Upsample, transposed conv; not a 1x1 broadcast)",
 }
+# The rules behind each role, with an example per architecture family: docs/roles.md.
 
 
 def role_matches(role: str, wanted: str) -> bool:
