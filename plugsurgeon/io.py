@@ -1,41 +1,92 @@
-"""Saving and loading without pickle: safetensors weights plus a JSON manifest that replays how the model was made."""
+"""Saving and loading without pickle: safetensors weights plus a JSON manifest of what was done to the model.
+
+A saved directory is data. ``load`` builds the model its manifest names (a torchvision or timm
+builder; an import path only when the caller trusts the directory), redoes the recorded edits,
+checks that they are exactly the edits recorded, and copies in the weights after checking every
+name, shape and dtype. It reads only ``manifest.json`` and the weights file, both inside the
+directory, and both bounded in size.
+
+Compatibility rule (format ``plugsurgeon/2``):
+
+- the manifest's ``format`` must be the one this version writes; older formats did not record the
+  edits and are refused with that reason;
+- a directory written by a newer plugsurgeon minor (or major) version than this one is refused:
+  its plugins and locators may build what this version cannot (patch releases never change either);
+- torch, torchvision and timm versions may differ. The rebuild is checked instead: the replayed
+  edits must equal the recorded ones and every tensor must have the recorded name and shape, so a
+  builder that changed between versions is refused, with the differing versions named, while an
+  unchanged one loads. The new modules compute with this version's plugin code.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import os
+import re
+import stat
+import zipfile
+from collections.abc import Mapping
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from torch import nn
 
 from plugsurgeon.errors import ModelLoadError, PlugsurgeonError
-from plugsurgeon.provenance import get_provenance
+from plugsurgeon.provenance import get_provenance, set_provenance
+from plugsurgeon.steps import MAX_STEPS, StepRecord, describe
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
-FORMAT = "plugsurgeon/1"
+FORMAT = "plugsurgeon/2"
+MAX_MANIFEST_BYTES = 2 << 20  # a thousand recorded edits take about 300 KB
+MAX_JSON_DEPTH = 32  # the format nests 8 levels deep; plugin arguments get the rest
+# A checkpoint may hold optimizer state next to the weights (Adam keeps two more copies): up to
+# eight times the model's size in float32, plus room for small models' metadata.
+CHECKPOINT_FACTOR = 8
+CHECKPOINT_SLACK = 16 << 20
+MAX_ZIP_ENTRIES = 100_000
+
+_WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}")
+_RELEASE = re.compile(r"(\d{1,6})\.(\d{1,6})")
 
 
 class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    format: str
-    source: str
-    steps: list[dict[str, Any]]
-    weights: str = WEIGHTS
-    versions: dict[str, str] = {}
+    format: Annotated[str, StringConstraints(max_length=64)]
+    source: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    steps: list[StepRecord] = Field(default_factory=list, max_length=MAX_STEPS)
+    weights: Annotated[str, StringConstraints(min_length=1, max_length=255)] = WEIGHTS
+    versions: dict[Annotated[str, StringConstraints(max_length=32)], Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=dict, max_length=16)
 
 
-def save(model: nn.Module, directory: str | Path, *, source: str | None = None) -> Path:
+# Directories being loaded in this context: a trusted factory that loads its own directory again
+# would otherwise recurse until Python gives up.
+_LOADING: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar("plugsurgeon_loading", default=frozenset())
+
+
+def save(model: nn.Module, directory: str | Path, *, source: str | None = None, force: bool = False) -> Path:
     """Write ``weights.safetensors`` and ``manifest.json`` to ``directory``.
 
-    The manifest records where the model came from (``source``: what ``load_model`` takes) and every
-    surgery step applied since, with the full recipe, so ``load`` rebuilds the same structure.
+    The manifest records the model's source (what ``load_model`` takes: a torchvision name,
+    ``timm:NAME``, or ``package.module:factory``, which loading then runs only when trusted), every
+    step applied since with the edits it made, and the versions it was written with. A directory
+    that already holds a saved model is refused unless ``force``; nothing else in it is touched,
+    and the two files are written whole or not at all.
     """
     from safetensors.torch import save_model
 
+    from plugsurgeon.models import parse_source
+    from plugsurgeon.steps import resolve
+
+    if not isinstance(model, nn.Module):
+        raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="save the model, not its state_dict")
     provenance = get_provenance(model)
     source = source or provenance.get("source")
     if not source:
@@ -43,103 +94,442 @@ def save(model: nn.Module, directory: str | Path, *, source: str | None = None) 
             f"plugsurgeon does not know how to rebuild this {type(model).__name__}",
             hint="pass source='package.module:factory' (or a torchvision name) to save(), or load the model with ps.load_model",
         )
+    parse_source(source)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(format=FORMAT, source=source, steps=provenance.get("steps", []), versions=_versions())
-    save_model(model, str(directory / WEIGHTS))
-    (directory / MANIFEST).write_text(json.dumps(manifest.model_dump(), indent=2) + "\n", encoding="utf-8")
+    _check_target(directory, force)
+    steps = [dict(step) for step in provenance.get("steps", [])]
+    if any(step.get("kind") == "recipe" and "edits" not in step for step in steps):
+        # Steps recorded without their edits are resolved by redoing them on a fresh build, which
+        # must give the model being saved.
+        rebuilt, steps = resolve(source, steps)
+        _check_rebuilt(rebuilt, model)
+    try:
+        manifest = Manifest(format=FORMAT, source=source, steps=steps, versions=_versions(model, source))
+        text = json.dumps(manifest.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
+    except (ValidationError, ValueError) as error:
+        detail = describe(error) if isinstance(error, ValidationError) else str(error)
+        raise PlugsurgeonError(f"cannot record how this {type(model).__name__} was made: {detail}",
+                               hint="plugin arguments must be finite numbers, strings, booleans or lists of them") from None
+    if len(text.encode("utf-8")) > MAX_MANIFEST_BYTES:
+        raise PlugsurgeonError(f"the manifest would be larger than {MAX_MANIFEST_BYTES} bytes", hint="apply fewer edits per model")
+    created = not directory.exists()
+    temporary = [directory / f".{WEIGHTS}.{os.getpid()}.tmp", directory / f".{MANIFEST}.{os.getpid()}.tmp"]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(temporary[0]))
+        temporary[1].write_text(text, encoding="utf-8")
+        # Renames replace links rather than writing through them, and leave no half-written file.
+        os.replace(temporary[0], directory / WEIGHTS)
+        os.replace(temporary[1], directory / MANIFEST)
+    except BaseException as error:
+        for path in temporary:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        if isinstance(error, OSError):
+            raise PlugsurgeonError(f"cannot write to '{directory}': {error.strerror or error}", hint="choose a directory you can write to") from None
+        raise
     return directory
 
 
-def load(directory: str | Path) -> nn.Module:
-    """Rebuild a saved model: build the source, replay the recorded steps, then load the weights strictly."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model as load_weights_into
+def _check_target(directory: Path, force: bool) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise PlugsurgeonError(f"'{directory}' exists and is not a directory", hint="choose a new directory to save to")
+    existing = [name for name in (MANIFEST, WEIGHTS) if os.path.lexists(directory / name)]
+    if existing and not force:
+        raise PlugsurgeonError(f"'{directory}' already holds a saved model ({', '.join(existing)}); nothing was written",
+                               hint="choose a new directory, or pass force=True (command line: --force) to replace it")
 
-    from plugsurgeon.models import load_model
-    from plugsurgeon.provenance import record_source
+
+def _check_rebuilt(rebuilt: nn.Module, model: nn.Module) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if expected != found:
+        differ = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
+        raise PlugsurgeonError(f"this {type(model).__name__} is not what its recorded source and steps build (first differences: {differ[:3]})",
+                               hint="it was changed outside plugsurgeon after surgery; pass the source that builds it as it is")
+
+
+def load(directory: str | Path, *, trust_source: bool = False) -> nn.Module:
+    """Rebuild a saved model in eval mode. Reads only the manifest and the weights inside ``directory``.
+
+    A manifest naming a torchvision or timm model loads as data. One naming an import path
+    (``package.module:factory``) runs that code, so it is refused unless ``trust_source=True``;
+    code inside the directory itself is refused either way. See the module docstring for which
+    version differences are accepted.
+    """
+    from plugsurgeon.models import build_source
     from plugsurgeon.steps import replay
 
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    model = load_model(manifest.source)
-    record_source(model, manifest.source)
-    for step in manifest.steps:
-        model = replay(model, step)
-    weights = directory / manifest.weights
-    if not weights.is_file():
-        raise ModelLoadError(f"'{directory}' has a manifest but no {manifest.weights}", hint="save the model again with ps.save")
+    root = _model_directory(directory)
+    if root in _LOADING.get():
+        raise ModelLoadError(f"'{directory}' loads itself: its model source loads the same directory again",
+                             hint="a saved directory must name the builder of its model, not itself")
+    token = _LOADING.set(_LOADING.get() | {root})
     try:
-        missing, unexpected = load_weights_into(model, str(weights), strict=False)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelLoadError(f"'{weights}' is not a valid safetensors file: {error}") from None
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"'{weights}' does not match the model rebuilt from the manifest: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
-            hint="the directory was edited by hand or written by another plugsurgeon version",
-        )
+        manifest = read_manifest(directory)
+        note = _check_versions(manifest, directory)
+        weights = _inside(directory, root, manifest.weights)
+        header = _safetensors_header(weights)
+        model = build_source(manifest.source, trusted=trust_source, directory=directory)
+        for index, step in enumerate(manifest.steps, start=1):
+            model = replay(model, step, where=f"step {index} of '{directory / MANIFEST}'", note=note)
+        _copy_into(model, _read_saved_weights(weights, header, model, note), weights, note)
+    finally:
+        _LOADING.reset(token)
+    set_provenance(model, {"source": manifest.source, "steps": [step.model_dump(mode="json") for step in manifest.steps]})
     return model.eval()
 
 
-def read_manifest(directory: Path) -> Manifest:
+def read_manifest(directory: str | Path) -> Manifest:
+    """The validated manifest of a saved directory; any problem is one ModelLoadError."""
+    directory = Path(directory)
+    root = _model_directory(directory)
     path = directory / MANIFEST
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ModelLoadError(f"'{directory}' is not a plugsurgeon model directory (no {MANIFEST})", hint="write one with `plugsurgeon apply MODEL --recipe R -o DIR`")
+    path = _inside(directory, root, MANIFEST)
+    data = _parse_json(_read_bounded(path, MAX_MANIFEST_BYTES, "manifest"), path)
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"'{path}' is not a valid plugsurgeon manifest: a JSON object was expected, not {type(data).__name__}")
+    written = data.get("format")
+    if written != FORMAT:
+        raise ModelLoadError(_format_message(path, written), hint="load it with the plugsurgeon version that wrote it, and save it again with this one")
     try:
-        manifest = Manifest(**json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValidationError) as error:
-        raise ModelLoadError(f"'{path}' is not a valid plugsurgeon manifest: {str(error).splitlines()[0]}") from None
-    if manifest.format != FORMAT:
-        raise ModelLoadError(f"'{path}' has format '{manifest.format}', this plugsurgeon reads '{FORMAT}'")
-    return manifest
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        raise ModelLoadError(f"'{path}' is not a valid plugsurgeon manifest: {describe(error)}",
+                             hint="the file was edited by hand or damaged; save the model again with ps.save") from None
+
+
+def _format_message(path: Path, written: Any) -> str:
+    if written == "plugsurgeon/1":
+        return f"'{path}' is in format plugsurgeon/1, which records recipes but not the edits they made; this plugsurgeon reads {FORMAT}"
+    shown = repr(written)[:40] if written is not None else "no format"
+    return f"'{path}' has {'format ' + shown if written is not None else shown}, this plugsurgeon reads '{FORMAT}'"
+
+
+def _model_directory(directory: Path) -> Path:
+    if not directory.is_dir():
+        raise ModelLoadError(f"'{directory}' is not a directory" if directory.exists() else f"'{directory}' does not exist",
+                             hint="pass a directory written by `plugsurgeon apply -o` or ps.save")
+    return directory.resolve()
+
+
+def _inside(directory: Path, root: Path, name: str) -> Path:
+    """``name`` as a regular file directly inside the directory. Every name that could lead outside
+    (a path, a link out) gets the same message, whatever lies outside, so the answer does not
+    tell whether some outside path exists."""
+    if name == MANIFEST:
+        outside = ModelLoadError(f"'{directory / MANIFEST}' is a link to a file outside the directory", hint="only files inside the directory are read")
+    else:
+        outside = ModelLoadError(f"'{directory / MANIFEST}' names '{name[:80]}' as its weights, which is not a plain file name inside the directory",
+                                 hint="only files inside the directory are read")
+    if not _WEIGHTS_NAME.fullmatch(name):
+        raise outside
+    try:
+        resolved = (root / name).resolve()
+    except (OSError, RuntimeError):  # a link loop
+        raise outside from None
+    if resolved.parent != root:
+        raise outside
+    try:
+        mode = resolved.stat().st_mode
+    except OSError:
+        raise ModelLoadError(f"'{directory}' has a manifest but no {name}", hint="save the model again with ps.save") from None
+    if not stat.S_ISREG(mode):
+        raise ModelLoadError(f"'{directory / name}' is not a regular file", hint="save the model again with ps.save")
+    return resolved
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise ModelLoadError(f"cannot read '{path}': {error.strerror or error}") from None
+    if len(data) > limit:
+        raise ModelLoadError(f"'{path}' is larger than the {limit} bytes a {what} may take", hint="the file was edited by hand or damaged")
+    return data
+
+
+def _parse_json(data: bytes, path: Path) -> Any:
+    def refuse(message: str) -> ModelLoadError:
+        return ModelLoadError(f"'{path}' is not a valid plugsurgeon manifest: {message}", hint="save the model again with ps.save")
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse("it is not UTF-8 text") from None
+    # Nesting is measured before parsing: json recurses once per level.
+    brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    steps = [1 if c in "[{" else -1 for c in brackets if c in "[]{}"]
+    if steps and max(accumulate(steps)) > MAX_JSON_DEPTH:
+        raise refuse(f"it nests deeper than {MAX_JSON_DEPTH} levels")
+
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not a number a manifest may hold")
+
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"key {next(k for k in keys if keys.count(k) > 1)[:60]!r} appears twice")
+        return dict(pairs)
+
+    try:
+        return json.loads(text, parse_constant=no_constant, object_pairs_hook=unique)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError; so are huge integers
+        raise refuse(str(error).splitlines()[0][:200]) from None
+
+
+def _check_versions(manifest: Manifest, directory: Path) -> str:
+    """Refuses a manifest written by a newer plugsurgeon release; returns the other differences, for messages."""
+    from plugsurgeon import __version__
+
+    written = manifest.versions.get("plugsurgeon")
+    if written is not None and _release(written) > _release(__version__):
+        raise ModelLoadError(f"'{directory}' was written by plugsurgeon {written}, newer than this {__version__}",
+                             hint="upgrade plugsurgeon to load it")
+    here = _installed_versions(with_timm="timm" in manifest.versions)
+    differing = [f"{name} {version} (here {here.get(name, 'not installed')})"
+                 for name, version in sorted(manifest.versions.items()) if here.get(name) != version]
+    return f"; it was written with {', '.join(differing)}" if differing else ""
+
+
+def _release(version: str) -> tuple[int, int]:
+    found = _RELEASE.match(version)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+def _installed_versions(*, with_timm: bool) -> dict[str, str]:
+    import torchvision
+
+    from plugsurgeon import __version__
+
+    versions = {"plugsurgeon": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    if with_timm:
+        try:
+            import timm
+
+            versions["timm"] = timm.__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def _versions(model: nn.Module, source: str) -> dict[str, str]:
+    uses_timm = source.startswith("timm:") or any(type(m).__module__.startswith("timm.") for m in model.modules())
+    return _installed_versions(with_timm=uses_timm)
+
+
+def _safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Names, dtypes and shapes from a safetensors header, without reading any tensor data."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: (handle.get_slice(key).get_dtype(), tuple(handle.get_slice(key).get_shape())) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"'{path.name}' is not a valid safetensors file: {str(error)[:200]}",
+                             hint="save the model again with ps.save") from None
+
+
+def _read_saved_weights(path: Path, header: dict[str, tuple[str, tuple[int, ...]]], model: nn.Module, note: str) -> dict[str, torch.Tensor]:
+    """The weights of a saved directory, checked against the rebuilt model by name and shape from
+    the header before any tensor is read, then by dtype."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    shapes = {key: shape for key, (_dtype, shape) in header.items()}
+    problems = _problems(shapes, model, lambda shape: shape, with_dtype=False)
+    if problems:
+        raise _misfit(path.name, problems, note, saved=True)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"'{path.name}' is not a valid safetensors file: {str(error)[:200]}") from None
+    problems = _problems(state, model, lambda tensor: tuple(tensor.shape))
+    if problems:
+        raise _misfit(path.name, problems, note, saved=True)
+    return state
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a checkpoint into ``model`` strictly: safetensors, or a weights-only torch file. Never unpickles objects."""
+    """Load a checkpoint into ``model`` strictly: safetensors, or a zip-format torch checkpoint loaded
+    with ``weights_only``; arbitrary pickles are never loaded.
+
+    Everything is checked before anything is copied: the file's size, and for a torch zip the sizes
+    its entries declare once decompressed (at most eight times the model's float32 size plus
+    16 MiB), then every key (strings only; a ``module.`` prefix on all of them is dropped), shape and
+    dtype (floating into floating, integer into integer, bool into bool, complex into complex). A
+    refused checkpoint leaves the model untouched.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"weights file '{path}' does not exist")
-    state = _read_state_dict(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if path.is_dir():
+        raise ModelLoadError(f"weights file '{path}' is a directory", hint="pass the checkpoint file inside it")
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise ModelLoadError(f"'{path}' does not fit the model: {' '.join(lines[1:3])[:400]}",
-                             hint="load the checkpoint the model was trained with; surgery keeps the original names") from None
+        info = path.stat()
+    except OSError:
+        raise ModelLoadError(f"weights file '{path}' does not exist") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelLoadError(f"weights file '{path}' is not a regular file")
+    limit = _checkpoint_limit(model)
+    if info.st_size > limit:
+        raise ModelLoadError(f"'{path}' has {info.st_size:,} bytes, more than the {limit:,} a checkpoint of this model may take",
+                             hint="pass the checkpoint of this model, not of a larger one")
+    state = _read_state_dict(path, model, limit)
+    problems = _problems(state, model, lambda tensor: tuple(tensor.shape))
+    if problems:
+        raise _misfit(f"'{path}'", problems, "", saved=False)
+    _copy_into(model, state, path, "")
     return model
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _checkpoint_limit(model: nn.Module) -> int:
+    elements = sum(t.numel() for t in model.state_dict().values())
+    return CHECKPOINT_FACTOR * 4 * elements + CHECKPOINT_SLACK
+
+
+def _read_state_dict(path: Path, model: nn.Module, limit: int) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     with path.open("rb") as handle:
         head = handle.read(16)
-    looks_like_safetensors = path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{")
-    if looks_like_safetensors:
+    if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
+        header = _safetensors_header(path)
+        problems = _problems({k: shape for k, (_d, shape) in header.items()}, model, lambda shape: shape, with_dtype=False)
+        if problems:  # refused from the header, before reading a tensor the model has no room for
+            raise _misfit(f"'{path}'", problems, "", saved=False)
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ModelLoadError(f"'{path}' is not a valid safetensors file: {error}") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise ModelLoadError(f"'{path}' is not a valid safetensors file: {str(error)[:200]}") from None
+    _check_zip(path, limit)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as error:  # noqa: BLE001 - weights_only refuses objects with various errors
         raise ModelLoadError(
             f"'{path}' is neither a safetensors file nor a weights-only torch checkpoint; it was not unpickled",
             hint=f"convert it where you trust it: safetensors.torch.save_file(model.state_dict(), 'model.safetensors') ({type(error).__name__})",
         ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    return _state_of(state, path, model)
+
+
+def _check_zip(path: Path, limit: int) -> None:
+    """torch.save writes a zip archive since torch 1.6; its readers allocate each entry at the size it
+    declares, so the declared sizes are bounded before torch reads any. The older format is refused:
+    it declares storage sizes inside the pickle, where they cannot be checked before allocation."""
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"'{path}' is neither a safetensors file nor a zip-format torch checkpoint (torch.save since torch 1.6); it was not unpickled",
+                             hint="convert it where you trust it: safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+            if len(entries) > MAX_ZIP_ENTRIES:
+                raise ModelLoadError(f"'{path}' holds {len(entries):,} archive entries, more than a checkpoint has")
+            declared = sum(entry.file_size for entry in entries)
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as error:
+        raise ModelLoadError(f"'{path}' is not a valid torch checkpoint: {str(error)[:200]}") from None
+    if declared > limit:
+        raise ModelLoadError(f"'{path}' expands to {declared:,} bytes, more than the {limit:,} a checkpoint of this model may take; it was not loaded",
+                             hint="a compressed archive this large is not a checkpoint of this model")
+
+
+def _state_of(state: Any, path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not state:
         raise ModelLoadError(f"'{path}' holds no state_dict of tensors", hint="save model.state_dict() with safetensors")
-    return state
+    odd = next((k for k in state if not isinstance(k, str)), None)
+    if odd is not None:
+        raise ModelLoadError(f"'{path}' has the key {repr(odd)[:60]} ({type(odd).__name__}); state_dict keys are strings",
+                             hint="save model.state_dict() with safetensors")
+    odd = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise ModelLoadError(f"'{path}' holds a {type(state[odd]).__name__} at '{odd[:120]}', not a tensor",
+                             hint="save model.state_dict() with safetensors")
+    own = set(model.state_dict())
+    if all(k.startswith("module.") for k in state) and not own & set(state):  # saved from DataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return dict(state)
 
 
-def _versions() -> dict[str, str]:
-    import torchvision
+def _problems(found: Mapping[str, Any], model: nn.Module, shape_of, *, with_dtype: bool = True) -> list[str]:
+    """Everything that keeps ``found`` from being copied into ``model``: names, shapes, dtypes, layouts.
 
-    from plugsurgeon import __version__
+    A name the file leaves out is fine when the model holds that tensor under a name it has too
+    (tied weights: safetensors stores one of them)."""
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in found and _alias(expected, k, found) is None]
+    if missing:
+        problems.append(f"missing {len(missing)} key(s) {missing[:3]}")
+    unexpected = [k for k in found if k not in expected]
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) {[k[:120] for k in unexpected[:3]]}")
+    for key, value in found.items():
+        target = expected.get(key)
+        if target is None:
+            continue
+        shape = shape_of(value)
+        if shape != tuple(target.shape):
+            problems.append(f"'{key}' has shape {shape} where the model has {tuple(target.shape)}")
+        elif with_dtype and not (value.layout == torch.strided and not value.is_quantized and value.device.type != "meta"):
+            problems.append(f"'{key}' is a {value.layout} tensor{' (quantized)' if value.is_quantized else ''}, not a plain dense one")
+        elif with_dtype and not _dtype_fits(value.dtype, target.dtype):
+            problems.append(f"'{key}' is {str(value.dtype).removeprefix('torch.')} where the model has {str(target.dtype).removeprefix('torch.')}")
+    return problems
 
-    return {"plugsurgeon": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+def _alias(expected: Mapping[str, torch.Tensor], key: str, found: Mapping[str, Any]) -> str | None:
+    tensor = expected[key]
+    if tensor.numel() == 0 or tensor.device.type == "meta":
+        return None
+    where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+    for other in found:
+        peer = expected.get(other)
+        if peer is not None and other != key and peer.device.type != "meta" and \
+                (peer.untyped_storage().data_ptr(), peer.storage_offset(), tuple(peer.shape), tuple(peer.stride()), peer.dtype) == where:
+            return other
+    return None
+
+
+def _dtype_fits(source: torch.dtype, target: torch.dtype) -> bool:
+    if source == target:
+        return True
+    if source.is_complex or target.is_complex or torch.bool in (source, target):
+        return False
+    return source.is_floating_point == target.is_floating_point
+
+
+def _misfit(name: str, problems: list[str], note: str, *, saved: bool) -> ModelLoadError:
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    if saved:
+        return ModelLoadError(f"the weights in '{name}' do not fit the model rebuilt from the manifest: {shown}{note}",
+                              hint="the directory was edited by hand, or the model's builder changed since it was written")
+    return ModelLoadError(f"{name} does not fit the model: {shown}",
+                          hint="load the checkpoint the model was trained with; surgery keeps the original names")
+
+
+def _copy_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, note: str) -> None:
+    """Copy checked tensors into ``model``; tied names the file leaves out get their twin's tensor, so
+    the strict load cannot stop half-way on a key."""
+    expected = model.state_dict()
+    complete = dict(state)
+    for key in expected:
+        if key not in complete:
+            twin = _alias(expected, key, state)
+            if twin is not None:
+                complete[key] = state[twin]
+    try:
+        model.load_state_dict(complete, strict=True)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ModelLoadError(f"'{path}' does not fit the model: {' '.join(lines[1:3])[:400]}{note}") from None

@@ -1,41 +1,102 @@
-"""Where models come from: torchvision names, timm:NAME, package.module:factory, directories written by save()."""
+"""Where models come from: torchvision names, timm:NAME, package.module:factory, directories written by save().
+
+A model spec the caller types is theirs to run, import paths included. A source read from a saved
+directory is data written by someone else: ``build_source`` builds torchvision and timm models
+(known builders called with fixed, download-free arguments) and runs an import path only when the
+caller says they trust the directory, and never one that lies inside the directory itself.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import re
+import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 
 from plugsurgeon.errors import ModelLoadError, UnknownNameError, did_you_mean
 from plugsurgeon.provenance import record_source
 
+SourceKind = Literal["torchvision", "timm", "factory"]
 
-def load_model(spec: str | Path) -> nn.Module:
+MAX_SOURCE_LENGTH = 300
+# Builder names: torchvision's and timm's names are identifiers with dots and dashes at most; nothing
+# that a filesystem or a hub resolver would read as a path or a URL (timm's "hf-hub:" has a colon).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
+_MODULE = re.compile(r"[A-Za-z_]\w{0,99}(\.[A-Za-z_]\w{0,99}){0,19}")
+_ATTRIBUTE = re.compile(r"[A-Za-z_]\w{0,99}")
+
+
+def load_model(spec: str | Path, *, trust_source: bool = False) -> nn.Module:
     """Build a model from a spec, with random weights (nothing is downloaded).
 
     - ``resnet50`` or ``torchvision:resnet50``: any torchvision builder (detection and segmentation
       builders get ``weights_backbone=None`` too);
     - ``timm:NAME``: a timm model (``pip install 'plugsurgeon[timm]'``);
-    - ``package.module:factory``: a callable returning an nn.Module;
-    - a directory written by ``plugsurgeon apply -o`` / ``ps.save``.
+    - ``package.module:factory``: a callable returning an nn.Module, imported and called because
+      the caller named it;
+    - a directory written by ``plugsurgeon apply -o`` / ``ps.save``, loaded by ``ps.load``:
+      ``trust_source`` is passed on, and only then may the directory name code to run.
     """
     text = str(spec)
     if Path(text).is_dir():
         from plugsurgeon.io import load
 
-        return load(text)
-    if text.startswith("timm:"):
-        model = _timm(text[5:])
-    elif text.startswith("torchvision:"):
-        model = _torchvision(text[len("torchvision:") :])
-    elif ":" in text:
-        model = _factory(text)
-    else:
-        model = _torchvision(text)
+        return load(text, trust_source=trust_source)
+    model = build_source(text, trusted=True)
     record_source(model, text)
     return model
+
+
+def parse_source(text: str) -> tuple[SourceKind, str]:
+    """The kind of a model spec and the builder name or import path it holds; refuses malformed ones."""
+    if not isinstance(text, str) or not text or len(text) > MAX_SOURCE_LENGTH:
+        raise ModelLoadError(f"model source {str(text)[:80]!r} is empty or longer than {MAX_SOURCE_LENGTH} characters",
+                             hint="use a torchvision name, timm:NAME or package.module:factory")
+    if text.startswith(("timm:", "torchvision:")):
+        kind, _, name = text.partition(":")
+        if not _NAME.fullmatch(name):
+            raise UnknownNameError(f"'{text}' is not a {kind} model name", hint=f"{kind} names are letters, digits, '_', '.' and '-'")
+        return kind, name  # type: ignore[return-value]
+    if ":" in text:
+        module_name, _, attribute = text.partition(":")
+        if not _MODULE.fullmatch(module_name) or not _ATTRIBUTE.fullmatch(attribute):
+            raise ModelLoadError(f"'{text}' is not an import path of the form package.module:factory",
+                                 hint="module and factory names are Python identifiers; torchvision names need no colon")
+        return "factory", text
+    if not _NAME.fullmatch(text):
+        raise UnknownNameError(f"unknown model '{text[:80]}'",
+                               hint="use a torchvision model name (torchvision.models.list_models()), timm:NAME, package.module:factory or a saved directory")
+    return "torchvision", text
+
+
+def build_source(source: str, *, trusted: bool, directory: Path | None = None) -> nn.Module:
+    """Build the model ``source`` names; never reads it as a path.
+
+    An import path runs code, so it is built only when ``trusted``; and never when the module lies in
+    ``directory`` (a saved directory whose manifest points into itself), trusted or not.
+    """
+    kind, name = parse_source(source)
+    if kind == "torchvision":
+        return _torchvision(name)
+    if kind == "timm":
+        return _timm(name)
+    if directory is not None:
+        _refuse_code_inside(name, directory)
+    if not trusted:
+        module_name, _, attribute = name.partition(":")
+        where = f"'{directory}'" if directory is not None else "this model source"
+        raise ModelLoadError(
+            f"{where} names Python code to build its model: source '{name}' would import '{module_name}' and call "
+            f"{attribute}(); a saved directory runs no code unless you say you trust it",
+            hint="if you trust whoever wrote it, load it with ps.load(DIR, trust_source=True) (command line: --trust-source); "
+            "directories of torchvision and timm models need neither",
+        )
+    return _factory(name)
 
 
 def _torchvision(name: str) -> nn.Module:
@@ -64,6 +125,7 @@ def _timm(name: str) -> nn.Module:
         import timm
     except ImportError:
         raise ModelLoadError("timm models need the timm extra", hint="pip install 'plugsurgeon[timm]'") from None
+    # Only names timm lists: create_model would also resolve hub references ("hf-hub:...") over the network.
     if name not in timm.list_models():
         suggestion = did_you_mean(name, timm.list_models())
         raise UnknownNameError(f"unknown timm model '{name}'" + (f"; {suggestion}" if suggestion else ""), hint="timm.list_models() lists them")
@@ -76,13 +138,54 @@ def _factory(spec: str) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ModelLoadError(f"cannot import '{module_name}' for model '{spec}': {error}", hint="pass package.module:factory with the package importable") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - importing runs the module's code
+        raise ModelLoadError(f"importing '{module_name}' for model '{spec}' failed: {type(error).__name__}: {error}") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ModelLoadError(f"'{module_name}' has no callable '{attribute}'", hint="pass package.module:factory where factory() returns an nn.Module")
     try:
         model = factory()
-    except Exception as error:  # noqa: BLE001 - the user's factory may raise anything
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the factory may raise anything, sys.exit included
         raise ModelLoadError(f"{spec}() failed: {type(error).__name__}: {error}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _refuse_code_inside(spec: str, directory: Path) -> None:
+    """Refuse an import path whose module (or a package on its way) lies in ``directory``, found
+    without importing anything: a saved directory must not carry the code that builds it."""
+    root = directory.resolve()
+    parts = spec.partition(":")[0].split(".")
+    search: list[str] | None = None  # None: sys.path, as for a top-level import
+    for depth, part in enumerate(parts, start=1):
+        name = ".".join(parts[:depth])
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            origin, locations = getattr(loaded, "__file__", None), getattr(loaded, "__path__", None)
+        else:
+            # PathFinder looks a module up on a path without running code, unlike importlib.util.find_spec,
+            # which imports the parent packages first.
+            try:
+                found = importlib.machinery.PathFinder.find_spec(part, search)
+            except (ImportError, ValueError, OSError):
+                found = None
+            if found is None:
+                return  # built in, frozen or missing: nothing on disk, and the import says so if missing
+            origin, locations = found.origin, found.submodule_search_locations
+        search = [str(p) for p in (locations or [])]
+        if any(_within(Path(p), root) for p in [origin, *search] if isinstance(p, str) and p):
+            raise ModelLoadError(
+                f"'{directory}' names code stored inside itself: source '{spec}' imports '{name}' from the directory",
+                hint="a saved directory holds data only; put the factory in an installed package and save again",
+            )
+        if not search:
+            return
+
+
+def _within(location: Path, root: Path) -> bool:
+    try:
+        resolved = location.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return resolved == root or root in resolved.parents

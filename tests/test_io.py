@@ -62,7 +62,9 @@ def test_save_needs_a_known_source(tmp_path):
     with pytest.raises(ps.PlugsurgeonError, match="does not know how to rebuild"):
         ps.save(TinyResNet(), tmp_path)
     ps.save(TinyResNet(), tmp_path, source="tests.nets:TinyResNet")
-    assert isinstance(ps.load(tmp_path), TinyResNet)
+    with pytest.raises(ps.ModelLoadError, match="trust_source=True"):
+        ps.load(tmp_path)
+    assert isinstance(ps.load(tmp_path, trust_source=True), TinyResNet)
 
 
 def test_load_weights_formats(tmp_path):
