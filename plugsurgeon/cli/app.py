@@ -1,6 +1,10 @@
 """The plugsurgeon command line: thin typer commands over the Python API, and one error boundary.
 
 Nothing here imports torch at module level, so ``plugsurgeon --help`` stays fast.
+
+Exit codes: 0 done; 1 a user's mistake (a ``PlugsurgeonError`` or a usage error: one message and a
+hint, no traceback); 2 a plugsurgeon bug (one line; the traceback only with ``PLUGSURGEON_DEBUG=1``);
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -8,37 +12,104 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from plugsurgeon.cli import deploy_commands
-from plugsurgeon.cli.options import DEFAULT_SHAPE, InputShape, Json, Weights, parse_shape
+from plugsurgeon.cli.options import (
+    DEFAULT_SHAPE,
+    Force,
+    InputShape,
+    Json,
+    TrustSource,
+    Weights,
+    check_output,
+    load_model,
+    parse_shape,
+    save,
+)
+from plugsurgeon.errors import PlugsurgeonError
+
+# The exception classes the boundary sorts errors by are looked up here, once, from typer's public API:
+# an ``except`` clause evaluates its class only when an error is in flight, so a name missing from the
+# installed typer would turn every error into an AttributeError raised by the handler itself.
+# (typer >= 0.26 vendors click: errors it raises are not ``click``'s classes, so ``import click`` would
+# not catch them; typer.TyperException is the public base of its usage errors since 0.27.2.)
+_USAGE_ERROR = typer.TyperException
+_ABORT = typer.Abort
+_EXIT = typer.Exit
 
 app = typer.Typer(
     name="plugsurgeon",
     help="Model surgery for PyTorch: find insertion points by role, splice in plug-and-play modules, deploy.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    # Bare `plugsurgeon` is a request for help, not a mistake: print it and exit 0. (typer's
+    # no_args_is_help raises a usage error carrying the help text instead, which exits 2, or 1 here.)
+    if ctx.invoked_subcommand is None:
+        text = ctx.get_help()  # typer's rich help prints itself and returns ""
+        if text:
+            typer.echo(text)
+        raise typer.Exit(0)
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The error boundary: tell the user what went wrong in one message, and return the exit code.
+
+    Never raises: every printer it calls falls back to plain stderr.
+    """
+    from plugsurgeon.cli import render
+
+    if isinstance(error, PlugsurgeonError):
+        render.error(str(error.message), error.hint)
+        return 1
+    if isinstance(error, _USAGE_ERROR):  # unknown option, missing argument, bad value: typer's message
+        context = getattr(error, "ctx", None)
+        command = getattr(context, "command_path", None) or "plugsurgeon"
+        try:
+            message = error.format_message()
+        except Exception:  # noqa: BLE001
+            message = str(error)
+        render.error(message, f"see `{command} --help`")
+        return 1
+    if isinstance(error, (_ABORT, KeyboardInterrupt)):
+        render.plain("aborted")
+        return 130
+    if os.environ.get("PLUGSURGEON_DEBUG"):
+        try:
+            traceback.print_exception(type(error), error, error.__traceback__)
+        except Exception:  # noqa: BLE001
+            pass
+    text = (str(error).strip().splitlines() or [""])[0][:300]
+    render.plain(f"internal error: {type(error).__name__}: {text} (a plugsurgeon bug; "
+                 + ("please report it with the traceback above)" if os.environ.get("PLUGSURGEON_DEBUG")
+                    else "rerun with PLUGSURGEON_DEBUG=1 for the traceback and report it)"))
+    return 2
+
+
 def user_errors(command):
-    """The error boundary: a user's mistake is one message and a hint on stderr, exit code 1, no traceback."""
+    """Run a command body inside the error boundary.
+
+    main() would catch these too, but typer's CliRunner (and anyone calling ``app`` directly) bypasses
+    main(); classifying here gives both the same messages and exit codes.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from plugsurgeon.errors import PlugsurgeonError
-
         try:
             return command(*args, **kwargs)
-        except PlugsurgeonError as error:
-            from plugsurgeon.cli.render import error as show
-
-            show(error.message, error.hint)
-            raise typer.Exit(1) from None
+        except (_EXIT, _ABORT, _USAGE_ERROR):
+            raise  # typer's own signals: typer and main() handle them
+        except Exception as error:  # noqa: BLE001 - the boundary: nothing else leaves a command
+            raise typer.Exit(exit_code_for(error)) from None
 
     return wrapper
 
@@ -49,9 +120,11 @@ def apply(
     model: Annotated[str, typer.Argument(help="torchvision name, timm:NAME, package.module:factory, or a saved directory")],
     recipe: Annotated[list[str], typer.Option("--recipe", "-r", help="built-in recipe name or YAML file; repeat to chain")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write weights.safetensors + manifest.json here")] = None,
+    force: Force = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (sites, params, FLOPs) and change nothing")] = False,
     weights: Weights = None,
     input_shape: InputShape = DEFAULT_SHAPE,
+    trust_source: TrustSource = False,
     json_output: Json = False,
 ) -> None:
     """Apply one or more recipes to a model, print what changed, and optionally save the result."""
@@ -60,9 +133,9 @@ def apply(
 
     shape = parse_shape(input_shape)
     recipes = [ps.load_recipe(r) for r in recipe]  # every recipe is validated before the model is even built
-    if output is not None and output.exists() and not output.is_dir():
-        raise ps.PlugsurgeonError(f"output '{output}' exists and is not a directory", hint="choose a new directory with -o")
-    net = ps.load_model(model)
+    if output is not None:
+        check_output(output, force=force)  # before any work: a refusal costs nothing and changes nothing
+    net = load_model(model, trust_source=trust_source)
     if weights is not None:
         ps.load_weights(net, weights)
     reports = []
@@ -70,17 +143,20 @@ def apply(
         result = ps.apply(net, each, input_shape=shape, dry_run=dry_run)
         reports.append(result.report)
         net = result.model
-    if output is not None and not dry_run:
-        ps.save(net, output)
+    written = output is not None and not dry_run
     if json_output:
-        render.print_json({"reports": [r.to_dict() for r in reports], "output": str(output) if output and not dry_run else None})
+        if written:
+            save(net, output, force=force)
+        render.print_json({"reports": [r.to_dict() for r in reports], "output": str(output) if written else None})
         return
+    # The summary is drawn before anything is written: if drawing it ever failed, nothing would be on disk.
     for report in reports:
         render.surgery_summary(report, dry_run=dry_run)
     if dry_run:
         render.console.print("dry run: nothing was changed or written")
-    elif output is not None:
-        render.console.print(f"saved to {output} (load with plugsurgeon.load('{output}'))")
+    elif written:
+        save(net, output, force=force)
+        render.console.print(f"saved to {output} (load with plugsurgeon.load({str(output)!r}))", soft_wrap=True)
     else:
         render.console.print("nothing written: pass -o DIR to save the edited model")
 
@@ -91,6 +167,7 @@ def sites(
     model: Annotated[str, typer.Argument(help="torchvision name, timm:NAME, package.module:factory, or a saved directory")],
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="role, role family or alias: residual, residual.branch, conv, conv3x3, downsample, stage, backbone, neck, upsample")] = None,
     input_shape: InputShape = DEFAULT_SHAPE,
+    trust_source: TrustSource = False,
     json_output: Json = False,
 ) -> None:
     """List the insertion points of a model, by role."""
@@ -101,7 +178,7 @@ def sites(
     if kind is not None:
         check_role(kind)
     shape = parse_shape(input_shape)
-    net = ps.load_model(model)
+    net = load_model(model, trust_source=trust_source)
     traced = ps.trace(net, shape)
     found = ps.find_sites(traced, kind)
     if json_output:
@@ -109,7 +186,8 @@ def sites(
         return
     render.console.print(render.sites_table(found, f"{len(found)} {kind or ''} sites in {model}".replace("  ", " ")))
     if not traced.whole:
-        render.console.print(f"traced parts: {', '.join(p.path for p in traced.parts)}; left alone: {', '.join(p or '(root)' for p, _ in traced.untraced)}")
+        render.console.print(f"traced parts: {', '.join(p.path for p in traced.parts)}; left alone: {', '.join(p or '(root)' for p, _ in traced.untraced)}",
+                             soft_wrap=True)
 
 
 @app.command()
@@ -145,24 +223,19 @@ deploy_commands.register(app, user_errors)
 
 
 def main() -> None:
-    """Console entry point: usage errors exit 1 with one message, like every other user mistake."""
-    from typer._click import exceptions as click_errors  # typer vendors click; its errors live here
+    """Console entry point."""
+    sys.exit(run())
 
+
+def run(args: list[str] | None = None) -> int:
+    """Run the command line on ``args`` (default: ``sys.argv[1:]``) and return its exit code.
+
+    Errors inside a command body are sorted by ``user_errors``; this catches what happens around them:
+    usage errors while parsing, Ctrl-C, and anything typer itself raises.
+    """
     try:
-        code = app(standalone_mode=False)
-    except click_errors.UsageError as error:
-        from plugsurgeon.cli.render import error as show
-
-        command = error.ctx.command_path if error.ctx is not None else "plugsurgeon"
-        show(error.format_message(), f"see `{command} --help`")
-        sys.exit(1)
-    except click_errors.Abort:
-        sys.exit(130)
-    except Exception as error:  # noqa: BLE001 - the last line of defence; a bug, not a user mistake
-        if os.environ.get("PLUGSURGEON_DEBUG"):
-            raise
-        from plugsurgeon.cli.render import error as show
-
-        show(f"internal error: {type(error).__name__}: {error}", "this is a plugsurgeon bug; rerun with PLUGSURGEON_DEBUG=1 for the traceback and report it")
-        sys.exit(2)
-    sys.exit(code if isinstance(code, int) else 0)
+        code = app(args=args, prog_name="plugsurgeon", standalone_mode=False)
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the last line of defence
+        return exit_code_for(error)
+    # standalone_mode=False returns the command's return value (None) or the code of a typer.Exit.
+    return code if isinstance(code, int) else 0

@@ -10,7 +10,18 @@ from typing import Annotated
 
 import typer
 
-from plugsurgeon.cli.options import DEFAULT_SHAPE, InputShape, Json, Weights, parse_shape
+from plugsurgeon.cli.options import (
+    DEFAULT_SHAPE,
+    Force,
+    InputShape,
+    Json,
+    TrustSource,
+    Weights,
+    check_output,
+    load_model,
+    parse_shape,
+    save,
+)
 
 ModelArg = Annotated[str, typer.Argument(help="a directory written by `plugsurgeon apply -o`, or any model spec (torchvision name, timm:NAME, package.module:factory)")]
 
@@ -25,35 +36,39 @@ def register(app: typer.Typer, user_errors=None) -> None:
 def deploy(
     model: ModelArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the deployed model here (weights.safetensors + manifest.json)")] = None,
+    force: Force = False,
     input_shape: InputShape = DEFAULT_SHAPE,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the comparison with the original model")] = False,
     atol: Annotated[float, typer.Option("--atol", help="absolute tolerance of the verification")] = 1e-4,
     rtol: Annotated[float, typer.Option("--rtol", help="tolerance relative to the largest output magnitude")] = 1e-4,
     weights: Weights = None,
+    trust_source: TrustSource = False,
     json_output: Json = False,
 ) -> None:
     """Fuse train-time blocks (ACNet, ...) and conv-BatchNorm pairs into plain convs, verify, and save."""
     import plugsurgeon as ps
 
     shape = parse_shape(input_shape)
-    if output is not None and output.exists() and not output.is_dir():
-        raise ps.PlugsurgeonError(f"output '{output}' exists and is not a directory", hint="choose a new directory with -o")
-    net = ps.load_model(model)
+    if output is not None:
+        check_output(output, force=force)  # before any work: a refusal costs nothing and changes nothing
+    net = load_model(model, trust_source=trust_source)
     if weights is not None:
         ps.load_weights(net, weights)
     result = ps.deploy(net, input_shape=shape, verify=not no_verify, atol=atol, rtol=rtol)
-    if output is not None:
-        ps.save(result.model, output)
     if json_output:
         from plugsurgeon.cli.render import print_json
 
+        if output is not None:
+            save(result.model, output, force=force)
         print_json({"report": result.report.to_dict(), "output": str(output) if output is not None else None})
         return
-    deploy_summary(result.report)
+    deploy_summary(result.report)  # drawn before anything is written, like apply's
     from plugsurgeon.cli.render import console
 
     if output is not None:
-        console.print(f"saved to {output} (load with plugsurgeon.load('{output}'); export with `plugsurgeon export {output} --onnx FILE`)")
+        save(result.model, output, force=force)
+        console.print(f"saved to {output} (load with plugsurgeon.load({str(output)!r}); export with `plugsurgeon export {output} --onnx FILE`)",
+                      soft_wrap=True)
     else:
         console.print("nothing written: pass -o DIR to save the deployed model")
 
@@ -64,12 +79,15 @@ def export(
     input_shape: Annotated[str | None, typer.Option("--input-shape", help="input shape N,C,H,W (default: the one the model was deployed with, else 1,3,224,224)", metavar="N,C,H,W")] = None,
     allow_unfused: Annotated[bool, typer.Option("--allow-unfused", help="export even if train-time blocks or foldable BatchNorms remain")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset version (default: the exporter's)")] = None,
+    trust_source: TrustSource = False,
     json_output: Json = False,
 ) -> None:
     """Write a (deployed) model as ONNX and check it with onnxruntime against PyTorch."""
     import plugsurgeon as ps
 
-    net = ps.load_model(model)
+    if input_shape is not None:
+        parse_shape(input_shape)  # a malformed shape is refused before the model is built
+    net = load_model(model, trust_source=trust_source)
     shape = parse_shape(input_shape) if input_shape is not None else _recorded_shape(net)
     report = ps.export_onnx(net, onnx, input_shape=shape, allow_unfused=allow_unfused, opset=opset)
     if json_output:
@@ -92,7 +110,7 @@ def _recorded_shape(net) -> tuple[int, ...]:
 def deploy_summary(report) -> None:
     from rich.table import Table
 
-    from plugsurgeon.cli.render import console, human, signed
+    from plugsurgeon.cli.render import console, human, line, notes, signed, styled
 
     title = (f"deployed {report.model}: {len(report.reparameterized)} blocks reparameterized, "
              f"{len(report.folded)} BatchNorms folded, {len(report.skipped)} left")
@@ -104,7 +122,7 @@ def deploy_summary(report) -> None:
     for item in report.folded:
         table.add_row("folded", item.norm, f"{item.norm_type} into {item.layer_type} '{item.layer}'")
     for item in report.skipped:
-        table.add_row("[yellow]skipped[/]", item.path, item.reason)
+        table.add_row(styled("skipped", "yellow"), item.path, item.reason)
     console.print(table)
 
     numbers = Table(title="before and after", title_justify="left")
@@ -118,24 +136,23 @@ def deploy_summary(report) -> None:
 
     v = report.verification
     if v is None:
-        console.print("[yellow]not verified[/] (--no-verify)")
+        console.print(line(styled("not verified", "yellow"), " (--no-verify)"))
     else:
-        status = "[green]verified[/]" if v.passed else "[red]differs[/]"
-        console.print(f"{status} on random input ({v.scope}): max abs diff {v.max_abs_diff:.3g}, max rel diff {v.max_rel_diff:.3g} "
-                      f"(tolerance atol={v.atol:g} + rtol={v.rtol:g} x max|output|)")
+        status = styled("verified", "green") if v.passed else styled("differs", "red")
+        console.print(line(status, f" on random input ({v.scope}): max abs diff {v.max_abs_diff:.3g}, max rel diff {v.max_rel_diff:.3g} "
+                                   f"(tolerance atol={v.atol:g} + rtol={v.rtol:g} x max|output|)"))
         if v.scope != "whole model":
             for part in v.parts:
                 console.print(f"  {part.part}: max abs diff {part.max_abs_diff:.3g}, max rel diff {part.max_rel_diff:.3g}")
     if report.untraced:
-        console.print(f"traced parts: {', '.join(report.traced)}; left alone: {', '.join(p or '(root)' for p, _ in report.untraced)}")
-    for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"traced parts: {', '.join(report.traced)}; left alone: {', '.join(p or '(root)' for p, _ in report.untraced)}", soft_wrap=True)
+    notes(report.notes)
 
 
 def export_summary(report) -> None:
     from rich.table import Table
 
-    from plugsurgeon.cli.render import console, human
+    from plugsurgeon.cli.render import console, human, line, notes, styled
 
     table = Table(title=f"exported {report.path}", title_justify="left", show_header=False)
     table.add_column("", overflow="fold")
@@ -144,10 +161,9 @@ def export_summary(report) -> None:
     table.add_row("input", f"{', '.join(report.input_names)} {'x'.join(str(d) for d in report.input_shape)}")
     table.add_row("outputs", ", ".join(report.output_names))
     table.add_row("size", f"{human(report.size_bytes)}B")
-    status = "[green]matches[/]" if report.passed else "[red]differs[/]"
-    table.add_row("onnxruntime vs torch", f"{status}: max abs diff {report.max_abs_diff:.3g}, max rel diff {report.max_rel_diff:.3g}")
+    status = styled("matches", "green") if report.passed else styled("differs", "red")
+    table.add_row("onnxruntime vs torch", line(status, f": max abs diff {report.max_abs_diff:.3g}, max rel diff {report.max_rel_diff:.3g}"))
     console.print(table)
     for item in report.unfused:
-        console.print(f"[yellow]exported unfused (--allow-unfused):[/] {item}")
-    for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(line(styled("exported unfused (--allow-unfused):", "yellow"), " ", str(item)), soft_wrap=True)
+    notes(report.notes)

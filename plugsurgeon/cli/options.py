@@ -9,7 +9,14 @@ import typer
 
 InputShape = Annotated[str, typer.Option("--input-shape", help="input shape N,C,H,W used for tracing", metavar="N,C,H,W")]
 Json = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of tables")]
-Weights = Annotated[Path | None, typer.Option("--weights", help="checkpoint to load before surgery: .safetensors or a weights-only torch file")]
+# dir_okay=False: a directory is refused while parsing, with typer's "is a directory", before any model is built.
+Weights = Annotated[Path | None, typer.Option("--weights", dir_okay=False,
+                                              help="checkpoint to load before surgery: .safetensors or a weights-only torch file")]
+Force = Annotated[bool, typer.Option("--force", help="replace the saved model in an existing -o directory")]
+TrustSource = Annotated[bool, typer.Option(
+    "--trust-source",
+    help="MODEL is a saved directory you trust: let its manifest import and call the package.module:factory it names "
+    "(without this, a directory may only name torchvision or timm models)")]
 DEFAULT_SHAPE = "1,3,224,224"
 
 
@@ -23,3 +30,43 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if len(dims) != 4 or any(d <= 0 for d in dims):
         raise PlugsurgeonError(f"--input-shape '{text}' is not a list of positive sizes", hint="write it as N,C,H,W, for example --input-shape 1,3,224,224")
     return dims
+
+
+def check_output(output: Path, *, force: bool) -> None:
+    """Refuse an -o that holds a saved model, before the model is loaded or anything is computed.
+
+    ps.save refuses the same directory, but only after the whole surgery (or deploy) has run; here the
+    refusal costs nothing. What counts as a saved model is io's rule (its two file names, links
+    included); other files in the directory are never touched, so they do not need --force.
+    """
+    import os
+
+    from plugsurgeon.errors import PlugsurgeonError
+    from plugsurgeon.io import MANIFEST, WEIGHTS
+
+    if not os.path.lexists(output):
+        return
+    if not output.is_dir():
+        raise PlugsurgeonError(f"output '{output}' exists and is not a directory", hint="choose a new directory with -o")
+    saved = [name for name in (MANIFEST, WEIGHTS) if os.path.lexists(output / name)]
+    if saved and not force:
+        raise PlugsurgeonError(f"output '{output}' already holds a saved model ({', '.join(saved)}); nothing was done",
+                               hint="pass --force to replace it, or choose a new directory with -o")
+
+
+def load_model(spec: str, *, trust_source: bool):
+    """ps.load_model, trusting a saved directory's import-path source only when --trust-source was given."""
+    import plugsurgeon as ps
+
+    # The keyword is passed only when set, so the default stays whatever the library's safe default is.
+    return ps.load_model(spec, trust_source=True) if trust_source else ps.load_model(spec)
+
+
+def save(model, output: Path, *, force: bool) -> None:
+    """ps.save; --force is passed on so the library does not refuse the directory check_output allowed."""
+    import plugsurgeon as ps
+
+    if force:
+        ps.save(model, output, force=True)
+    else:
+        ps.save(model, output)

@@ -1,15 +1,38 @@
-"""Rich tables for the CLI. The core never prints; everything a user sees is drawn here."""
+"""Rich tables for the CLI. The core never prints; everything a user sees is drawn here.
+
+Almost everything shown comes from the user or their model: model specs, recipe names and descriptions,
+module paths (a ``ModuleDict`` key can hold any character), file names, error messages quoting all of
+these. Rich would read ``[/]`` or ``[bold]`` in such text as markup and either restyle it or raise
+``MarkupError`` from inside the error printer. So both consoles have markup (and ``:emoji:`` codes)
+switched off: every string is printed literally, and the few styled words are ``Text`` objects built
+here. Nothing has to remember to escape, and a new table cannot forget to.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(markup=False, emoji=False)
+errors = Console(stderr=True, markup=False, emoji=False, highlight=False)
+
+
+def styled(text: str, style: str) -> Text:
+    """A styled word for a table cell or a line; the only way styles enter the output."""
+    return Text(text, style=style)
+
+
+def line(*parts: str | Text) -> Text:
+    """Join plain strings (printed literally) and styled Texts into one line."""
+    out = Text()
+    for part in parts:
+        out.append(part if isinstance(part, Text) else str(part))
+    return out
 
 
 def print_json(data: Any) -> None:
@@ -57,13 +80,30 @@ def recipes_table(recipes) -> Table:
     for column in ("name", "steps", "description"):
         table.add_column(column, overflow="fold")
     for recipe in recipes:
-        steps = "; ".join(f"{s.plugin} at {s.at}" for s in recipe.steps)
+        steps = "; ".join(f"{s.plugin} at {s.at}" + (" (skips unfit sites)" if s.on_unfit == "skip" else "") for s in recipe.steps)
         table.add_row(recipe.name, steps, recipe.description)
     return table
 
 
+def notes(items: list[str]) -> None:
+    """The report's notes: sites skipped as unfit, shared instances edited at one path, conflicts.
+
+    They change what the user got (a skipped pool is still aliased), so they are printed after every
+    summary, never only in --json.
+    """
+    for note in items:
+        console.print(line(styled("note:", "yellow"), " ", note), soft_wrap=True)
+
+
+def skipped_count(items: list[str]) -> int:
+    # The engine words a skip as "step N (plugin) skipped 'path': reason" (surgery.plan).
+    return sum(1 for note in items if ") skipped '" in note)
+
+
 def surgery_summary(report, *, dry_run: bool) -> None:
-    title = f"{'plan' if dry_run else 'applied'}: recipe '{report.recipe}' on {report.model} ({len(report.edits)} edits)"
+    skipped = skipped_count(report.notes)
+    title = (f"{'plan' if dry_run else 'applied'}: recipe '{report.recipe}' on {report.model} ({len(report.edits)} edits"
+             + (f", {skipped} sites skipped as unfit" if skipped else "") + ")")
     table = Table(title=title, title_justify="left")
     for column in ("step", "site", "role", "channels", "spatial", "plugin", "new module", "params", "FLOPs"):
         table.add_column(column, justify="right" if column in ("step", "channels", "params", "FLOPs") else "left", overflow="fold")
@@ -75,14 +115,26 @@ def surgery_summary(report, *, dry_run: bool) -> None:
     flops = f"FLOPs {human(report.flops_before)} {signed(report.flops_added)}" if report.flops_before else ""
     console.print(f"params {human(report.params_before)} -> {human(report.params_after)} ({signed(report.params_after - report.params_before)})  {flops}")
     if report.untraced:
-        console.print(f"traced parts: {', '.join(report.traced)}; left alone: {', '.join(p or '(root)' for p, _ in report.untraced)}")
-    for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"traced parts: {', '.join(report.traced)}; left alone: {', '.join(p or '(root)' for p, _ in report.untraced)}", soft_wrap=True)
+    notes(report.notes)
     if report.renamed_keys:
-        console.print(f"[yellow]renamed state_dict keys:[/] {', '.join(report.renamed_keys[:10])}")
+        console.print(line(styled("renamed state_dict keys:", "yellow"), " ", ", ".join(report.renamed_keys[:10])), soft_wrap=True)
 
 
 def error(message: str, hint: str | None) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
-    if hint:
-        errors.print(f"[bold]hint:[/] {hint}", highlight=False, soft_wrap=True)
+    """A user's mistake: one message and a hint on stderr. Falls back to plain text if rich cannot print."""
+    try:
+        errors.print(line(styled("error:", "bold red"), " ", message), soft_wrap=True)
+        if hint:
+            errors.print(line(styled("hint:", "bold"), " ", hint), soft_wrap=True)
+    except Exception:  # noqa: BLE001 - the error printer must not become the error
+        plain(f"error: {message}" + (f"\nhint: {hint}" if hint else ""))
+
+
+def plain(text: str) -> None:
+    """Write to stderr without rich; the last resort of the error boundary. Never raises."""
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - stderr closed or unencodable: nothing left to tell
+        pass
