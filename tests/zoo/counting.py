@@ -7,14 +7,21 @@ correct locator can report. It is exact for families whose only same-shape 4-D a
 (ResNet, ConvNeXt v1, EfficientNet, MobileNet, CSP, GhostNet, ...). Where a family has other same-shape adds
 the rule is written out in `HAND_RULES`, keyed by the model-name prefix:
 
-- res2net*, res2next*, dla60_res2net/res2next: the hierarchical adds inside a Bottle2neck (``sp = sp + spx[i]``) are not block
-  merges; one residual merge per Bottle2neck block.
+- res2net*, res2next*, dla60_res2net/res2next: the hierarchical adds inside a Bottle2neck
+  (``sp = sp + spx[i]``) are not block merges; one residual merge per (Dla)Bottle2neck block.
 - convnextv2*: GRN adds ``x + (gamma * x * Nx + beta)`` inside each block; one merge per ConvNeXt block.
 - hrnet*: the fuse layers sum branches of different resolutions (each resized to the target) and the
   classification head adds the downsampled finer level to the incremented coarser one: neither is a
   residual merge; one merge per BasicBlock / Bottleneck call.
-- torchvision swin_*: its blocks add channels-last (N,H,W,C) maps, which are 4-D too; none is an N,C,H,W
-  residual merge. torchvision maxvit_t: MBConv blocks are N,C,H,W merges, its attention blocks are not: a range.
+- Reparameterisable multi-branch blocks sum parallel branches (kxk + 1x1 + identity-BN) inside the block; those
+  sums fork from the block input like a projection shortcut, so a locator may count them. A range: at least
+  the block-level shortcuts, at most every add. fastvit* (RepMixer, attention, MLP and CPE shortcuts),
+  ghostnetv3* (one per GhostBottleneckV3), repghostnet* (one per RepGhostBottleneck), repvit* (one per
+  RepViTBlock), lcnetv2* (one per RepDepthwiseSeparable with use_shortcut); repvgg* and mobileone* below.
+- Channels-last blocks add (N,H,W,C) maps, which are 4-D too: mambaout*, torchvision swin_* (0 or more: a
+  locator may skip them, or take them with a layout change). torchvision maxvit_t: MBConv blocks are N,C,H,W
+  merges, its attention blocks are not (a range). nasnet*/pnasnet*: cells sum pairs of branch outputs, some
+  with an identity input (0 or more; only the upper bound is checked).
 - repvgg*, mobileone* (timm RepVggBlock, MobileOneBlock): the kxk and 1x1 (scale) branches are summed, then the
   identity-BN branch is added where the block keeps its shape. The branch sum forks from the block input like a
   projection shortcut, so a locator may count it: the rule is a range, at least one merge per block with an
@@ -93,15 +100,19 @@ def count_upsamples(model: nn.Module, inputs) -> int:
     return counter.calls
 
 
-def count_calls(model: nn.Module, inputs, predicate: Callable[[nn.Module], bool]) -> int:
-    """Forward calls of the modules for which ``predicate`` holds, in one eval-mode eager forward."""
+def count_calls(model: nn.Module, inputs, predicate: Callable[[nn.Module], bool | int]) -> int:
+    """Forward calls of the modules for which ``predicate`` is true, in one eval-mode eager forward; an int
+    from ``predicate`` weighs each call (a block with two shortcuts counts 2)."""
     calls = 0
 
-    def hook(*_):
-        nonlocal calls
-        calls += 1
+    def hook_for(weight: int):
+        def hook(*_):
+            nonlocal calls
+            calls += weight
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if predicate(m)]
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(int(w))) for m in model.modules() if (w := predicate(m))]
     try:
         _forward(model, inputs)
     finally:
@@ -138,6 +149,20 @@ class Expected:
         return str(self.low) if self.exact else f"{self.low}..{self.high}"
 
 
+def _fastvit_shortcuts(m: nn.Module) -> int:
+    """FastViT: RepMixer (``x + ls * (mixer(x) - norm(x))``) and ConvMlp shortcuts per RepMixerBlock, token mixer
+    and MLP shortcuts per AttentionBlock, the conditional positional encoding's ``pe(x) + x``."""
+    return {"RepMixerBlock": 2, "AttentionBlock": 2, "RepConditionalPosEnc": 1}.get(type(m).__name__, 0)
+
+
+def _lcnetv2_shortcuts(m: nn.Module) -> bool:
+    return type(m).__name__ == "RepDepthwiseSeparable" and bool(getattr(m, "use_shortcut", False))
+
+
+def _none(m: nn.Module) -> bool:
+    return False
+
+
 # prefix -> (rule text, predicate for block modules, exact?)  exact=False: the count is a lower bound.
 HAND_RULES: dict[str, tuple[str, Callable[[nn.Module], bool], bool]] = {
     "res2net": ("one per Bottle2neck", _class_named("Bottle2neck"), True),
@@ -147,8 +172,16 @@ HAND_RULES: dict[str, tuple[str, Callable[[nn.Module], bool], bool]] = {
     "dla60_res2": ("one per DlaBottle2neck", _class_named("DlaBottle2neck"), True),
     "repvgg": ("at least one per block with an identity branch", _identity_branch_blocks, False),
     "mobileone": ("at least one per block with an identity branch", _identity_branch_blocks, False),
+    "fastvit": ("at least the RepMixer/attention/MLP/CPE shortcuts", _fastvit_shortcuts, False),
+    "ghostnetv3": ("at least one per GhostBottleneckV3", _class_named("GhostBottleneckV3"), False),
+    "repghostnet": ("at least one per RepGhostBottleneck", _class_named("RepGhostBottleneck"), False),
+    "repvit": ("at least one per RepViTBlock (channel-mixer shortcut)", _class_named("RepViTBlock"), False),
+    "lcnetv2": ("at least one per RepDepthwiseSeparable with use_shortcut", _lcnetv2_shortcuts, False),
+    "mambaout": ("0 or more: its blocks add channels-last (N,H,W,C) maps", _none, False),
+    "nasnet": ("0 or more: NAS cells sum pairs of branch outputs, some with an identity input", _none, False),
+    "pnasnet": ("0 or more: NAS cells sum pairs of branch outputs, some with an identity input", _none, False),
     # torchvision builders, named "torchvision:NAME"
-    "torchvision:swin": ("none: channels-last (N,H,W,C) transformer blocks", lambda m: False, True),
+    "torchvision:swin": ("0 or more: its blocks add channels-last (N,H,W,C) maps", _none, False),
     "torchvision:maxvit": ("at least one per MBConv (attention blocks are channels-last)", _class_named("MBConv"), False),
 }
 
