@@ -36,7 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from torch import nn
 
-from plugsurgeon.errors import ModelLoadError, PlugsurgeonError
+from plugsurgeon.errors import ModelLoadError, PlugsurgeonError, UnknownNameError
 from plugsurgeon.provenance import get_provenance, set_provenance
 from plugsurgeon.steps import MAX_STEPS, StepRecord, describe
 
@@ -174,7 +174,10 @@ def load(directory: str | Path, *, trust_source: bool = False) -> nn.Module:
         note = _check_versions(manifest, directory)
         weights = _inside(directory, root, manifest.weights)
         header = _safetensors_header(weights)
-        model = build_source(manifest.source, trusted=trust_source, directory=directory)
+        try:
+            model = build_source(manifest.source, trusted=trust_source, directory=directory)
+        except UnknownNameError as error:  # a manifest's mistake is a load error, whatever the name was
+            raise ModelLoadError(f"'{directory / MANIFEST}' names a model that cannot be built: {error.message}{note}", hint=error.hint) from None
         for index, step in enumerate(manifest.steps, start=1):
             model = replay(model, step, where=f"step {index} of '{directory / MANIFEST}'", note=note)
         _copy_into(model, _read_saved_weights(weights, header, model, note), weights, note)

@@ -85,8 +85,6 @@ def build_source(source: str, *, trusted: bool, directory: Path | None = None) -
         return _torchvision(name)
     if kind == "timm":
         return _timm(name)
-    if directory is not None:
-        _refuse_code_inside(name, directory)
     if not trusted:
         module_name, _, attribute = name.partition(":")
         where = f"'{directory}'" if directory is not None else "this model source"
@@ -96,6 +94,8 @@ def build_source(source: str, *, trusted: bool, directory: Path | None = None) -
             hint="if you trust whoever wrote it, load it with ps.load(DIR, trust_source=True) (command line: --trust-source); "
             "directories of torchvision and timm models need neither",
         )
+    if directory is not None:
+        _refuse_code_inside(name, directory)
     return _factory(name)
 
 
