@@ -129,26 +129,40 @@ def _as_residual(view: GraphView, add: fx.Node) -> Merge | None:
     memo: dict = {}
     kinds = {leaf: _shortcut_kind(_linear_from(view, leaf, fork, memo)) for leaf in leaves}
     bodies = [leaf for leaf in leaves if kinds[leaf] is None]
-    identities = [leaf for leaf in leaves if kinds[leaf] == "identity"]
-    if bodies:
-        if len(bodies) == len(leaves):
-            return None
-    elif not identities or len(identities) == len(leaves):
+    if not _shortcut_and_body(kinds, bodies):
         return None
+    branch, skip = _branch_and_skip(view, add, kinds, bodies)
+    if branch is fork or not _plain_body(view, fork, skip, bodies or [branch], kinds):
+        return None
+    return Merge(add, branch, skip, fork)
+
+
+def _shortcut_and_body(kinds: dict, bodies: list) -> bool:
+    if bodies:
+        return len(bodies) < len(kinds)
+    # Only linear branches: a merge around an identity branch (RepVGG), not a multi-branch conv.
+    identities = sum(1 for kind in kinds.values() if kind == "identity")
+    return 0 < identities < len(kinds)
+
+
+def _branch_and_skip(view: GraphView, add: fx.Node, kinds: dict, bodies: list) -> tuple[fx.Node, fx.Node]:
     operands = view.tensor_inputs(add)
     shortcuts = [x for x in operands if kinds.get(x) is not None and (bodies or kinds[x] == "identity")]
     if len(shortcuts) == 1:
         skip = shortcuts[0]
-        branch = operands[1] if skip is operands[0] else operands[0]
-    else:  # the shortcut is one term inside a longer sum: the later operand ends the body
-        branch, skip = sorted(operands, key=view.position.get, reverse=True)
-    if branch is fork or any(_carries_upsample(view, fork, leaf) for leaf in bodies or [branch]):
-        return None
-    if any(view.is_slice(n) for n in view.path_between(fork, skip)) and not all(_reads_whole(view, fork, leaf) for leaf in bodies):
-        return None  # the shortcut is a slice of the fork, and the body computes from other slices
-    if "preprojection" in kinds.values() and not all(_computed_from(view, fork, leaf) for leaf in bodies):
-        return None  # a pre-activated projection is a shortcut only around a body of its own (not a NAS cell's long skip)
-    return Merge(add, branch, skip, fork)
+        return (operands[1] if skip is operands[0] else operands[0]), skip
+    # The shortcut is one term inside a longer sum: the later operand ends the body.
+    branch, skip = sorted(operands, key=view.position.get, reverse=True)
+    return branch, skip
+
+
+def _plain_body(view: GraphView, fork: fx.Node, skip: fx.Node, bodies: list, kinds: dict) -> bool:
+    if any(_carries_upsample(view, fork, body) for body in bodies):
+        return False  # a feature-pyramid merge
+    if any(view.is_slice(n) for n in view.path_between(fork, skip)) and not all(_reads_whole(view, fork, b) for b in bodies):
+        return False  # the shortcut is a slice of the fork, and the body computes from other slices
+    # A pre-activated projection is a shortcut only around a body of its own (not a NAS cell's long skip).
+    return "preprojection" not in kinds.values() or all(_computed_from(view, fork, b) for b in bodies)
 
 
 def _computed_from(view: GraphView, fork: fx.Node, end: fx.Node) -> bool:
@@ -388,7 +402,7 @@ def _resampled_merges(view: GraphView, resampled: Callable[[fx.Node], bool]) -> 
             continue
         sources = [_resampled_source(view, x, resampled) for x in inputs]
         resized = [s for s in sources if s is not None]
-        laterals = [x for x, s in zip(inputs, sources) if s is None]
+        laterals = [x for x, s in zip(inputs, sources, strict=True) if s is None]
         if len(resized) == 1 and laterals:
             found.append((node, laterals[0], resized[0]))
     return found

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import plugsurgeon as ps
+from tests.nets import TinyFPN
 from tests.sites.shapes_nets import (
     DfcGateBlock,
     FusionNet,
@@ -18,7 +19,6 @@ from tests.sites.shapes_nets import (
     Res2Block,
     SplitBlock,
 )
-from tests.nets import TinyFPN
 
 SHAPE = (1, 3, 32, 32)
 
