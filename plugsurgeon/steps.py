@@ -70,7 +70,6 @@ def recipe_step(planned) -> dict[str, Any]:
 
 
 def _edit_record(edit, recipe) -> dict[str, Any]:
-    step = recipe.steps[edit.step_index - 1]
     return {
         "step": edit.step_index,
         "plugin": edit.spec.name,
@@ -78,8 +77,20 @@ def _edit_record(edit, recipe) -> dict[str, Any]:
         "role": edit.site.role,
         "site": edit.site.path,
         "path": edit.module_path,
-        "args": step.model_dump(mode="json")["args"],
+        "args": _resolved_args(recipe.steps[edit.step_index - 1]),
     }
+
+
+def _resolved_args(step) -> dict[str, Any]:
+    """Every argument the module was built with, defaults included, as JSON data: a default that
+    changes in a later version then cannot change what a saved directory rebuilds."""
+    from pydantic_core import to_jsonable_python
+
+    resolve = getattr(step, "plugin_args", None)
+    args = resolve() if callable(resolve) else step.args
+    if isinstance(args, BaseModel):
+        args = args.model_dump(mode="json")
+    return to_jsonable_python(dict(args))
 
 
 def replay(model: nn.Module, step: RecipeStep | DeployStep | dict[str, Any], *, where: str = "the manifest", note: str = "") -> nn.Module:
@@ -117,10 +128,23 @@ def replay(model: nn.Module, step: RecipeStep | DeployStep | dict[str, Any], *, 
 
 
 def _recipe(step: RecipeStep, where: str):
+    """The recorded recipe, each step with the arguments its edits record (the resolved ones)."""
+    import copy
+
     from plugsurgeon.recipe import Recipe
 
+    data = copy.deepcopy(step.recipe)
+    steps = data.get("steps")
+    for index in sorted({edit.step for edit in step.edits}):
+        recorded = [edit.args for edit in step.edits if edit.step == index]
+        if any(args != recorded[0] for args in recorded):
+            raise ModelLoadError(f"{where}: the edits of recipe step {index} record different arguments; one step builds every module alike",
+                                 hint="the manifest was edited by hand; save the model again with ps.save")
+        if not isinstance(steps, list) or index > len(steps) or not isinstance(steps[index - 1], dict):
+            raise ModelLoadError(f"{where}: edits come from recipe step {index}, which the recorded recipe does not have")
+        steps[index - 1]["args"] = recorded[0]
     try:
-        return Recipe(**step.recipe)
+        return Recipe(**data)
     except ValidationError as error:
         raise ModelLoadError(f"{where} records a recipe that is not valid here: {describe(error)}",
                              hint="it may have been written by another plugsurgeon version") from None

@@ -41,9 +41,29 @@ def test_a_missing_edit_is_refused(edited_dir):
         ps.load(edited_dir, trust_source=True)
 
 
-def test_other_arguments_are_refused(edited_dir):
-    _edit(edited_dir, lambda edits, _: edits[1].update(args={"reduction": 2}))
-    with pytest.raises(ps.ModelLoadError, match="recorded but not planned now: se at 'layer1.1.bn2'"):
+def test_edits_record_every_argument_they_were_built_with(edited_dir):
+    from plugsurgeon.io import read_manifest as manifest_of
+
+    args = {edit.args["reduction"] for edit in manifest_of(edited_dir).steps[0].edits}
+    assert args == {16} and "min_hidden" in manifest_of(edited_dir).steps[0].edits[0].args  # defaults too
+
+
+def test_replay_builds_with_the_recorded_arguments(edited_dir):
+    """Not the recipe's (nor this version's defaults): other arguments build other modules, and the weights say so."""
+    _edit(edited_dir, lambda edits, _: [edit["args"].update(reduction=2) for edit in edits])
+    with pytest.raises(ps.ModelLoadError, match=r"do not fit the model rebuilt from the manifest: 'layer1\.0\.se\.fc1\.bias' has shape \(1,\) where the model has \(8,\)"):
+        ps.load(edited_dir, trust_source=True)
+
+
+def test_edits_of_one_step_with_different_arguments_are_refused(edited_dir):
+    _edit(edited_dir, lambda edits, _: edits[1]["args"].update(reduction=2))
+    with pytest.raises(ps.ModelLoadError, match="the edits of recipe step 1 record different arguments"):
+        ps.load(edited_dir, trust_source=True)
+
+
+def test_arguments_the_plugin_does_not_take_are_refused(edited_dir):
+    _edit(edited_dir, lambda edits, _: [edit["args"].update(payload="x") for edit in edits])
+    with pytest.raises(ps.ModelLoadError, match="records a recipe that is not valid here: .*payload"):
         ps.load(edited_dir, trust_source=True)
 
 
