@@ -4,7 +4,7 @@ Nothing here imports torch at module level, so ``plugsurgeon --help`` stays fast
 
 Exit codes: 0 done; 1 a user's mistake (a ``PlugsurgeonError`` or a usage error: one message and a
 hint, no traceback); 2 a plugsurgeon bug (one line; the traceback only with ``PLUGSURGEON_DEBUG=1``);
-130 interrupted.
+130 interrupted; 141 the reader of stdout went away (``| head``).
 """
 
 from __future__ import annotations
@@ -83,6 +83,15 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, (_ABORT, KeyboardInterrupt)):
         render.plain("aborted")
         return 130
+    if isinstance(error, BrokenPipeError):
+        # `plugsurgeon ... --json | head`: the reader left, nothing is wrong. Exit as a program killed by
+        # SIGPIPE would, silently, with stdout pointed at /dev/null so the flush at exit cannot fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except Exception:  # noqa: BLE001 - no real stdout (captured in tests): nothing to silence
+            pass
+        return 141
     if os.environ.get("PLUGSURGEON_DEBUG"):
         try:
             traceback.print_exception(type(error), error, error.__traceback__)

@@ -247,3 +247,13 @@ def test_trust_source_is_passed_through(cli_run, saved, tmp_path):
     # export takes it too; its refusal comes before any ONNX work (the trusted export is tested in tests/deployment).
     refused = cli_run("export", saved, "--onnx", tmp_path / "m.onnx")
     assert refused.code == 1 and "--trust-source" in refused.err and not (tmp_path / "m.onnx").exists()
+
+
+def test_reader_leaving_the_pipe_is_not_a_bug():
+    # `plugsurgeon plugins --json | head -1`: stdout closes under the command; no "internal error".
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", "from plugsurgeon.cli.app import main; main()", "plugins", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    process.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and err == "", err
