@@ -471,7 +471,8 @@ def _problems(found: Mapping[str, Any], model: nn.Module, shape_of, *, with_dtyp
     (tied weights: safetensors stores one of them)."""
     expected = model.state_dict()
     problems = []
-    missing = [k for k in expected if k not in found and _alias(expected, k, found) is None]
+    twins = _twins(expected, found)
+    missing = [k for k in expected if k not in found and k not in twins]
     if missing:
         problems.append(f"missing {len(missing)} key(s) {missing[:3]}")
     unexpected = [k for k in found if k not in expected]
@@ -491,17 +492,21 @@ def _problems(found: Mapping[str, Any], model: nn.Module, shape_of, *, with_dtyp
     return problems
 
 
-def _alias(expected: Mapping[str, torch.Tensor], key: str, found: Mapping[str, Any]) -> str | None:
-    tensor = expected[key]
+def _twins(expected: Mapping[str, torch.Tensor], found: Mapping[str, Any]) -> dict[str, str]:
+    """For each name of the model that ``found`` leaves out, a name in ``found`` for the same tensor
+    (tied weights, which safetensors stores once)."""
+    by_identity: dict[tuple, str] = {}
+    for name in found:
+        if name in expected and (identity := _identity(expected[name])) is not None:
+            by_identity.setdefault(identity, name)
+    return {name: by_identity[identity] for name, tensor in expected.items()
+            if name not in found and (identity := _identity(tensor)) is not None and identity in by_identity}
+
+
+def _identity(tensor: torch.Tensor) -> tuple | None:
     if tensor.numel() == 0 or tensor.device.type == "meta":
         return None
-    where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
-    for other in found:
-        peer = expected.get(other)
-        if peer is not None and other != key and peer.device.type != "meta" and \
-                (peer.untyped_storage().data_ptr(), peer.storage_offset(), tuple(peer.shape), tuple(peer.stride()), peer.dtype) == where:
-            return other
-    return None
+    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype
 
 
 def _dtype_fits(source: torch.dtype, target: torch.dtype) -> bool:
@@ -524,13 +529,9 @@ def _misfit(name: str, problems: list[str], note: str, *, saved: bool) -> ModelL
 def _copy_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, note: str) -> None:
     """Copy checked tensors into ``model``; tied names the file leaves out get their twin's tensor, so
     the strict load cannot stop half-way on a key."""
-    expected = model.state_dict()
     complete = dict(state)
-    for key in expected:
-        if key not in complete:
-            twin = _alias(expected, key, state)
-            if twin is not None:
-                complete[key] = state[twin]
+    for key, twin in _twins(model.state_dict(), state).items():
+        complete[key] = state[twin]
     try:
         model.load_state_dict(complete, strict=True)
     except RuntimeError as error:

@@ -1,4 +1,8 @@
-"""What a model was built from, carried on the model object so save() can write a manifest that load() replays."""
+"""What a model was built from, carried on the model object so save() can write a manifest that load() replays.
+
+``source`` is a model spec (never a path); ``steps`` are plain JSON records, whose format
+plugsurgeon.steps defines and validates (a recipe step carries the edits it made).
+"""
 
 from __future__ import annotations
 

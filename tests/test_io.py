@@ -37,7 +37,11 @@ def test_round_trip_gives_identical_outputs(saved):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     manifest = json.loads((directory / "manifest.json").read_text())
-    assert manifest["source"] == "resnet18" and manifest["steps"][0]["recipe"]["name"] == "cbam"
+    assert manifest["format"] == "plugsurgeon/2" and manifest["source"] == "resnet18"
+    (step,) = manifest["steps"]
+    assert step["recipe"]["name"] == "cbam" and len(step["edits"]) == 8  # every basic block of resnet18
+    assert step["edits"][0] == {"step": 1, "plugin": "cbam", "mode": "after", "role": "residual.branch", "site": "layer1.0.bn2",
+                                "path": "layer1.0.cbam", "args": step["edits"][0]["args"]}
     assert set(manifest["versions"]) == {"plugsurgeon", "torch", "torchvision"}
 
 

@@ -30,3 +30,35 @@ def test_timm_models():
 def test_bad_model_specs(spec, message):
     with pytest.raises(ps.PlugsurgeonError, match=message):
         ps.load_model(spec)
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [("resnet18", "torchvision"), ("torchvision:resnet18", "torchvision"), ("timm:resnet18", "timm"), ("tests.nets:TinyResNet", "factory")],
+)
+def test_parse_source(source, kind):
+    from plugsurgeon.models import parse_source
+
+    assert parse_source(source)[0] == kind
+
+
+@pytest.mark.parametrize("source", ["timm:hf-hub:org/model", "torchvision:../x", "../x:make", "pkg.mod:", ":make", "a b", "/abs/dir", ""])
+def test_malformed_sources(source):
+    from plugsurgeon.models import parse_source
+
+    with pytest.raises(ps.PlugsurgeonError):
+        parse_source(source)
+
+
+def test_import_paths_run_only_when_trusted():
+    from plugsurgeon.models import build_source
+
+    with pytest.raises(ps.ModelLoadError, match="trust_source=True"):
+        build_source("tests.nets:TinyResNet", trusted=False)
+    assert isinstance(build_source("tests.nets:TinyResNet", trusted=True), TinyResNet)
+    assert type(build_source("resnet18", trusted=False)).__name__ == "ResNet"  # builders are data
+
+
+def test_a_trusted_factory_that_exits_is_a_load_error():
+    with pytest.raises(ps.ModelLoadError, match=r"sys:exit\(\) failed: SystemExit"):
+        ps.load_model("sys:exit")
