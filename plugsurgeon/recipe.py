@@ -1,7 +1,16 @@
-"""Recipes: declarative, validated lists of surgery steps, loaded from YAML with safe_load."""
+"""Recipes: declarative, validated lists of surgery steps, loaded from plain YAML.
+
+A recipe may come from anywhere, so its YAML is data in the plainest sense: no anchors or aliases
+(a few hundred bytes of nested aliases expand to gigabytes), no tags (``!!binary``, ``!!python/...``),
+no duplicate keys, a bounded size and nesting depth, and only JSON's scalar types (a date stays a
+string). Plugin arguments are validated against each plugin's typed, bounded argument model.
+"""
 
 from __future__ import annotations
 
+import keyword
+import unicodedata
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from plugsurgeon.errors import RecipeError, UnknownNameError, did_you_mean
 from plugsurgeon.sites.find import ALIASES, check_role
 from plugsurgeon.sites.select import Where
+
+MAX_RECIPE_BYTES = 64 * 1024  # built-in recipes are under 1 KB; a recipe with a step per layer of a big model fits
+MAX_YAML_DEPTH = 16  # a recipe nests five deep (steps, a step, where, a list)
+
+
+class ArgumentError(ValueError):
+    """A plugin argument that does not validate; ``loc`` is where it sits inside the step."""
+
+    def __init__(self, message: str, loc: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class Step(BaseModel):
@@ -32,8 +52,17 @@ class Step(BaseModel):
     @field_validator("name")
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not value.isidentifier():
+        if value is None:
+            return value
+        if not value.isidentifier() or keyword.iskeyword(value):
             raise ValueError(f"'{value}' is not a valid attribute name")
+        # Python reads identifiers NFKC-normalised ('ﬁlter' is 'filter'), so fx's generated code would
+        # look up another attribute than the one set; a name of nn.Module or GraphModule's own would
+        # shadow what the edited module needs.
+        if unicodedata.normalize("NFKC", value) != value:
+            raise ValueError(f"'{value}' is not in NFKC form; write '{unicodedata.normalize('NFKC', value)}'")
+        if value.startswith("_") or value in _reserved_names():
+            raise ValueError(f"'{value}' is a name torch modules use themselves (or private); choose another")
         return value
 
     @model_validator(mode="after")
@@ -51,11 +80,24 @@ class Step(BaseModel):
         structural = sorted(set(self.args) & spec.structural)
         if structural:
             raise ValueError(f"argument(s) {structural} of plugin '{self.plugin}' come from the graph and cannot be set")
-        settable = spec.settable_args()
+        settable = spec.args.model_fields
         unknown = sorted(set(self.args) - set(settable))
         if unknown:
             raise ValueError(f"plugin '{self.plugin}' has no argument(s) {unknown}; it takes {sorted(settable) or 'none'}")
+        try:
+            spec.args.model_validate(self.args)
+        except ValidationError as error:
+            from plugsurgeon.plugins.registry import describe_error
+
+            name = str(error.errors()[0]["loc"][0]) if error.errors()[0]["loc"] else ""
+            raise ArgumentError(f"plugin '{self.plugin}': {describe_error(error, spec.args)}", ("args", name)) from None
         return self
+
+    def plugin_args(self):
+        """The step's arguments validated by the plugin's model (defaults filled in)."""
+        from plugsurgeon.plugins.registry import get_plugin
+
+        return get_plugin(self.plugin).validate_args(self.args)
 
     def selector(self) -> Where:
         alias = ALIASES.get(self.at)
@@ -90,6 +132,15 @@ def builtin_recipes() -> dict[str, Recipe]:
     return found
 
 
+@cache
+def _reserved_names() -> frozenset[str]:
+    import torch.fx
+    from torch import nn
+
+    instance = torch.fx.GraphModule(nn.Module(), torch.fx.Graph())
+    return frozenset({*dir(torch.fx.GraphModule), *vars(instance)})
+
+
 def load_recipe(spec: str | Path | Recipe) -> Recipe:
     """A Recipe, a path to a YAML file, or the name of a built-in recipe."""
     if isinstance(spec, Recipe):
@@ -99,7 +150,9 @@ def load_recipe(spec: str | Path | Recipe) -> Recipe:
         if not path.is_file():
             raise RecipeError(f"recipe file '{path}' does not exist", hint="`plugsurgeon recipes` lists the built-in recipes")
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as handle:  # read no more than the limit, whatever the file claims
+                data = handle.read(MAX_RECIPE_BYTES + 1)
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise RecipeError(f"cannot read recipe file '{path}': {error}") from None
         return parse_recipe(text, source=str(path))
@@ -115,8 +168,12 @@ def load_recipe(spec: str | Path | Recipe) -> Recipe:
 
 
 def parse_recipe(text: str, *, source: str = "<string>") -> Recipe:
+    if len(text) > MAX_RECIPE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{source} is larger than {MAX_RECIPE_BYTES // 1024} KiB, more than any recipe needs",
+                          hint="a recipe lists steps; split a generated one, or check that the file is a recipe")
     try:
-        data = yaml.safe_load(text)
+        _check_plain(text, source)
+        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader with fewer types
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -132,9 +189,60 @@ def parse_recipe(text: str, *, source: str = "<string>") -> Recipe:
         raise RecipeError(f"{source}: {error.message}", hint=error.hint) from None
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that resolves plain scalars to JSON's types only and refuses duplicate keys.
+
+    YAML 1.1 also reads timestamps (``2024-01-01`` becomes a date) and merge keys (``<<``, which need
+    aliases); neither means anything in a recipe."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers
+                if tag.rsplit(":", 1)[-1] in ("bool", "int", "float", "null")]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key; the schema refuses it with its field name
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_plain(text: str, source: str) -> None:
+    """Refuse anchors, aliases, tags and deep nesting from the event stream, before anything is built
+    (PyYAML would expand an alias bomb while constructing, and recurse on deep nesting)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_RecipeLoader):
+        line = f" (line {event.start_mark.line + 1})" if event.start_mark is not None else ""
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            name = getattr(event, "anchor", None)
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise RecipeError(f"{source} uses the YAML {kind}{name}{line}: "
+                              "recipes refuse anchors and aliases", hint="write each value out where it is used")
+        tag = getattr(event, "tag", None)
+        if tag is not None and isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            tag = tag.replace("tag:yaml.org,2002:", "!!")
+            raise RecipeError(f"{source} uses the YAML tag {tag}{line}: recipes hold plain values only",
+                              hint="remove the tag; arguments are numbers, booleans, strings or lists of them")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise RecipeError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels{line}", hint="a recipe nests a few levels at most")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def _describe(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"]) or "recipe"
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, ArgumentError):
+        location = ".".join([location, *cause.loc])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"

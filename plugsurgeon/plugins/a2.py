@@ -25,9 +25,17 @@ starts as the identity; that initialisation is our choice.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
+
+
+class A2Args(PluginArgs):
+    feature_reduction: Reduction = Field(4, description="c_m = C / feature_reduction feature maps are gathered")
+    attention_reduction: Reduction = Field(4, description="c_n = C / attention_reduction attention maps and vectors")
+    min_hidden: HiddenWidth = Field(1, description="at least this many feature and attention maps")
 
 
 @register_plugin(
@@ -40,6 +48,7 @@ from plugsurgeon.plugins.registry import register_plugin, site_channels
     paper="Chen et al., A^2-Nets: Double Attention Networks, NeurIPS 2018, arXiv:1810.11579",
     year=2018,
     summary="gather global descriptors with softmax over positions, distribute them with softmax over descriptors; residual",
+    args=A2Args,
 )
 class DoubleAttention(nn.Module):
     def __init__(self, channels: int, feature_reduction: int = 4, attention_reduction: int = 4, min_hidden: int = 1) -> None:

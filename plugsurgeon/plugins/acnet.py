@@ -20,8 +20,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plugsurgeon.plugins._args import BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
 from plugsurgeon.plugins.registry import register_plugin
+
+
+class ACNetArgs(PluginArgs):
+    bn_eps: BnEps = 1e-5
+    bn_momentum: BnMomentum = 0.1
 
 
 @register_plugin(
@@ -34,6 +40,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Ding et al., ACNet: Strengthening the Kernel Skeletons for Powerful CNN via Asymmetric Convolution Blocks, ICCV 2019, arXiv:1908.03930",
     year=2019,
     summary="kxk conv + kx1 and 1xk branches with BN, trained together, fused into one conv for deploy",
+    args=ACNetArgs,
     suggested_where={"kernel": 3},
 )
 class ACBlock(KeepsConvWeights):

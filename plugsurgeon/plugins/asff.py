@@ -38,8 +38,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import HiddenWidth, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -92,6 +94,12 @@ class Resize(nn.Module):
         return f"step={self.step}"
 
 
+class ASFFArgs(PluginArgs):
+    compress: HiddenWidth = Field(16, description="channels of each level's weight map before the per-level logits (the authors' 16)")
+    gamma_init: float = Field(0.0, ge=0.0, le=1.0,
+                              description="start of the learned mix x + gamma * (fused - x): 0 is the identity, 1 the paper's output")
+
+
 @register_plugin(
     "asff",
     roles=("neck.level",),
@@ -102,6 +110,7 @@ class Resize(nn.Module):
     paper="Liu et al., Learning Spatial Fusion for Single-Shot Object Detection, arXiv:1911.09516",
     year=2019,
     summary="per-pixel softmax-weighted fusion of all pyramid levels, resized to this level",
+    args=ASFFArgs,
     inputs="site+extra",
 )
 class ASFF(nn.Module):

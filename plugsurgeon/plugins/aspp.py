@@ -24,9 +24,13 @@ paper points out this degeneration as the reason for the image-pooling branch.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import ON_MAP, Dilation, HiddenWidth, Ints, PluginArgs
 from plugsurgeon.plugins._context import conv_bn_relu
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
@@ -43,6 +47,14 @@ class ImagePooling(nn.Module):
         return self.conv(self.pool(x)).expand(-1, -1, x.shape[2], x.shape[3])
 
 
+class ASPPArgs(PluginArgs):
+    rates: Annotated[Ints(Dilation, min_length=0), ON_MAP] = Field(
+        (6, 12, 18), description="dilation rates of the atrous 3x3 branches (the paper's, for output stride 16)")
+    branch_channels: HiddenWidth = Field(256, description="filters of every branch (the paper's 256)")
+    image_pooling: bool = Field(True, description="add the image-level branch (global pooling, 1x1 conv, broadcast)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after the projection (the paper names none)")
+
+
 @register_plugin(
     "aspp",
     roles=("backbone", "stage"),
@@ -53,6 +65,7 @@ class ImagePooling(nn.Module):
     paper="Chen et al., Rethinking Atrous Convolution for Semantic Image Segmentation (DeepLab v3), arXiv:1706.05587, 2017",
     year=2017,
     summary="1x1 + three atrous 3x3 (rates 6, 12, 18) + image pooling, concatenated, projected back to C",
+    args=ASPPArgs,
 )
 class ASPP(nn.Module):
     def __init__(

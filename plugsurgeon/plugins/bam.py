@@ -21,15 +21,26 @@ after layer1, layer2 and layer3). Not identity at init: the gate starts at 1 + s
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import MAX_BRANCHES, ON_MAP, Dilation, HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> list[nn.Module]:
     padding = dilation * (kernel // 2)
     return [nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class BAMArgs(PluginArgs):
+    reduction: Reduction = Field(16, description="r: both branches narrow to C / r")
+    dilation: Annotated[Dilation, ON_MAP] = Field(4, description="d: dilation of the spatial branch's 3x3 convs")
+    num_dilated: int = Field(2, ge=0, le=MAX_BRANCHES, description="number of dilated 3x3 convs in the spatial branch")
+    min_hidden: HiddenWidth = Field(1, description="at least this many hidden units and channels")
 
 
 @register_plugin(
@@ -42,6 +53,7 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> list[n
     paper="Park et al., BAM: Bottleneck Attention Module, BMVC 2018, arXiv:1807.06514",
     year=2018,
     summary="channel MLP and dilated-conv spatial branches summed, x * (1 + sigmoid(Mc + Ms)), at stage ends",
+    args=BAMArgs,
 )
 class BAM(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, dilation: int = 4, num_dilated: int = 2, min_hidden: int = 1) -> None:

@@ -19,8 +19,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights
 from plugsurgeon.plugins.registry import register_plugin
 
@@ -100,6 +102,10 @@ def _blur_for(site, module):
     return {"site_role": site.role, "source": module, "channels": site.channels}
 
 
+class BlurArgs(PluginArgs):
+    filter_size: int = Field(4, ge=1, le=7, description="taps of the binomial low-pass filter (1 = plain subsampling)")
+
+
 @register_plugin(
     "blurpool",
     roles=("downsample.conv", "downsample.shortcut", "downsample.pool"),
@@ -110,6 +116,7 @@ def _blur_for(site, module):
     paper="Zhang, Making Convolutional Networks Shift-Invariant Again, ICML 2019, arXiv:1904.11486",
     year=2019,
     summary="anti-aliased downsampling: strided conv -> conv + blur, shortcut -> blur + conv, pool -> blurred pool",
+    args=BlurArgs,
     classes=(BlurPool2d, MaxBlurPool2d, BlurConv2d, BlurThenConv2d),
 )
 def blurpool(site_role: str, source: nn.Module, channels: int, filter_size: int = 4) -> nn.Module:
@@ -135,6 +142,7 @@ def blurpool(site_role: str, source: nn.Module, channels: int, filter_size: int 
     paper="Zhang, Making Convolutional Networks Shift-Invariant Again, ICML 2019, arXiv:1904.11486",
     year=2019,
     summary="max pool -> max at stride 1, then binomial blur and subsample",
+    args=BlurArgs,
     classes=(MaxBlurPool2d,),
 )
 def maxblurpool(source: nn.Module, channels: int, filter_size: int = 4) -> nn.Module:

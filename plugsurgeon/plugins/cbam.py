@@ -11,9 +11,13 @@ Not identity at init: both gates start near 0.5, as in the paper.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import KERNEL_ON_MAP, OddKernel, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -42,6 +46,12 @@ class SpatialGate(nn.Module):
         return x * torch.sigmoid(self.bn(self.conv(pooled)))
 
 
+class CBAMArgs(PluginArgs):
+    reduction: Reduction = Field(16, description="r: the channel MLP has C / r hidden units")
+    kernel_size: Annotated[OddKernel, KERNEL_ON_MAP] = Field(7, description="kernel of the spatial gate's conv")
+    spatial: bool = Field(True, description="keep the spatial gate (False: channel attention only)")
+
+
 @register_plugin(
     "cbam",
     roles=("residual", "stage", "backbone", "conv", "neck.level"),
@@ -52,6 +62,7 @@ class SpatialGate(nn.Module):
     paper="Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018, arXiv:1807.06521",
     year=2018,
     summary="channel attention (avg+max pooled, shared MLP) then spatial attention (7x7 conv)",
+    args=CBAMArgs,
 )
 class CBAM(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7, spatial: bool = True) -> None:

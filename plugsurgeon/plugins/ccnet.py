@@ -23,9 +23,17 @@ C-channel map.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import MAX_BRANCHES, HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
+
+
+class CCNetArgs(PluginArgs):
+    reduction: Reduction = Field(8, description="query and key have C / reduction channels")
+    recurrence: int = Field(2, ge=1, le=MAX_BRANCHES, description="R: how many times the shared attention runs")
+    min_hidden: HiddenWidth = Field(1, description="at least this many query and key channels")
 
 
 @register_plugin(
@@ -38,6 +46,7 @@ from plugsurgeon.plugins.registry import register_plugin, site_channels
     paper="Huang et al., CCNet: Criss-Cross Attention for Semantic Segmentation, ICCV 2019, arXiv:1811.11721",
     year=2019,
     summary="attention along each position's row and column (one softmax over H+W-1), applied R=2 times, gamma from 0",
+    args=CCNetArgs,
 )
 class CrissCrossAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 8, recurrence: int = 2, min_hidden: int = 1) -> None:

@@ -17,9 +17,16 @@ Not identity at init: both gates start near 0.5.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
+
+
+class CoordAttentionArgs(PluginArgs):
+    reduction: Reduction = Field(32, description="r: the shared 1x1 conv has C / r channels")
+    min_hidden: HiddenWidth = Field(8, description="at least this many channels in the shared conv (the authors' 8)")
 
 
 @register_plugin(
@@ -32,6 +39,7 @@ from plugsurgeon.plugins.registry import register_plugin, site_channels
     paper="Hou et al., Coordinate Attention for Efficient Mobile Network Design, CVPR 2021, arXiv:2103.02907",
     year=2021,
     summary="pooling along H and along W separately, shared 1x1 conv, per-direction sigmoid gates x * a_h * a_w",
+    args=CoordAttentionArgs,
 )
 class CoordAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 32, min_hidden: int = 8) -> None:

@@ -28,10 +28,16 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
 from plugsurgeon.plugins.registry import register_plugin
+
+
+class CoordConvArgs(PluginArgs):
+    with_r: bool = Field(False, description="add the radius channel r = sqrt(x^2 + y^2) / sqrt(2)")
 
 
 @register_plugin(
@@ -44,6 +50,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Liu et al., An intriguing failing of convolutional neural networks and the CoordConv solution, NeurIPS 2018, arXiv:1807.03247",
     year=2018,
     summary="conv over the input plus x/y (and optional radius) coordinate channels; zero weights on them at init",
+    args=CoordConvArgs,
 )
 class CoordConv(KeepsConvWeights):
     def __init__(self, source: nn.Conv2d, with_r: bool = False) -> None:

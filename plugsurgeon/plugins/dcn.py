@@ -28,10 +28,12 @@ formula for it, so this file registers one (the conv's multiply-adds; sampling n
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils import flop_counter
 from torchvision.ops import deform_conv2d
 
+from plugsurgeon.plugins._args import MAX_WIDTH, PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
 from plugsurgeon.plugins.registry import register_plugin
 
@@ -65,6 +67,24 @@ class DeformConv(KeepsConvWeights):
         return f"{super().extra_repr()}, modulated={self.modulated}, deformable_groups={self.deformable_groups}"
 
 
+class DCNv1Args(PluginArgs):
+    deformable_groups: int = Field(1, ge=1, le=MAX_WIDTH, description="groups of input channels with their own offsets (a divisor of C_in)")
+
+    site_bounds = {"deformable_groups": "a divisor of the replaced conv's input channels"}
+
+    def check_site(self, site, replaced) -> None:
+        super().check_site(site, replaced)
+        channels = getattr(replaced, "in_channels", site.in_channels)
+        if channels % self.deformable_groups:
+            self.refuse("deformable_groups", self.deformable_groups, f"not a divisor of the conv's {channels} input channels",
+                        site, "each deformable group samples an equal share of the input channels")
+
+
+class DCNv2Args(DCNv1Args):
+    mask_scale: float = Field(2.0, gt=0.0, le=16.0,
+                              description="modulation = mask_scale * sigmoid(logits): 2 is 1 at init (identity), 1 is the paper's")
+
+
 _COMMON = dict(roles=("conv",), mode="replace", infer=replaced_conv, structural=("source",), identity_at_init=True,
                classes=(DeformConv,), suggested_where={"kernel": 3})
 
@@ -74,6 +94,7 @@ _COMMON = dict(roles=("conv",), mode="replace", infer=replaced_conv, structural=
     paper="Dai et al., Deformable Convolutional Networks, ICCV 2017, arXiv:1703.06211",
     year=2017,
     summary="deformable conv: every tap samples at a learned offset (zero-initialised), bilinear",
+    args=DCNv1Args,
     **_COMMON,
 )
 def dcnv1(source: nn.Conv2d, deformable_groups: int = 1) -> DeformConv:
@@ -85,6 +106,7 @@ def dcnv1(source: nn.Conv2d, deformable_groups: int = 1) -> DeformConv:
     paper="Zhu et al., Deformable ConvNets v2: More Deformable, Better Results, CVPR 2019, arXiv:1811.11168",
     year=2019,
     summary="modulated deformable conv: learned offsets and per-tap modulation (1 at init), bilinear",
+    args=DCNv2Args,
     **_COMMON,
 )
 def dcnv2(source: nn.Conv2d, deformable_groups: int = 1, mask_scale: float = 2.0) -> DeformConv:

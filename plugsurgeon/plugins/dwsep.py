@@ -22,10 +22,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
 from plugsurgeon.plugins.registry import register_plugin
+
+
+class DWSepArgs(PluginArgs):
+    bn: bool = Field(True, description="BatchNorm after the depthwise conv")
+    activation: bool = Field(True, description="ReLU after the depthwise conv (MobileNets); False is Xception's form")
+    bn_eps: BnEps = 1e-5
+    bn_momentum: BnMomentum = 0.1
 
 
 @register_plugin(
@@ -38,6 +47,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Howard et al., MobileNets, arXiv:1704.04861 (2017); Chollet, Xception, CVPR 2017, arXiv:1610.02357",
     year=2017,
     summary="depthwise kxk conv (+BN, ReLU) then pointwise 1x1: a factorised standard conv",
+    args=DWSepArgs,
     suggested_where={"kernel": 3, "depthwise": False},
 )
 class DepthwiseSeparableConv(nn.Module):

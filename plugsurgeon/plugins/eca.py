@@ -25,8 +25,10 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import PluginArgs, odd_kernel
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -34,6 +36,27 @@ def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
     """Eq. 12: the odd kernel size nearest to log2(C)/gamma + b/gamma (ties go up, as the authors' code)."""
     t = int(abs(math.log2(channels) / gamma + b / gamma))
     return t if t % 2 else t + 1
+
+
+class ECAArgs(PluginArgs):
+    kernel_size: odd_kernel(1023) | None = Field(None, description="taps of the 1-D conv across channels; None: Eq. 12 from C, gamma, b")
+    gamma: float = Field(2.0, ge=0.5, le=16.0, description="gamma of Eq. 12 (the paper's 2)")
+    b: float = Field(1.0, ge=-16.0, le=16.0, description="b of Eq. 12 (the paper's 1)")
+
+    site_bounds = {"kernel_size": "at most 2 x the site's channels - 1, as is the kernel Eq. 12 gives from gamma and b"}
+
+    def check_site(self, site, replaced) -> None:
+        # Beyond 2C - 1 taps every output channel already sees every input channel; more only read padding.
+        bound = 2 * site.channels - 1
+        if self.kernel_size is not None:
+            if self.kernel_size > bound:
+                self.refuse("kernel_size", self.kernel_size, f"more than {bound}", site,
+                            f"the site has {site.channels} channels, and a 1-D kernel over them wider than 2C - 1 reads only padding")
+            return
+        k = eca_kernel_size(site.channels, self.gamma, self.b)
+        if k > max(bound, 1):
+            self.refuse("gamma", self.gamma, f"with b = {self.b}, a kernel of {k} taps, more than {bound}", site,
+                        f"Eq. 12 on the site's {site.channels} channels gives {k}; a kernel wider than 2C - 1 reads only padding")
 
 
 @register_plugin(
@@ -46,6 +69,7 @@ def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
     paper="Wang et al., ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks, CVPR 2020, arXiv:1910.03151",
     year=2020,
     summary="channel attention: pooled descriptor -> 1-D conv across channels (adaptive k, no reduction) -> sigmoid gate",
+    args=ECAArgs,
 )
 class ECA(nn.Module):
     def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1) -> None:

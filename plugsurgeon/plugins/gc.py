@@ -18,9 +18,16 @@ before the add (the paper's "after 1x1"), in every block of stages c3-c5.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
+
+
+class GCArgs(PluginArgs):
+    reduction: Reduction = Field(16, description="r: the transform has C / r hidden channels")
+    min_hidden: HiddenWidth = Field(8, description="at least this many hidden channels (a LayerNorm over fewer degenerates)")
 
 
 @register_plugin(
@@ -33,6 +40,7 @@ from plugsurgeon.plugins.registry import register_plugin, site_channels
     paper="Cao et al., GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond, arXiv:1904.11492",
     year=2019,
     summary="softmax attention pooling over positions -> bottleneck transform with LayerNorm -> added to every position",
+    args=GCArgs,
 )
 class GlobalContext(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8) -> None:

@@ -27,14 +27,25 @@ Not identity at init.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import KERNEL_ON_MAP, BnEps, BnMomentum, OddKernel, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
 from plugsurgeon.plugins._kernels import clamp_groups
 from plugsurgeon.plugins.registry import register_plugin
+
+
+class GhostArgs(PluginArgs):
+    ratio: int = Field(2, ge=2, le=64, description="s: the primary conv makes 1/s of the maps, cheap operations the rest")
+    dw_size: Annotated[OddKernel, KERNEL_ON_MAP] = Field(3, description="d: kernel of the cheap depthwise conv")
+    relu: bool = Field(True, description="ReLU after each of the two convs")
+    bn_eps: BnEps = 1e-5
+    bn_momentum: BnMomentum = 0.1
 
 
 @register_plugin(
@@ -47,6 +58,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Han et al., GhostNet: More Features from Cheap Operations, CVPR 2020, arXiv:1911.11907",
     year=2020,
     summary="primary conv to C/s maps + cheap depthwise conv making the rest, concatenated",
+    args=GhostArgs,
 )
 class GhostModule(nn.Module):
     def __init__(self, source: nn.Conv2d, ratio: int = 2, dw_size: int = 3, relu: bool = True,

@@ -28,9 +28,13 @@ Not identity at init in general (only the depthwise case starts as the replaced 
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import KERNEL_ON_MAP, Ints, OddKernel, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
 from plugsurgeon.plugins._kernels import clamp_groups, matching_padding, split_channels
 from plugsurgeon.plugins.registry import register_plugin
@@ -48,6 +52,22 @@ def _partition(total: int, parts: int, split: str) -> list[int]:
     raise ValueError(f"split must be 'equal' or 'exponential', got {split!r}")
 
 
+class MixConvArgs(PluginArgs):
+    kernels: Annotated[Ints(OddKernel), KERNEL_ON_MAP] = Field((3, 5, 7), description="kernel of each channel group")
+    split: Literal["equal", "exponential"] = Field("equal", description="channel partition: equal, or the paper's 1/2, 1/4, ...")
+
+    site_bounds = {"kernels": "no more groups than the conv's input and output channels can fill"}
+
+    def check_site(self, site, replaced) -> None:
+        super().check_site(site, replaced)
+        cin, cout = getattr(replaced, "in_channels", site.in_channels), getattr(replaced, "out_channels", site.channels)
+        try:
+            for channels in (cin, cout):
+                _partition(channels, len(self.kernels), self.split)
+        except ValueError as error:
+            self.refuse("kernels", self.kernels, f"{len(self.kernels)} groups, too many", site, str(error))
+
+
 @register_plugin(
     "mixconv",
     roles=("conv",),
@@ -58,6 +78,7 @@ def _partition(total: int, parts: int, split: str) -> list[int]:
     paper="Tan & Le, MixConv: Mixed Depthwise Convolutional Kernels, BMVC 2019, arXiv:1907.09595",
     year=2019,
     summary="depthwise conv split into channel groups with kernels 3, 5, 7 (grouped mixed kernels for dense convs)",
+    args=MixConvArgs,
     suggested_where={"kernel": 3},
 )
 class MixConv(nn.Module):

@@ -26,9 +26,18 @@ module ``nonlocal_`` on its owner (``layer3.4.nonlocal_``).
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
+
+
+class NonLocalArgs(PluginArgs):
+    reduction: Reduction = Field(2, description="theta, phi and g have C / reduction channels (the paper's C/2)")
+    sub_sample: bool = Field(True, description="max-pool phi and g by 2 (the paper's subsampling)")
+    scale: bool = Field(False, description="divide the energies by sqrt(channels) (not in the paper)")
+    min_hidden: HiddenWidth = Field(1, description="at least this many embedding channels")
 
 
 @register_plugin(
@@ -41,6 +50,7 @@ from plugsurgeon.plugins.registry import register_plugin, site_channels
     paper="Wang et al., Non-local Neural Networks, CVPR 2018, arXiv:1711.07971",
     year=2018,
     summary="embedded-Gaussian self-attention over all positions, residual with a zero-initialised BN",
+    args=NonLocalArgs,
 )
 class NonLocalBlock(nn.Module):
     def __init__(self, channels: int, reduction: int = 2, sub_sample: bool = True, scale: bool = False, min_hidden: int = 1) -> None:

@@ -20,10 +20,14 @@ paper. Not the identity at init.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import KERNEL_ON_MAP, ON_MAP, Ints, OddKernel, PluginArgs
 from plugsurgeon.plugins._context import conv_bn_relu
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
@@ -40,6 +44,12 @@ class PoolingLevel(nn.Module):
         return F.interpolate(self.conv(self.pool(x)), size=x.shape[-2:], mode="bilinear", align_corners=True)
 
 
+class PPMArgs(PluginArgs):
+    bins: Annotated[Ints(Annotated[int, Field(ge=1, le=64)]), ON_MAP] = Field(
+        (1, 2, 3, 6), description="side of each pooled level's grid (the paper's 1, 2, 3, 6)")
+    kernel_size: Annotated[OddKernel, KERNEL_ON_MAP] = Field(3, description="kernel of the fusing conv (1 cuts it by 9)")
+
+
 @register_plugin(
     "ppm",
     roles=("backbone", "stage"),
@@ -50,6 +60,7 @@ class PoolingLevel(nn.Module):
     paper="Zhao et al., Pyramid Scene Parsing Network (PSPNet), CVPR 2017, arXiv:1612.01105",
     year=2017,
     summary="average pools to 1, 2, 3, 6 bins, 1x1 conv to C/4 each, upsample, concat with the input, 3x3 conv back to C",
+    args=PPMArgs,
 )
 class PyramidPooling(nn.Module):
     def __init__(self, channels: int, bins: tuple[int, ...] = (1, 2, 3, 6), kernel_size: int = 3) -> None:

@@ -25,11 +25,19 @@ Deliberate differences, mirroring ACBlock (acnet.py):
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
 from plugsurgeon.plugins._kernels import square_odd_kernel
 from plugsurgeon.plugins.registry import register_plugin
+
+
+class RepVGGArgs(PluginArgs):
+    identity: bool = Field(True, description="add the identity branch where input and output shapes match")
+    bn_eps: BnEps = 1e-5
+    bn_momentum: BnMomentum = 0.1
 
 
 @register_plugin(
@@ -42,6 +50,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Ding et al., RepVGG: Making VGG-style ConvNets Great Again, CVPR 2021, arXiv:2101.03697",
     year=2021,
     summary="kxk conv + 1x1 conv with BN + identity BN, trained together, fused into one conv for deploy",
+    args=RepVGGArgs,
     suggested_where={"kernel": 3},
 )
 class RepVGGBlock(KeepsConvWeights):

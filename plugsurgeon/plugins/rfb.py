@@ -28,10 +28,13 @@ Deliberate differences from the paper:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import ON_MAP, Dilation, Ints, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -75,6 +78,14 @@ def _dilations(dilations: Sequence[int], count: int) -> tuple[int, ...]:
     return dilations
 
 
+class RFBArgs(PluginArgs):
+    reduction: Reduction = Field(8, description="branch width i = C / reduction (at least 2)")
+    scale: float = Field(0.1, ge=0.0, le=10.0, description="residual scaling of the branches: relu(x + scale * branches(x))")
+    dilations: Annotated[Ints(Dilation, min_length=3, max_length=3), ON_MAP] = Field(
+        (1, 3, 5), description="dilation of each branch's last 3x3 conv (the eccentricities)")
+    zero_init: bool = Field(True, description="start the final BatchNorm scale at 0 (the block starts as relu(x))")
+
+
 @register_plugin(
     "rfb",
     roles=("stage", "backbone", "residual.output", "neck.level"),
@@ -85,6 +96,7 @@ def _dilations(dilations: Sequence[int], count: int) -> tuple[int, ...]:
     paper="Liu et al., Receptive Field Block Net for Accurate and Fast Object Detection, ECCV 2018, arXiv:1711.07767",
     year=2018,
     summary="inception branches (1x1, 3x3, 5x5 as 2x3x3) + 3x3 convs dilated 1/3/5, concat, 1x1, 0.1-scaled residual",
+    args=RFBArgs,
 )
 class RFB(ScaledResidual):
     def __init__(self, channels: int, reduction: int = 8, scale: float = 0.1, dilations: Sequence[int] = (1, 3, 5), zero_init: bool = True) -> None:

@@ -27,11 +27,22 @@ ResNet stage output) but not at sites with negative values: identity at init is 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import ON_MAP, Dilation, Ints, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 from plugsurgeon.plugins.rfb import ScaledResidual, _dilations, conv_bn
+
+
+class RFBSmallArgs(PluginArgs):
+    reduction: Reduction = Field(4, description="branch width i = C / reduction (at least 4)")
+    scale: float = Field(0.1, ge=0.0, le=10.0, description="residual scaling of the branches: relu(x + scale * branches(x))")
+    dilations: Annotated[Ints(Dilation, min_length=4, max_length=4), ON_MAP] = Field(
+        (1, 3, 3, 5), description="dilation of each branch's last 3x3 conv (the eccentricities)")
+    zero_init: bool = Field(True, description="start the final BatchNorm scale at 0 (the block starts as relu(x))")
 
 
 @register_plugin(
@@ -44,6 +55,7 @@ from plugsurgeon.plugins.rfb import ScaledResidual, _dilations, conv_bn
     paper="Liu et al., Receptive Field Block Net for Accurate and Fast Object Detection, ECCV 2018, arXiv:1711.07767",
     year=2018,
     summary="RFB for shallow maps: 4 branches with 1x3/3x1 convs, dilations 1/3/3/5, 0.1-scaled residual",
+    args=RFBSmallArgs,
 )
 class RFBSmall(ScaledResidual):
     def __init__(self, channels: int, reduction: int = 4, scale: float = 0.1, dilations: Sequence[int] = (1, 3, 3, 5), zero_init: bool = True) -> None:

@@ -31,13 +31,23 @@ Not identity at init.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import ON_MAP, BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
 from plugsurgeon.plugins._kernels import clamp_groups, square_odd_kernel
 from plugsurgeon.plugins.registry import register_plugin
+
+
+class SCConvArgs(PluginArgs):
+    pooling_rate: Annotated[int, Field(ge=1, le=64), ON_MAP] = Field(4, description="r: window and stride of the calibration pooling")
+    bn_eps: BnEps = 1e-5
+    bn_momentum: BnMomentum = 0.1
 
 
 @register_plugin(
@@ -50,6 +60,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Liu et al., Improving Convolutional Networks with Self-Calibrated Convolutions, CVPR 2020 (SCNet)",
     year=2020,
     summary="half the channels through a self-calibrated path (pooled K2 gate on K3, then K4), half through a plain conv",
+    args=SCConvArgs,
     suggested_where={"kernel": 3},
 )
 class SCConv(nn.Module):

@@ -16,12 +16,22 @@ slot, on the residual branch before the add. Not identity at init: both gates st
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 FUSIONS = ("add", "max", "mul")
+
+
+class SCSEArgs(PluginArgs):
+    reduction: Reduction = Field(2, description="the cSE hidden layer has C / reduction units (the paper's C/2)")
+    min_hidden: HiddenWidth = Field(1, description="at least this many hidden units")
+    fusion: Literal["add", "max", "mul"] = Field("add", description="how the two recalibrated maps combine (add: the paper; max: the journal's max-out)")
 
 
 @register_plugin(
@@ -34,6 +44,7 @@ FUSIONS = ("add", "max", "mul")
     paper="Roy et al., Concurrent Spatial and Channel Squeeze & Excitation in Fully Convolutional Networks, MICCAI 2018, arXiv:1803.02579",
     year=2018,
     summary="channel SE (C -> C/2 -> C) and spatial SE (1x1 conv to one map) gates in parallel, outputs added",
+    args=SCSEArgs,
 )
 class SCSE(nn.Module):
     def __init__(self, channels: int, reduction: int = 2, min_hidden: int = 1, fusion: str = "add") -> None:

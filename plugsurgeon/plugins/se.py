@@ -10,9 +10,16 @@ Not identity at init: the sigmoid gate starts near 0.5, as in the paper.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
+
+
+class SEArgs(PluginArgs):
+    reduction: Reduction = Field(16, description="r: the bottleneck has C / r hidden units")
+    min_hidden: HiddenWidth = Field(1, description="at least this many hidden units")
 
 
 @register_plugin(
@@ -25,6 +32,7 @@ from plugsurgeon.plugins.registry import register_plugin, site_channels
     paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018, arXiv:1709.01507",
     year=2018,
     summary="channel attention: pooled descriptor -> bottleneck MLP -> sigmoid gate",
+    args=SEArgs,
 )
 class SqueezeExcitation(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 1) -> None:

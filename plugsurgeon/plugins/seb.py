@@ -25,10 +25,14 @@ Deliberate differences from the paper:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -36,6 +40,10 @@ def _channels(site, _module):
     if len(site.extra_shapes) != 1 or len(site.extra_shapes[0]) != 4:
         raise ValueError(f"SEB reads one higher-level N,C,H,W feature, the site offers {list(site.extra_shapes)}")
     return {"channels": site.channels, "high_channels": int(site.extra_shapes[0][1])}
+
+
+class SEBArgs(PluginArgs):
+    mode: Literal["bilinear", "nearest"] = Field("bilinear", description="interpolation that upsamples the embedding")
 
 
 @register_plugin(
@@ -48,6 +56,7 @@ def _channels(site, _module):
     paper="Zhang et al., ExFuse: Enhancing Feature Fusion for Semantic Segmentation, ECCV 2018, arXiv:1804.03821",
     year=2018,
     summary="higher level -> 3x3 conv -> bilinear upsample, multiplied into the lower level (multiplier starts at exactly 1)",
+    args=SEBArgs,
     inputs="site+extra",
 )
 class SemanticEmbeddingBranch(nn.Module):

@@ -22,14 +22,21 @@ in every bottleneck. Not identity at init: the gate starts at sigmoid(1), as in 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import MAX_WIDTH, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
 def group_count(channels: int, groups: int) -> int:
     """The largest divisor of ``channels`` that is at most ``groups``."""
     return max(g for g in range(1, min(channels, groups) + 1) if channels % g == 0)
+
+
+class SGEArgs(PluginArgs):
+    groups: int = Field(64, ge=1, le=MAX_WIDTH, description="G: channel groups (clamped to a divisor of C)")
+    eps: float = Field(1e-5, gt=0.0, le=1.0, description="added to the variance when normalising the importance map")
 
 
 @register_plugin(
@@ -42,6 +49,7 @@ def group_count(channels: int, groups: int) -> int:
     paper="Li et al., Spatial Group-wise Enhance: Improving Semantic Feature Learning in Convolutional Networks, arXiv:1905.09646",
     year=2019,
     summary="per-group spatial attention: similarity of each position to the group's pooled feature, normalised, sigmoid gate",
+    args=SGEArgs,
 )
 class SpatialGroupEnhance(nn.Module):
     def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5) -> None:

@@ -28,11 +28,30 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import (
+    MAX_BRANCHES,
+    MAX_WIDTH,
+    BnEps,
+    BnMomentum,
+    HiddenWidth,
+    PluginArgs,
+    Reduction,
+)
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
 from plugsurgeon.plugins._kernels import clamp_groups, matching_padding, square_odd_kernel
 from plugsurgeon.plugins.registry import register_plugin
+
+
+class SKArgs(PluginArgs):
+    paths: int = Field(2, ge=2, le=MAX_BRANCHES, description="M: path m is a 3x3 conv with dilation m")
+    groups: int = Field(32, ge=1, le=MAX_WIDTH, description="groups of the new paths (clamped to divide the channels)")
+    reduction: Reduction = Field(16, description="r: the fuse layer has C / r units")
+    min_hidden: HiddenWidth = Field(32, description="L: at least this many units in the fuse layer (the paper's 32)")
+    bn_eps: BnEps = 1e-5
+    bn_momentum: BnMomentum = 0.1
 
 
 @register_plugin(
@@ -45,6 +64,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Li et al., Selective Kernel Networks, CVPR 2019, arXiv:1903.06586",
     year=2019,
     summary="3x3 and dilated 3x3 paths with BN-ReLU, fused by a softmax over paths per channel (selective kernel)",
+    args=SKArgs,
     suggested_where={"kernel": 3},
 )
 class SKConv(KeepsConvWeights):

@@ -31,10 +31,29 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import MAX_BRANCHES, BnEps, BnMomentum, HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
 from plugsurgeon.plugins.registry import register_plugin
+
+
+class SplatArgs(PluginArgs):
+    radix: int = Field(2, ge=1, le=MAX_BRANCHES, description="R: splits per cardinal group (must divide each group's input channels)")
+    reduction: Reduction = Field(4, description="the attention's hidden layer has C * R / reduction units")
+    min_hidden: HiddenWidth = Field(32, description="at least this many hidden units (the authors' 32)")
+    bn_eps: BnEps = 1e-5
+    bn_momentum: BnMomentum = 0.1
+
+    site_bounds = {"radix": "a divisor of the replaced conv's input channels per group"}
+
+    def check_site(self, site, replaced) -> None:
+        super().check_site(site, replaced)
+        per_group = getattr(replaced, "in_channels", site.in_channels) // max(1, getattr(replaced, "groups", 1))
+        if per_group % self.radix:
+            self.refuse("radix", self.radix, f"not a divisor of the {per_group} input channels of each group", site,
+                        "every split reads an equal slice of its group's input (a 3-channel stem has none for radix 2)")
 
 
 @register_plugin(
@@ -47,6 +66,7 @@ from plugsurgeon.plugins.registry import register_plugin
     paper="Zhang et al., ResNeSt: Split-Attention Networks, arXiv:2004.08955 (2020)",
     year=2020,
     summary="the conv yields radix splits; pooled sum -> FC-BN-ReLU-FC -> softmax across splits reweights them",
+    args=SplatArgs,
     suggested_where={"kernel": 3, "stages": [2, 3, 4, 5]},
 )
 class SplitAttentionConv(KeepsConvWeights):

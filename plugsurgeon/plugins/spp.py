@@ -25,9 +25,13 @@ Not the identity at init.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import KERNEL_ON_MAP, MAX_BRANCHES, Ints, OddKernel, PluginArgs, Reduction
 from plugsurgeon.plugins._context import conv_bn_relu
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
@@ -48,6 +52,17 @@ class _PoolAndFuse(nn.Module):
         self.fuse = conv_bn_relu(hidden * (levels + 1), channels)
 
 
+class SPPArgs(PluginArgs):
+    kernels: Annotated[Ints(OddKernel), KERNEL_ON_MAP] = Field((5, 9, 13), description="sizes of the stride-1 max pools")
+    reduction: Reduction = Field(1, description="pool C / reduction channels after a 1x1 conv (YOLOv5 halves: 2)")
+
+
+class SPPFArgs(PluginArgs):
+    kernel: Annotated[OddKernel, KERNEL_ON_MAP] = Field(5, description="size of the chained stride-1 max pool")
+    repeats: int = Field(3, ge=1, le=MAX_BRANCHES, description="how many times the pool is chained")
+    reduction: Reduction = Field(1, description="pool C / reduction channels after a 1x1 conv (YOLOv5 halves: 2)")
+
+
 @register_plugin(
     "spp",
     roles=("backbone", "stage"),
@@ -58,6 +73,7 @@ class _PoolAndFuse(nn.Module):
     paper="He et al., Spatial Pyramid Pooling in Deep Convolutional Networks, ECCV 2014, arXiv:1406.4729; YOLOv3-SPP, arXiv:1804.02767",
     year=2014,
     summary="parallel stride-1 max pools (5, 9, 13) concatenated with the input, 1x1 conv back to C",
+    args=SPPArgs,
 )
 class SPP(_PoolAndFuse):
     def __init__(self, channels: int, kernels: tuple[int, ...] = (5, 9, 13), reduction: int = 1) -> None:
@@ -79,6 +95,7 @@ class SPP(_PoolAndFuse):
     paper="SPPF (Ultralytics YOLOv5, 2020): the fast form of SPP, He et al., ECCV 2014, arXiv:1406.4729",
     year=2020,
     summary="one 5x5 stride-1 max pool chained three times (= SPP 5, 9, 13), concatenated, 1x1 conv back to C",
+    args=SPPFArgs,
 )
 class SPPF(_PoolAndFuse):
     def __init__(self, channels: int, kernel: int = 5, repeats: int = 3, reduction: int = 1) -> None:

@@ -27,8 +27,10 @@ Not identity at init: the output is a new C-channel map, not a residual, as in t
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -45,6 +47,10 @@ def split_channels(channels: int) -> tuple[int, int, int]:
     return detect, five, channels - detect - five
 
 
+class SSHArgs(PluginArgs):
+    batch_norm: bool = Field(False, description="BatchNorm after every conv (RetinaFace); the paper has none")
+
+
 @register_plugin(
     "ssh",
     roles=("neck.level", "stage", "backbone"),
@@ -55,6 +61,7 @@ def split_channels(channels: int) -> tuple[int, int, int]:
     paper="Najibi et al., SSH: Single Stage Headless Face Detector, ICCV 2017, arXiv:1708.03979",
     year=2017,
     summary="detection module: 3x3 conv (C/2) concatenated with a context module of effective 5x5 and 7x7 convs (C/4 each)",
+    args=SSHArgs,
 )
 class SSHContext(nn.Module):
     def __init__(self, channels: int, batch_norm: bool = False) -> None:

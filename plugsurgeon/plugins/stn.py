@@ -28,9 +28,13 @@ site role, and the built-in recipe takes the first stage (the stem output).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import ON_MAP, HiddenWidth, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -66,6 +70,12 @@ def affine_sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, channels, h, w)
 
 
+class STNArgs(PluginArgs):
+    loc_channels: HiddenWidth = Field(32, description="channels of the localisation net's convs")
+    loc_pool: Annotated[int, Field(ge=1, le=64), ON_MAP] = Field(4, description="side of the adaptive pool before its FC layers")
+    loc_hidden: HiddenWidth = Field(64, description="units of the localisation net's hidden FC layer")
+
+
 @register_plugin(
     "stn",
     roles=("stage", "backbone", "residual.output"),
@@ -76,6 +86,7 @@ def affine_sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     paper="Jaderberg et al., Spatial Transformer Networks, NeurIPS 2015, arXiv:1506.02025",
     year=2015,
     summary="localisation net -> 2x3 affine theta (identity at init) -> bilinear resampling of the map",
+    args=STNArgs,
 )
 class SpatialTransformer(nn.Module):
     def __init__(self, channels: int, loc_channels: int = 32, loc_pool: int = 4, loc_hidden: int = 64) -> None:

@@ -25,9 +25,16 @@ layer1.2, layer2.3, layer3.5, layer4.0-2). Not identity at init: the sigmoid gat
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
+
+
+class StripPoolingArgs(PluginArgs):
+    reduction: Reduction = Field(4, description="the strips run on C / reduction channels (the authors' inner width)")
+    min_hidden: HiddenWidth = Field(8, description="at least this many inner channels")
 
 
 @register_plugin(
@@ -40,6 +47,7 @@ from plugsurgeon.plugins.registry import register_plugin, site_channels
     paper="Hou et al., Strip Pooling: Rethinking Spatial Pooling for Scene Parsing, CVPR 2020, arXiv:2003.13328",
     year=2020,
     summary="1x1 reduce, H x 1 and 1 x W average pooling, 3x1 / 1x3 convs, expanded and added, 1x1 conv, sigmoid gate",
+    args=StripPoolingArgs,
 )
 class StripPooling(nn.Module):
     def __init__(self, channels: int, reduction: int = 4, min_hidden: int = 8) -> None:
