@@ -22,20 +22,21 @@ def test_deploy_then_export(tmp_path):
     result = invoke("apply", "tests.nets:TinyResNet", "-r", "acnet", "--input-shape", "1,3,32,32", "-o", trained)
     assert result.exit_code == 0, result.output
 
-    refused = invoke("export", trained, "--onnx", tmp_path / "early.onnx", "--input-shape", "1,3,32,32")
+    # the saved directories name tests.nets:TinyResNet, code that loading runs only when trusted
+    refused = invoke("export", trained, "--onnx", tmp_path / "early.onnx", "--input-shape", "1,3,32,32", "--trust-source")
     assert refused.exit_code == 1 and "plugsurgeon deploy" in refused.output and "Traceback" not in refused.output
 
-    result = invoke("deploy", trained, "-o", deployed, "--input-shape", "1,3,32,32")
+    result = invoke("deploy", trained, "-o", deployed, "--input-shape", "1,3,32,32", "--trust-source")
     assert result.exit_code == 0, result.output
     for text in ("reparameterized", "ACBlock -> Conv2d", "folded", "params", "FLOPs", "verified", "eval mode"):
         assert text in result.stdout, text
 
-    as_json = invoke("deploy", trained, "--input-shape", "1,3,32,32", "--json")
+    as_json = invoke("deploy", trained, "--input-shape", "1,3,32,32", "--json", "--trust-source")
     assert as_json.exit_code == 0
     report = json.loads(as_json.stdout)["report"]
     assert report["verification"]["passed"] and len(report["reparameterized"]) == 9
 
-    exported = invoke("export", deployed, "--onnx", tmp_path / "m.onnx", "--json")  # shape from the manifest
+    exported = invoke("export", deployed, "--onnx", tmp_path / "m.onnx", "--json", "--trust-source")  # shape from the manifest
     assert exported.exit_code == 0, exported.output
     data = json.loads(exported.stdout)
     assert data["passed"] and data["input_shape"] == [1, 3, 32, 32] and (tmp_path / "m.onnx").is_file()
