@@ -343,7 +343,7 @@ def _find_anatomy(view: GraphView) -> Anatomy:
     else:
         head = _upsampling_head(view)
         found.rule = 2 if head is not None else 3
-    end = _extractor_end(view, head) if head is not None else _deepest_map(view)
+    end = _extractor_end(view, head, pooling=found.rule == 0) if head is not None else _deepest_map(view)
     if end is None or end.op == "placeholder":
         return Anatomy()
     found.end, found.extractor = end, view.ancestors[end]
@@ -433,19 +433,21 @@ def _upsampling_head(view: GraphView) -> fx.Node | None:
     return None
 
 
-def _extractor_end(view: GraphView, head: fx.Node) -> fx.Node | None:
+def _extractor_end(view: GraphView, head: fx.Node, *, pooling: bool) -> fx.Node | None:
     """The extractor's last map, from the node that starts the head.
 
-    The head is the outermost module call that runs its first node (or, when the root's own code
-    runs it, the call that computes what it reads): a classifier head with its own 1x1 conv, an FPN,
-    a decoder, a segmentation head. When that call does not downsample on the way from its inputs to
-    the head's first node, the extractor ends at the deepest map the call reads. Otherwise (the
-    call is a stage of the extractor itself) the extractor ends at what the head's first node reads.
+    The head is the outermost module call that runs its first node: a classifier head with its own
+    1x1 conv, an FPN, a decoder. When the root's own code resizes (a segmentation model resizing its
+    logits), the head is the call that computes what is resized (DeepLab's classifier); when the
+    root's own code pools, nothing more is head (ShuffleNet's conv5 is the extractor's, as
+    EfficientNet's last 1x1 conv). When the head's call does not downsample on the way from its
+    inputs to the head's first node, the extractor ends at the deepest map the call reads.
+    Otherwise (the call is a stage of the extractor itself) it ends at what the first node reads.
     """
     source = _one_input(view, head)
     if source is None:
         return None
-    for node in (head, source):
+    for node in (head,) if pooling else (head, source):
         call = view.outermost_call(node)
         if call is None:
             continue
