@@ -95,3 +95,49 @@ def test_acnet_on_an_nfnet_is_refused_naming_the_weight_standardised_conv():
         ps.apply(model, "acnet", input_shape=(1, 3, 64, 64))
     assert isinstance(caught.value, ps.SiteError)
     assert "ScaledStdConv2d" in str(caught.value) and "Weight Standardization" in str(caught.value)
+
+
+def _has_on_unfit() -> bool:
+    return "on_unfit" in ps.Step.model_fields
+
+
+class MixedConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.plain = nn.Conv2d(3, 8, 3, padding=1)
+        self.same = timm_layers.Conv2dSame(8, 8, 3, stride=2)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn(self.same(torch.relu(self.plain(x))))
+
+
+def test_with_on_unfit_skip_the_unfit_conv_is_reported_and_the_rest_is_replaced():
+    if not _has_on_unfit():
+        pytest.skip("this plugsurgeon has no per-step on_unfit")
+    model = randomize_batchnorm(MixedConvs())
+    recipe = ps.Recipe(name="acnet-skip", steps=[{"plugin": "acnet", "at": "conv", "where": {"kernel": 3}, "on_unfit": "skip"}])
+    result = ps.apply(model, recipe, input_shape=SHAPE)
+    assert type(result.model.plain).__name__ == "ACBlock" and type(result.model.same) is timm_layers.Conv2dSame
+    assert any("skipped 'same'" in n and "Conv2dSame" in n for n in result.report.notes)
+    assert_same_function(copy.deepcopy(model), result.model.eval(), torch.randn(2, *SHAPE[1:]))
+
+
+@pytest.mark.slow
+def test_with_on_unfit_skip_acnet_takes_the_plain_convs_of_a_tf_model_and_deploys_exactly():
+    """tf_* models pad their strided convs dynamically (Conv2dSame) and their others statically: the
+    step skips the former, reports them, and the rest stays identity at init and deploys exactly."""
+    timm = pytest.importorskip("timm")
+    if not _has_on_unfit():
+        pytest.skip("this plugsurgeon has no per-step on_unfit")
+    model = randomize_batchnorm(timm.create_model("tf_mobilenetv3_small_minimal_100", pretrained=False, num_classes=10))
+    recipe = ps.Recipe(name="acnet-skip", steps=[{"plugin": "acnet", "at": "conv", "where": {"kernel": 3}, "on_unfit": "skip"}])
+    result = ps.apply(model, recipe, input_shape=(1, 3, 64, 64))
+    skipped = [n for n in result.report.notes if "skipped" in n]
+    same = [p for p, m in model.named_modules() if isinstance(m, timm_layers.Conv2dSame) and m.kernel_size == (3, 3)]
+    assert same and len(skipped) == len(same) and all("Conv2dSame" in n for n in skipped)
+    edited = randomize_batchnorm(result.model, seed=3)
+    assert all(isinstance(edited.get_submodule(p), timm_layers.Conv2dSame) for p in same)
+    deployed = ps.deploy(edited, input_shape=(1, 3, 64, 64))
+    assert deployed.report.reparameterized and deployed.report.verification.passed
+    assert_same_function(copy.deepcopy(edited), deployed.model, torch.randn(2, 3, 64, 64))
