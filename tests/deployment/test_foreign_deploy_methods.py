@@ -17,7 +17,13 @@ from torch import nn
 
 import plugsurgeon as ps
 from plugsurgeon.deployment.reparameterize import find_reparameterizable
-from tests.deployment.helpers import assert_same_function, assert_state_equal, no_norms_left, state_of, types_by_path
+from tests.deployment.helpers import (
+    assert_same_function,
+    assert_state_equal,
+    no_norms_left,
+    state_of,
+    types_by_path,
+)
 from tests.nets import randomize_batchnorm
 
 SHAPE = (1, 4, 12, 12)
