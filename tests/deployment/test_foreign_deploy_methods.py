@@ -184,13 +184,8 @@ def test_a_method_that_is_unsafe_alone_is_left_alone_and_reported():
     assert_same_function(model, result.model, torch.randn(2, *SHAPE[1:]))
 
 
-timm = None
-
-
 def _timm():
-    global timm
-    timm = pytest.importorskip("timm")
-    return timm
+    return pytest.importorskip("timm")
 
 
 def _timm_blocks():
@@ -208,9 +203,7 @@ def _timm_blocks():
 
 @pytest.mark.parametrize("block", ["RepVggBlock", "MobileOneBlock", "GhostBottleneckV3", "RepGhostBottleneck"])
 def test_timm_blocks_deploy_as_timms_own_reparameterize_model_does(block):
-    from timm.utils.model import reparameterize_model
-
-    _timm()
+    reparameterize_model = _timm().utils.model.reparameterize_model
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *_timm_blocks()[block]())
     model = randomize_batchnorm(net, seed=11).eval()
     result = ps.deploy(model, input_shape=(1, 3, 16, 16))
@@ -230,9 +223,9 @@ SLOW_TIMM_MODELS = ["repghostnet_050", "repvgg_a1", "mobileone_s0", "mobileone_s
 
 
 def _deploys_like_timm(name: str) -> None:
-    from timm.utils.model import reparameterize_model
-
-    model = randomize_batchnorm(_timm().create_model(name, pretrained=False, num_classes=10)).eval()
+    timm = _timm()
+    reparameterize_model = timm.utils.model.reparameterize_model
+    model = randomize_batchnorm(timm.create_model(name, pretrained=False, num_classes=10)).eval()
     result = ps.deploy(model, input_shape=(1, 3, 64, 64))
     report = result.report
     assert report.reparameterized and report.left_alone == [] and report.verification.passed
