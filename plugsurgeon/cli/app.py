@@ -61,15 +61,35 @@ def _root(ctx: typer.Context) -> None:
         raise typer.Exit(0)
 
 
+def _debug() -> bool:
+    return os.environ.get("PLUGSURGEON_DEBUG", "") not in ("", "0")
+
+
+def _plain(text: str) -> None:
+    # Kept here rather than imported: the boundary's last resort must not depend on rich importing.
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - stderr closed or unencodable: nothing left to tell
+        pass
+
+
+def _show(message: str, hint: str | None) -> None:
+    try:
+        from plugsurgeon.cli import render
+
+        render.error(message, hint)
+    except Exception:  # noqa: BLE001 - rich missing or broken: the message still gets out
+        _plain(f"error: {message}" + (f"\nhint: {hint}" if hint else ""))
+
+
 def exit_code_for(error: BaseException) -> int:
     """The error boundary: tell the user what went wrong in one message, and return the exit code.
 
     Never raises: every printer it calls falls back to plain stderr.
     """
-    from plugsurgeon.cli import render
-
     if isinstance(error, PlugsurgeonError):
-        render.error(str(error.message), error.hint)
+        _show(str(error.message), error.hint)
         return 1
     if isinstance(error, _USAGE_ERROR):  # unknown option, missing argument, bad value: typer's message
         context = getattr(error, "ctx", None)
@@ -78,10 +98,10 @@ def exit_code_for(error: BaseException) -> int:
             message = error.format_message()
         except Exception:  # noqa: BLE001
             message = str(error)
-        render.error(message, f"see `{command} --help`")
+        _show(message, f"see `{command} --help`")
         return 1
     if isinstance(error, (_ABORT, KeyboardInterrupt)):
-        render.plain("aborted")
+        _plain("aborted")
         return 130
     if isinstance(error, BrokenPipeError):
         # `plugsurgeon ... --json | head`: the reader left, nothing is wrong. Exit as a program killed by
@@ -92,15 +112,17 @@ def exit_code_for(error: BaseException) -> int:
         except Exception:  # noqa: BLE001 - no real stdout (captured in tests): nothing to silence
             pass
         return 141
-    if os.environ.get("PLUGSURGEON_DEBUG"):
+    if _debug():
         try:
             traceback.print_exception(type(error), error, error.__traceback__)
         except Exception:  # noqa: BLE001
             pass
-    text = (str(error).strip().splitlines() or [""])[0][:300]
-    render.plain(f"internal error: {type(error).__name__}: {text} (a plugsurgeon bug; "
-                 + ("please report it with the traceback above)" if os.environ.get("PLUGSURGEON_DEBUG")
-                    else "rerun with PLUGSURGEON_DEBUG=1 for the traceback and report it)"))
+    try:
+        text = (str(error).strip().splitlines() or [""])[0][:300]
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails
+        text = "(no message)"
+    _plain(f"internal error: {type(error).__name__}: {text} (a plugsurgeon bug; "
+           + ("please report it with the traceback above)" if _debug() else "rerun with PLUGSURGEON_DEBUG=1 for the traceback and report it)"))
     return 2
 
 
