@@ -129,20 +129,23 @@ def replay(model: nn.Module, step: RecipeStep | DeployStep | dict[str, Any], *, 
 
 def _recipe(step: RecipeStep, where: str):
     """The recorded recipe, each step with the arguments its edits record (the resolved ones)."""
-    import copy
-
-    from plugsurgeon.recipe import Recipe
-
-    data = copy.deepcopy(step.recipe)
-    steps = data.get("steps")
+    recipe = _validated_recipe(step.recipe, where)
+    data = recipe.model_dump(mode="json", exclude_defaults=True)
     for index in sorted({edit.step for edit in step.edits}):
         recorded = [edit.args for edit in step.edits if edit.step == index]
         if any(args != recorded[0] for args in recorded):
             raise ModelLoadError(f"{where}: the edits of recipe step {index} record different arguments; one step builds every module alike",
                                  hint="the manifest was edited by hand; save the model again with ps.save")
-        if not isinstance(steps, list) or index > len(steps) or not isinstance(steps[index - 1], dict):
-            raise ModelLoadError(f"{where}: edits come from recipe step {index}, which the recorded recipe does not have")
-        steps[index - 1]["args"] = recorded[0]
+        if index > len(data["steps"]):
+            raise ModelLoadError(f"{where}: edits come from recipe step {index}, which the recorded recipe does not have",
+                                 hint="the manifest was edited by hand; save the model again with ps.save")
+        data["steps"][index - 1]["args"] = recorded[0]
+    return _validated_recipe(data, where)
+
+
+def _validated_recipe(data: dict[str, Any], where: str):
+    from plugsurgeon.recipe import Recipe
+
     try:
         return Recipe(**data)
     except ValidationError as error:

@@ -103,3 +103,9 @@ def test_deployed_models_round_trip(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), deployed(x), rtol=0, atol=0)
+
+
+def test_edits_from_a_step_the_recipe_does_not_have(edited_dir):
+    _edit(edited_dir, lambda edits, _: [edit.update(step=2) for edit in edits])
+    with pytest.raises(ps.ModelLoadError, match="edits come from recipe step 2, which the recorded recipe does not have"):
+        ps.load(edited_dir, trust_source=True)
