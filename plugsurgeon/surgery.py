@@ -101,7 +101,9 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
             except SiteError as unfit:
                 if step.on_unfit != "skip":
                     raise
-                notes.append(f"step {index} ({spec.name}) skipped '{site.path}': {unfit.message}")
+                # The refusal may already open with where it happened (_plan_edit's `where`); say it once.
+                reason = unfit.message.removeprefix(f"step {index} ({spec.name}) at '{site.path}': ")
+                notes.append(f"step {index} ({spec.name}) skipped '{site.path}': {reason}")
         if not any(e.step_index == index for e in edits) and sites and not step.allow_empty:
             raise SiteError(f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): every matched site was skipped as unfit",
                             hint="the report's notes say why; set `allow_empty: true` to accept a step that changes nothing")
@@ -221,7 +223,9 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
     else:
         scope, extra_locals = _choose_scope(model, part, site, spec, where)
     try:
-        module = spec.build(site, replaced, dict(step.args))
+        # Checked against the site and sized on fake tensors against the model's budget before any
+        # real allocation: a few bytes of recipe must not make planning allocate gigabytes.
+        module = spec.build(site, replaced, dict(step.args), host=model)
     except PlugsurgeonError:
         raise
     except Exception as error:  # noqa: BLE001 - constructors raise anything on bad arguments
