@@ -93,21 +93,10 @@ class PluginSpec:
             with FakeTensorMode(allow_non_fake_inputs=True):
                 sized = self.factory(**kwargs)
             if host is not None:
-                self._check_budget(sized, replaced, host, site)
+                check_budget(host, [(sized, replaced)], f"plugin '{self.name}' at '{site.path}'")
             if fake:
                 return _convert_new(sized, replaced, dtype, device)
         return _convert_new(self.factory(**kwargs), replaced, dtype, device)
-
-    def _check_budget(self, module: nn.Module, replaced: nn.Module | None, host: nn.Module, site: Site) -> None:
-        added = new_elements(module, replaced)
-        model = sum(t.numel() for t in (*host.parameters(), *host.buffers()))
-        if added > added_budget(model):
-            size = sum(t.numel() * t.element_size() for t in _new_tensors(module, replaced))
-            raise RecipeError(
-                f"plugin '{self.name}' at '{site.path}' would add {added:,} parameter and buffer elements "
-                f"({size / 2**30:.1f} GiB), more than the budget of {budget_text(model)}",
-                hint="lower the step's size arguments (hidden widths, kernels, paths)",
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +125,22 @@ def describe_error(error: ValidationError, model: type[PluginArgs]) -> str:
     message = first["msg"].removeprefix("Value error, ")
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return f"{where} = {reprlib.repr(first['input'])}: {message}{more}"
+
+
+def check_budget(host: nn.Module, modules: list[tuple[nn.Module, nn.Module | None]], what: str) -> None:
+    """Refuse ``modules`` (each with the module it replaces, or None) if together they add more
+    parameter and buffer elements than ``host``'s budget (``_args.added_budget``); the message has
+    the numbers. Fake modules are counted as real ones, without memory."""
+    new = [t for module, replaced in modules for t in _new_tensors(module, replaced)]
+    added = sum(t.numel() for t in new)
+    model = sum(t.numel() for t in (*host.parameters(), *host.buffers()))
+    if added > added_budget(model):
+        size = sum(t.numel() * t.element_size() for t in new)
+        raise RecipeError(
+            f"{what} would add {added:,} parameter and buffer elements ({size / 2**30:.1f} GiB), "
+            f"more than the budget of {budget_text(model)}",
+            hint="lower the steps' size arguments (hidden widths, kernels, paths), or narrow them with `where`",
+        )
 
 
 def _new_tensors(module: nn.Module, replaced: nn.Module | None) -> list[torch.Tensor]:

@@ -3,17 +3,23 @@
 For each pair: the edited model keeps its output shapes, gradients reach the plugin, dtype follows
 the host, the edited model still traces with fx, and a plugin that declares identity at init leaves
 the output unchanged (BatchNorm statistics randomised first, so an identity BN hides nothing).
+Every plugin declares its arguments in a typed, bounded model whose defaults are the constructor's,
+and refuses ill-typed and out-of-range values for each of them.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import json
+import math
 
 import pytest
 import torch
 from torch import nn
 
 import plugsurgeon as ps
+from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.sites.site import ROLES, role_matches
 from tests.nets import TinyFPN, TinyResNet, randomize_batchnorm
 
@@ -93,6 +99,65 @@ def test_plugin_declares_its_paper_and_roles(name: str):
     assert spec.roles and spec.mode in ("after", "replace")
     module_doc = __import__(spec.factory.__module__, fromlist=["_"]).__doc__
     assert module_doc and ("arxiv.org" in module_doc or "arXiv" in module_doc), "each plugin file opens with its paper"
+
+
+def _settable(spec) -> dict[str, inspect.Parameter]:
+    return {n: p for n, p in inspect.signature(spec.factory).parameters.items()
+            if n not in spec.structural and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+@pytest.mark.parametrize("name", sorted(ps.catalog()))
+def test_plugin_declares_typed_bounded_args(name: str):
+    spec = ps.get_plugin(name)
+    settable = _settable(spec)
+    assert set(spec.args.model_fields) == set(settable), "the args model names exactly the constructor's settable arguments"
+    if settable:
+        assert spec.args is not PluginArgs, f"{name} declares its own args model"
+    defaults = spec.args()  # the defaults validate against their own bounds
+    for arg, param in settable.items():
+        got = defaults.kwargs()[arg]
+        assert got == param.default or tuple(got) == tuple(param.default), f"{arg}: model and constructor defaults agree"
+    # A manifest records them as JSON and validates them again with the same model.
+    assert spec.args.model_validate(json.loads(defaults.model_dump_json())) == defaults
+    schema = spec.args.model_json_schema()["properties"]
+    for arg, described in spec.to_dict()["args"].items():
+        assert described["description"], f"{name}.{arg} has a description"
+        for prop in [p for p in schema[arg].get("anyOf", [schema[arg]]) if p.get("type") != "null"]:
+            if prop.get("type") == "array":
+                assert "maxItems" in prop, f"{name}.{arg}: lists are bounded"
+                prop = prop["items"]
+            if prop.get("type") in ("integer", "number"):
+                assert "maximum" in prop or "exclusiveMaximum" in prop, f"{name}.{arg}: numbers have an upper bound"
+
+
+def _hostile(prop: dict) -> list:
+    """Values of the wrong type or out of range for a JSON schema property."""
+    kind = prop.get("type")
+    if kind == "boolean":
+        return ["false", "true", 0, 1, None]
+    if kind == "integer":
+        return [True, 1.5, "3", math.nan, prop["maximum"] + 1, prop.get("minimum", 0) - 1]
+    if kind == "number":
+        return [math.nan, math.inf, -math.inf, True, "0.1", prop.get("maximum", math.inf) * 2 + 1]
+    if kind == "string":
+        return [b"add", 1, "no-such-value" if "enum" in prop else None]
+    if kind == "array":
+        return ["3", {"a": 1}, [prop["items"]["maximum"] + 1], [1] * (prop["maxItems"] + 1), [True]]
+    return []
+
+
+@pytest.mark.parametrize("name", sorted(ps.catalog()))
+def test_plugin_args_refuse_ill_typed_and_out_of_range_values(name: str):
+    spec = ps.get_plugin(name)
+    schema = spec.args.model_json_schema()["properties"]
+    for arg, prop in schema.items():
+        for option in [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]:
+            for value in _hostile(option):
+                if value is None:
+                    continue
+                with pytest.raises(ps.RecipeError) as refused:
+                    spec.validate_args({arg: value})
+                assert f"plugin '{name}': argument '{arg}'" in refused.value.message, (arg, value)
 
 
 def test_edit_does_not_touch_the_input_model():
