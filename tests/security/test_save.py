@@ -105,3 +105,24 @@ def test_round_trip_records_edits_and_versions(edited_dir):
     with torch.no_grad():
         torch.testing.assert_close(ps.load(resaved, trust_source=True)(x), loaded(x), rtol=0, atol=0)
     assert os.listdir(resaved) and (resaved / "manifest.json").read_text() == (edited_dir / "manifest.json").read_text()
+
+
+def test_steps_recorded_without_their_edits_are_resolved_at_save(tmp_path):
+    """A recipe step recorded without edits is redone on a fresh build, which must give the model saved."""
+    from plugsurgeon.io import read_manifest
+
+    result = ps.apply(TinyResNet(), "se", input_shape=(1, 3, 32, 32))
+    provenance = get_provenance(result.model)
+    bare = [{k: v for k, v in step.items() if k != "edits"} for step in provenance["steps"]]
+    set_provenance(result.model, {"source": "tests.nets:TinyResNet", "steps": bare})
+    ps.save(result.model, tmp_path / "resolved")
+    assert [e.path for e in read_manifest(tmp_path / "resolved").steps[0].edits] == ["layer1.0.se", "layer1.1.se", "layer2.0.se", "layer2.1.se"]
+    set_provenance(result.model, {"source": "tests.nets:BranchyNet", "steps": bare})
+    with pytest.raises(ps.PlugsurgeonError):
+        ps.save(result.model, tmp_path / "other")  # BranchyNet has no residual sites: not what was edited
+    assert not (tmp_path / "other").exists()
+    set_provenance(result.model, {"source": "tests.nets:TinyResNet", "steps": bare})
+    result.model.head = torch.nn.Linear(32, 5)  # changed by hand after surgery
+    with pytest.raises(ps.PlugsurgeonError, match=r"is not what its recorded source and steps build \(first differences: \['head.bias'"):
+        ps.save(result.model, tmp_path / "changed")
+    assert not (tmp_path / "changed").exists()
