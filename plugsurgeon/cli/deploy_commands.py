@@ -118,7 +118,10 @@ def deploy_summary(report) -> None:
     for column in ("action", "path", "detail"):
         table.add_column(column, overflow="fold")
     for item in report.reparameterized:
-        table.add_row("reparameterized", item.path, f"{item.before} -> {item.after}")
+        detail = f"{item.before}.{item.method}, in place" if item.in_place else f"{item.before} -> {item.after}"
+        table.add_row("reparameterized", item.path or "(model)", detail)
+    for item in report.left_alone:
+        table.add_row("left alone", item.path or "(model)", f"{item.type}.{item.method}: {item.reason}")
     for item in report.folded:
         table.add_row("folded", item.norm, f"{item.norm_type} into {item.layer_type} '{item.layer}'")
     for item in report.skipped:

@@ -56,13 +56,16 @@ def is_leaf_type(module: nn.Module) -> bool:
         # layer to the rest of the model: one value in, one out. Tracing through it would bake its
         # mode checks into the graph and hide the layer from folding and site finding.
         return True
-    # Childless layers from other libraries (torchvision's FrozenBatchNorm2d, StochasticDepth,
-    # DeformConv2d) hold state or read self.training: tracing through them would bake the mode into
-    # the graph. Stateless helpers (FPN's LastLevelMaxPool) are traced through, as fx would.
-    if next(module.children(), None) is not None:
-        return False
-    has_state = next(module.parameters(recurse=False), None) is not None or next(module.buffers(recurse=False), None) is not None
-    return has_state or reads_training_flag(type(module))
+    # Layers from other libraries (torchvision's FrozenBatchNorm2d, StochasticDepth, DeformConv2d)
+    # hold state or read self.training: tracing through them would bake the mode into the graph.
+    # A layer with its own tensors whose children are stateless decorations (timm's
+    # FrozenBatchNormAct2d: a frozen BN with its drop and act) is one layer too. Stateless helpers
+    # (FPN's LastLevelMaxPool) are traced through, as fx would.
+    own_state = next(module.parameters(recurse=False), None) is not None or next(module.buffers(recurse=False), None) is not None
+    children = list(module.children())
+    if children:
+        return own_state and not any(_holds_state(child) for child in children)
+    return own_state or reads_training_flag(type(module))
 
 
 def _extends_torch_layer(cls: type) -> bool:

@@ -116,3 +116,28 @@ def test_torch_layer_subclasses_from_other_packages_are_leaves():
     BatchNormAct.__module__ = "somewhere.else"
     assert is_leaf_type(BatchNormAct(4))
     assert not is_leaf_type(nn.Sequential(nn.ReLU()))
+
+
+def test_a_layer_with_stateless_decorations_is_one_leaf():
+    from plugsurgeon.graph.trace import is_leaf_type
+
+    class FrozenNormAct(nn.Module):  # timm's FrozenBatchNormAct2d: its own buffers, a drop and an act
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("weight", torch.ones(4))
+            self.drop, self.act = nn.Identity(), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.drop(x * self.weight[:, None, None]))
+
+    class Block(nn.Module):  # children with weights: a block, traced through
+        def __init__(self):
+            super().__init__()
+            self.gamma = nn.Parameter(torch.ones(4))
+            self.conv = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x) * self.gamma[:, None, None]
+
+    assert is_leaf_type(FrozenNormAct())
+    assert not is_leaf_type(Block())
