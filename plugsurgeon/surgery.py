@@ -23,6 +23,7 @@ from plugsurgeon.plugins.registry import PluginSpec, get_plugin
 from plugsurgeon.provenance import record_step
 from plugsurgeon.recipe import Recipe, Step, load_recipe
 from plugsurgeon.report import EditReport, SurgeryReport
+from plugsurgeon.steps import recipe_step
 from plugsurgeon.sites.find import locate
 from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
@@ -462,8 +463,8 @@ def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_
     target = model if inplace else _copy_of(model)
     planned = plan(target, recipe, input_shape=input_shape)
     # Everything that can fail runs before the commit: the step is recorded as plain JSON data.
-    step = {"kind": "recipe", "recipe": planned.recipe.model_dump(mode="json", exclude_defaults=True), "input_shape": list(planned.traced.input_shape)}
     try:
+        step = recipe_step(planned)  # the recipe, its input shape and the resolved edits (steps.py)
         json.dumps(step, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise RecipeError(f"recipe '{planned.recipe.name}' holds a value that cannot be saved: {error}",
