@@ -6,8 +6,12 @@ backbone/head sections, smp's encoder/decoder split, torchvision's module names.
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 import plugsurgeon as ps
+from tests.sites.shapes_nets import conv_bn_act
 
 
 def roles(model, shape) -> dict[str, list]:
@@ -110,3 +114,35 @@ def test_torchvision_segmentation_backbone_is_before_the_aspp_head():
     assert all(s.path.startswith("backbone.") for s in found["stage"])
     # The ASPP image-pooling branch resizes a 1x1 map back: a broadcast, not an upsample.
     assert len(found["upsample"]) == 1 and not found["upsample"][0].path.startswith("classifier")
+
+
+# -- a model fx cannot trace whole: its children are traced one by one
+def test_a_row_of_parts_has_its_extractor_before_the_first_part_fed_several_maps():
+    class Fuse(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(48, 16, 3, padding=1)
+
+        def forward(self, fine, coarse):
+            return self.conv(torch.cat([fine, F.interpolate(coarse, size=fine.shape[-2:])], 1))
+
+    class Row(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.s1, self.s2 = conv_bn_act(3, 8, 3, 2), conv_bn_act(8, 16, 3, 2), conv_bn_act(16, 32, 3, 2)
+            self.fuse = Fuse()
+            self.out = conv_bn_act(16, 16)
+
+        def forward(self, x):
+            fine = self.s1(self.stem(x))
+            coarse = self.s2(fine)
+            if coarse.sum() > 0:  # data-dependent: fx cannot trace the root
+                coarse = coarse * 2
+            return self.out(self.fuse(fine, coarse))
+
+    model = Row().eval()
+    assert [p.path for p in ps.trace(model, (1, 3, 64, 64)).parts] == ["stem", "s1", "s2", "fuse", "out"]
+    found = roles(model, (1, 3, 64, 64))
+    assert paths(found["backbone"]) == ["s2.2"]
+    assert [(s.path, s.stage) for s in found["stage"]] == [("stem.2", 1), ("s1.2", 2), ("s2.2", 3)]
+    assert paths(found["neck.merge"]) == ["fuse:fine"]  # the part fed both maps merges them
