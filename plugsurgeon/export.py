@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from plugsurgeon import progress
 from plugsurgeon.errors import PlugsurgeonError, VerificationError
 from plugsurgeon.graph.shapes import validate_input_shape
 
@@ -73,7 +74,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape=DEFAULT_INPUT
     x = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     with torch.no_grad():
         expected = [t for t in tree_leaves(work(x.clone())) if isinstance(t, torch.Tensor)]
+    progress.step(f"exporting {type(model).__name__} to ONNX")
     exporter, notes = _export(work, x, path, opset)
+    progress.step("checking the exported graph in onnxruntime")
     try:
         proto = onnx.load(str(path), load_external_data=False)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -18,6 +18,7 @@ from typing import Literal
 
 from torch import nn
 
+from plugsurgeon import progress
 from plugsurgeon.errors import ModelLoadError, UnknownNameError, did_you_mean
 from plugsurgeon.provenance import record_source
 
@@ -47,6 +48,7 @@ def load_model(spec: str | Path, *, trust_source: bool = False) -> nn.Module:
         from plugsurgeon.io import load
 
         return load(text, trust_source=trust_source)
+    progress.step(f"building {text}")
     model = build_source(text, trusted=True)
     record_source(model, text)
     return model

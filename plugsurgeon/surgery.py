@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from plugsurgeon import progress
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
 from plugsurgeon.graph.check import compare
 from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
@@ -96,6 +97,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
     for index, step in enumerate(recipe.steps, start=1):
         spec = get_plugin(step.plugin)
         sites = _sites_for(step, spec, all_sites, index, recipe, model)
+        progress.step(f"planning step {index} of '{recipe.name}': {spec.name} at {len(sites)} {step.at} sites")
         for site in sites:
             try:
                 edits.append(_plan_edit(model, traced, step, spec, site, index, dtype))
@@ -402,6 +404,7 @@ def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[
     """The edited model runs in train and eval mode wherever the original does, with the same output
     structure (each edited part on its recorded inputs); the failing edit is named."""
     model, traced = planned.model, planned.traced
+    progress.step("checking the edited model in train and eval mode")
     for part in traced.parts:
         paths = [p for p in (*owners, *replacements) if _within(p, part.path)]
         if not paths:
@@ -434,6 +437,7 @@ def _part_problem(model: nn.Module, part, owners, replacements) -> str | None:
 def apply_plan(planned: Plan) -> SurgeryResult:
     """Commit a plan into ``planned.model``. All new modules are built and checked before the first attribute is set."""
     model = planned.model
+    progress.step(f"building {len(planned.edits)} edits")
     owners, replacements = build_edits(planned)
     check_edits(planned, owners, replacements)
     keys_before = set(model.state_dict())

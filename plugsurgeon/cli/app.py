@@ -50,8 +50,15 @@ app = typer.Typer(
 )
 
 
+_options: dict[str, bool] = {}  # the root command's options, set by its callback for the subcommand that follows
+
+
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr (it is shown only on a terminal anyway)")] = False,
+) -> None:
+    _options["quiet"] = quiet
     # Bare `plugsurgeon` is a request for help, not a mistake: print it and exit 0. (typer's
     # no_args_is_help raises a usage error carrying the help text instead, which exits 2, or 1 here.)
     if ctx.invoked_subcommand is None:
@@ -59,6 +66,17 @@ def _root(ctx: typer.Context) -> None:
         if text:
             typer.echo(text)
         raise typer.Exit(0)
+
+
+def _progress():
+    """Progress of the command's slow steps on stderr: only on a terminal, never with --quiet, never on stdout."""
+    import contextlib
+
+    from plugsurgeon.cli import render
+
+    if _options.get("quiet") or not render.errors.is_terminal:
+        return contextlib.nullcontext()
+    return render.progress_on_stderr()
 
 
 def _debug() -> bool:
@@ -136,7 +154,8 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with _progress():
+                return command(*args, **kwargs)
         except (_EXIT, _ABORT, _USAGE_ERROR):
             raise  # typer's own signals: typer and main() handle them
         except Exception as error:  # noqa: BLE001 - the boundary: nothing else leaves a command

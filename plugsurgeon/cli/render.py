@@ -10,8 +10,10 @@ here. Nothing has to remember to escape, and a new table cannot forget to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -33,6 +35,15 @@ def line(*parts: str | Text) -> Text:
     for part in parts:
         out.append(part if isinstance(part, Text) else str(part))
     return out
+
+
+@contextlib.contextmanager
+def progress_on_stderr() -> Iterator[None]:
+    """A spinner on stderr naming the core's current step (plugsurgeon.progress), gone when the command ends."""
+    from plugsurgeon import progress
+
+    with errors.status("starting", spinner="dots") as status, progress.reporting(lambda message: status.update(message)):
+        yield
 
 
 def print_json(data: Any) -> None:

@@ -16,6 +16,7 @@ from plugsurgeon.deployment.measure import count_flops, count_params
 from plugsurgeon.deployment.reparameterize import Outcome, reparameterize_all
 from plugsurgeon.deployment.report import DeployReport, Folded, LeftAlone, Reparameterized
 from plugsurgeon.deployment.verify import compare, probe_calls, run
+from plugsurgeon import progress
 from plugsurgeon.errors import PlugsurgeonError, VerificationError
 from plugsurgeon.graph.shapes import validate_input_shape
 from plugsurgeon.graph.trace import Traced, trace
@@ -48,6 +49,7 @@ def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = 
     if not (atol >= 0 and rtol >= 0):
         raise PlugsurgeonError(f"tolerances must be non-negative, got atol={atol}, rtol={rtol}", hint="for example --atol 1e-4 --rtol 1e-4")
     was_training = any(m.training for m in model.modules())
+    progress.step(f"deploying {type(model).__name__}: reparameterizing and folding")
     reference = _copy(model).eval()
     deployed, traced, outcome, folded, plan = transform(_copy(model), input_shape)
     reparameterized = outcome.reparameterized
@@ -67,6 +69,7 @@ def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = 
         notes=_notes(traced, reparameterized, outcome.left_alone, was_training),
     )
     if verify:
+        progress.step("verifying the deployed model against the original")
         expected, report.flops_before = run(reference, calls)
         actual, report.flops_after = run(deployed, calls)
         report.verification = compare(expected, actual, calls, atol=atol, rtol=rtol)

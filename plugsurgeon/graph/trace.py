@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from plugsurgeon import progress
 from plugsurgeon.errors import TraceError
 
 OWNER = "ps_owner"  # node.meta key: path (relative to the traced root) of the innermost module call
@@ -539,6 +540,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> 
 
     input_shape = validate_input_shape(input_shape)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    progress.step(f"tracing {type(model).__name__} at {'x'.join(map(str, input_shape))}")
     return _PartTracer(model, input_shape, dtype).run()
 
 
@@ -562,6 +564,7 @@ class _PartTracer:
         from plugsurgeon.graph.shapes import record_module_inputs
 
         if self._inputs is None:
+            progress.step(f"running {type(self.model).__name__} once to record the inputs of its traceable parts")
             self._inputs = record_module_inputs(self.model, torch.zeros(self.input_shape, dtype=self.dtype))
         return self._inputs
 
