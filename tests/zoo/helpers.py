@@ -81,15 +81,24 @@ def image_size(model: nn.Module) -> int:
     return transform.fixed_size[0] if getattr(transform, "fixed_size", None) else transform.min_size[0]
 
 
-def targets_for(model: nn.Module, size: int) -> list[dict]:
-    target = {"boxes": torch.tensor([[10.0, 20.0, 120.0, 160.0]]), "labels": torch.tensor([1])}
-    if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask():
-        target["masks"] = torch.zeros(1, size, size, dtype=torch.uint8)
-        target["masks"][0, 20:160, 10:120] = 1
-    if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_keypoint():
-        k = model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels
-        target["keypoints"] = torch.tensor([[[50.0, 60.0, 1.0]] * k])
-    return [target]
+def detection_images(size: int, n: int = 2) -> list[torch.Tensor]:
+    """Two images: SSDLite's extra layers reach 1x1 maps, whose train-mode BatchNorm needs a batch > 1."""
+    return [torch.rand(3, size, size) for _ in range(n)]
+
+
+def targets_for(model: nn.Module, size: int, n: int = 2) -> list[dict]:
+    """One box per image, with the masks / keypoints the model's heads train on."""
+    targets = []
+    for _ in range(n):
+        target = {"boxes": torch.tensor([[10.0, 20.0, 120.0, 160.0]]), "labels": torch.tensor([1])}
+        if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask():
+            target["masks"] = torch.zeros(1, size, size, dtype=torch.uint8)
+            target["masks"][0, 20:160, 10:120] = 1
+        if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_keypoint():
+            k = model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels
+            target["keypoints"] = torch.tensor([[[50.0, 60.0, 1.0]] * k])
+        targets.append(target)
+    return targets
 
 
 def extractor(model: nn.Module) -> nn.Module:

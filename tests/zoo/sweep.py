@@ -255,12 +255,12 @@ def _build(zoo: str, name: str, size: int):
 
             return model, shape, lambda m, train: run(m, x, train=train), expect
         # detection: small images; train mode needs targets
-        from tests.zoo.helpers import build_detector, extractor, image_size, targets_for
+        from tests.zoo.helpers import build_detector, detection_images, extractor, image_size, targets_for
 
         model = build_detector(bare)
         side = image_size(model)
         shape = (1, 3, side, side)
-        images = [torch.rand(3, side, side)]
+        images = detection_images(side)
 
         def runner(m, train):
             torch.manual_seed(1)

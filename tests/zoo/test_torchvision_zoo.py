@@ -20,6 +20,7 @@ import plugsurgeon as ps
 from tests.zoo.counting import count_adds
 from tests.zoo.helpers import (
     build_detector,
+    detection_images,
     extractor,
     image_size,
     new_module_paths,
@@ -40,7 +41,7 @@ def params(cases):
 
 
 def assert_detector_runs_like(edited: nn.Module, model: nn.Module, size: int) -> None:
-    images = [torch.rand(3, size, size)]
+    images = detection_images(size)
     assert type(edited) is type(model)
     assert structure(run(edited, images, train=False), ragged=True) == structure(run(model, images, train=False), ragged=True)
     torch.manual_seed(1)
