@@ -360,3 +360,30 @@ def test_frozen_batchnorm_stays_frozen_through_a_trace_in_parts():
     model.backbone.layer1[0].bn1.eval()  # frozen by the user
     ps.apply(model, recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE, dry_run=True)
     assert not model.backbone.layer1[0].bn1.training and model.backbone.layer1[0].bn2.training
+
+
+def test_an_edited_module_keeps_the_plain_attributes_its_callers_read():
+    class Layer(nn.Module):  # Ultralytics' model loop reads m.f and m.i of every layer it runs
+        def __init__(self):
+            super().__init__()
+            self.block = TinyResNet().layer1[0]
+            self.f, self.i, self.type = -1, 1, "Layer"
+
+        def forward(self, x):
+            return self.block(x) + x
+
+    class Looping(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.layers = nn.ModuleList([Layer()])
+
+        def forward(self, x):
+            x = self.stem(x)
+            for layer in self.layers:
+                x = layer(x) if layer.f == -1 else x
+            return x
+
+    result = ps.apply(Looping(), recipe({"plugin": "se", "at": "residual.output"}), input_shape=SHAPE)
+    edited = result.model.layers[0]
+    assert isinstance(edited, torch.fx.GraphModule) and (edited.f, edited.i, edited.type) == (-1, 1, "Layer")

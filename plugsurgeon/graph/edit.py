@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -100,7 +101,14 @@ def _resolve(by_local, local, owner_path, expected_op, expected_target, owner) -
 
 def _keep_unreferenced_state(owner: nn.Module, gm: fx.GraphModule) -> None:
     """GraphModule copies only what the graph uses; keep every child, parameter and buffer the owner had
-    so that state_dict keys do not change (unused heads, auxiliary classifiers)."""
+    so that state_dict keys do not change (unused heads, auxiliary classifiers), and the plain attributes
+    other code reads from the module at that path (Ultralytics' model loop reads each layer's ``f`` and ``i``)."""
+    for name, value in owner.__dict__.items():
+        if name.startswith("_") or name == "training" or name in gm.__dict__ or isinstance(value, (nn.Module, torch.Tensor)):
+            continue
+        if getattr(type(gm), name, None) is not getattr(nn.Module, name, None):  # GraphModule's own (graph, code, ...)
+            continue
+        gm.__dict__[name] = value
     for name, child in owner.named_children():
         if not hasattr(gm, name):
             gm.add_module(name, child)
