@@ -184,7 +184,7 @@ def parse_recipe(text: str, *, source: str = "<string>") -> Recipe:
     try:
         return Recipe(**data, source=source)
     except ValidationError as error:
-        raise RecipeError(_describe(error, source), hint="see recipes/cbam.yaml for the format; `plugsurgeon plugins` lists plugins and their arguments") from None
+        raise RecipeError(_describe(error, source), hint="see recipes/cbam.yaml for the format; `plugsurgeon plugins --json` lists plugins and their arguments with ranges") from None
     except UnknownNameError as error:
         raise RecipeError(f"{source}: {error.message}", hint=error.hint) from None
 

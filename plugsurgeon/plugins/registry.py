@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from pydantic import ValidationError
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from plugsurgeon.errors import RecipeError, SiteError, UnknownNameError, did_you_mean
 from plugsurgeon.graph.trace import register_leaf
@@ -86,8 +87,6 @@ class PluginSpec:
             raise SiteError(f"plugin '{self.name}': {error.message}", hint=error.hint) from None
         kwargs = {**self.infer(site, replaced), **values.kwargs()}
         if host is not None or fake:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
             # Fake tensors, not the meta device: constructors that place their tensors where the
             # replaced conv's are (device=source.weight.device) would allocate for real on meta.
             with FakeTensorMode(allow_non_fake_inputs=True):
