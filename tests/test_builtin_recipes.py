@@ -26,7 +26,10 @@ def resnet50():
 def test_recipe_applies_and_trains(name: str, resnet50):
     recipe = ps.load_recipe(name)
     if _needs_pyramid(recipe):
-        model = ps.load_model("fasterrcnn_resnet50_fpn")
+        import torchvision
+
+        # The detector's transform would resize every input to 800 px; a small size keeps the test cheap.
+        model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=128, max_size=160)
         result = ps.apply(model, recipe, input_shape=(1, 3, 128, 128))
         edited = result.model.eval()
         with torch.no_grad():
@@ -39,9 +42,10 @@ def test_recipe_applies_and_trains(name: str, resnet50):
         new = [edited.get_submodule(e.module) for e in result.report.edits]
         assert all(p.grad is not None for m in new for p in m.parameters() if p.requires_grad)
         return
-    result = ps.apply(resnet50, recipe, input_shape=(1, 3, 224, 224))
+    # 128 px: every stage of a ResNet-50 keeps a map of at least 4x4, which every catalog module takes.
+    result = ps.apply(resnet50, recipe, input_shape=(1, 3, 128, 128))
     edited = result.model.train()
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 128, 128)
     out = edited(x)
     assert out.shape == (2, 1000)
     out.square().mean().backward()

@@ -119,8 +119,9 @@ def test_attention_on_every_bottleneck_with_a_shortcut(yaml, recipe):
         least = 1 if type(block).__name__.endswith("Bottleneck") else 2
         assert least <= len(per_block[name]) <= most[name], (name, type(block).__name__, per_block[name])
 
+    batch = torch.randn(2, *SHAPE[1:])  # ASPP's image pooling meets a 1x1 map: train-mode BatchNorm needs N > 1
     for train in (False, True):
-        assert structure(run(edited, x, train=train)) == structure(run(model, x, train=train)), f"train={train}"
+        assert structure(run(edited, batch, train=train)) == structure(run(model, batch, train=train)), f"train={train}"
     assert not edited.training or model.training  # the edited copy keeps the caller's mode
 
 
