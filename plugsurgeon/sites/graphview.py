@@ -52,6 +52,12 @@ _SPLIT_NAMES = {"split", "chunk", "tensor_split"}
 
 NCHW = ("N", "C", "H", "W")
 Layout = tuple  # one label per axis: N, C, H, W, or "?" for an axis of unknown meaning
+# A piece of one of the image's axes: (name, total, stride, size). The axis ``name`` (N, C, H, W, or
+# "?") of extent ``total`` is cut, row-major, into parts; this piece is the index ``(i // stride) % size``.
+# An axis of a value is a tuple of pieces, outermost first: (("H", 56, 1, 56),) is all of H; a window
+# partition of H by 8 gives ("H", 56, 8, 7) (which window) and ("H", 56, 1, 8) (where in the window).
+Piece = tuple
+Axes = tuple  # one tuple of pieces per axis of a value
 
 
 class GraphView:
@@ -191,16 +197,24 @@ class GraphView:
     @cached_property
     def layouts(self) -> dict[fx.Node, Layout | None]:
         """The meaning of each axis of every value, where it can be told: N,C,H,W after 2-D conv, pool
-        and norm layers, permuted by permute/transpose, kept by reshapes that keep the batch and the
-        trailing H,W (channel shuffle), by split/chunk pieces and slices, and by elementwise ops whose
-        same-shape inputs agree (a broadcast gate or layer scale does not decide). A split node keeps
-        its input's layout for its pieces."""
-        layout: dict[fx.Node, Layout | None] = {}
-        for node in self.nodes:
-            layout[node] = self._layout_of(node, layout)
-        return layout
+        and norm layers, permuted by permute/transpose, regrouped by reshapes (channel shuffle, tokens,
+        window partitions and their reverse), kept by split/chunk pieces and slices, and by elementwise
+        ops whose same-shape inputs agree (a broadcast gate or layer scale does not decide)."""
+        return {node: _labels(axes) for node, axes in self.axes.items()}
 
-    def _layout_of(self, node: fx.Node, known: dict) -> Layout | None:
+    @cached_property
+    def axes(self) -> dict[fx.Node, Axes | None]:
+        """What each axis of every value is made of: a tuple of pieces of the image's axes (see ``Piece``),
+        or None where it cannot be told. A reshape splits and merges pieces; a later reshape that puts
+        the pieces of H back together, in order, gives H again (a window partition and its reverse)."""
+        axes: dict[fx.Node, Axes | None] = {}
+        for node in self.nodes:
+            found = self._axes_of(node, axes)
+            shape = self.shape(node)
+            axes[node] = _conformed(found, shape) if found is not None and shape is not None else found
+        return axes
+
+    def _axes_of(self, node: fx.Node, known: dict) -> Axes | None:
         if _is_split(node):
             return known.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
         shape = self.shape(node)
@@ -208,10 +222,10 @@ class GraphView:
             return None
         rank = len(shape)
         if node.op == "placeholder":
-            return NCHW if rank == 4 else None
+            return _fresh(NCHW, shape) if rank == 4 else None
         module = self.module(node)
         if isinstance(module, _NCHW_MODULES) or (node.op == "call_function" and node.target in _NCHW_FUNCTIONS):
-            return NCHW if rank == 4 else None
+            return _fresh(NCHW, shape) if rank == 4 else None
         first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         source = known.get(first) if first is not None else None
         if _is_method_or_function(node, "permute"):
@@ -226,15 +240,18 @@ class GraphView:
                 return source if source is not None and len(source) == rank else None
             return _indexed(source, node.args[1], rank)
         if isinstance(module, nn.Linear):
-            return source if source is not None and source[-1] == "C" else None
+            return source if source is not None and _label(source[-1]) == "C" else None
         # Elementwise ops, norms over the last axis, concatenations and opaque leaves: the inputs with
         # the output's shape decide (a broadcast operand does not); failing those, inputs of its rank.
         # An input whose layout could not be told does not overrule one that could: values added
         # elementwise share their axes.
         inputs = [a for a in self.tensor_inputs(node) if len(self.shape(a)) == rank]
         deciding = [a for a in inputs if self.shape(a) == shape] or inputs
-        labels = {known.get(a) for a in deciding} - {None}
-        return labels.pop() if len(labels) == 1 else None
+        labels = {_labels(known.get(a)) for a in deciding} - {None}
+        if len(labels) != 1:
+            return None
+        pieces = {known.get(a) for a in deciding} - {None}
+        return pieces.pop() if len(pieces) == 1 else _fresh(labels.pop(), shape)
 
     def is_slice(self, node: fx.Node) -> bool:
         """x[:, a:b, ...]: basic slicing of a tensor, every axis kept."""
@@ -251,6 +268,9 @@ class GraphView:
 
     def layout(self, node: fx.Node) -> Layout | None:
         return self.layouts.get(node)
+
+    def axes_of(self, node: fx.Node) -> Axes | None:
+        return self.axes.get(node)
 
     def nchw(self, node: fx.Node) -> bool:
         return self.layouts.get(node) == NCHW
@@ -380,13 +400,63 @@ def _dims(node: fx.Node) -> list:
     return args
 
 
-def _permuted(source: Layout | None, dims: list, rank: int) -> Layout | None:
+def _fresh(labels: Layout, shape: tuple) -> Axes:
+    """Whole axes with the given labels (an axis labelled only "?" or a channel group is its own thing)."""
+    return tuple(((label if label in NCHW else "?", int(size), 1, int(size)),) for label, size in zip(labels, shape, strict=True))
+
+
+def _label(axis: tuple) -> str:
+    """N, C, H or W for the whole of that axis; C for a group of channels; HW for H and W flattened
+    together in that order; "?" for anything else (a piece of H, windows folded into the batch)."""
+    if len(axis) == 1:
+        name, total, stride, size = axis[0]
+        if name in NCHW and (stride == 1 and size == total or name == "C"):
+            return name
+        return "?"
+    if all(p[0] == "C" for p in axis):
+        return "C"
+    if [p[0] for p in axis] == ["H", "W"] and all(p[2] == 1 and p[3] == p[1] for p in axis):
+        return "HW"
+    return "?"
+
+
+def _labels(axes: Axes | None) -> Layout | None:
+    return None if axes is None else tuple(_label(axis) for axis in axes)
+
+
+def _merged(axis: list) -> tuple:
+    """Adjacent pieces of one axis that are consecutive (outer stride = inner stride * size) become one."""
+    out: list = []
+    for piece in axis:
+        if out and out[-1][0] == piece[0] != "?" and out[-1][1] == piece[1] and out[-1][2] == piece[2] * piece[3]:
+            outer = out.pop()
+            piece = (piece[0], piece[1], piece[2], outer[3] * piece[3])
+        out.append(piece)
+    return tuple(out)
+
+
+def _size(axis: tuple) -> int:
+    size = 1
+    for piece in axis:
+        size *= piece[3]
+    return size
+
+
+def _conformed(axes: Axes, shape: tuple) -> Axes | None:
+    """Axes whose size no longer matches the value (a slice, a split piece, a Linear's new width) are
+    whole axes of their label at the new size."""
+    if len(axes) != len(shape):
+        return None
+    return tuple(axis if _size(axis) == size else _fresh((_label(axis),), (size,))[0] for axis, size in zip(axes, shape, strict=True))
+
+
+def _permuted(source: Axes | None, dims: list, rank: int) -> Axes | None:
     if source is None or len(source) != rank or len(dims) != rank or not all(isinstance(d, int) for d in dims):
         return None
     return tuple(source[d % rank] for d in dims)
 
 
-def _transposed(source: Layout | None, axes, rank: int) -> Layout | None:
+def _transposed(source: Axes | None, axes, rank: int) -> Axes | None:
     if source is None or len(source) != rank or len(axes) != 2 or not all(isinstance(a, int) for a in axes):
         return None
     labels = list(source)
@@ -395,23 +465,24 @@ def _transposed(source: Layout | None, axes, rank: int) -> Layout | None:
     return tuple(labels)
 
 
-def _reshaped(source: Layout | None, before: tuple | None, after: tuple) -> Layout | None:
-    """Labels after a reshape, matching groups of axes whose sizes multiply to the same number.
+def _reshaped(source: Axes | None, before: tuple | None, after: tuple) -> Axes | None:
+    """Axes after a reshape: groups of axes whose sizes multiply to the same number share out their
+    pieces, row-major, splitting a piece where a new axis ends inside it.
 
-    An axis that is split keeps its meaning in the pieces (channel groups stay C; a flattened H*W
-    axis splits back into H, W), axes that are merged keep it only when they share it (C with C) or
-    form H*W; anything else, batch folding included, is unknown. So channel shuffle's 5-D view and
-    back, and tokens (N, H*W, C) reshaped to (N, H, W, C), keep their layout.
+    A split axis becomes pieces of it (channel groups; a window index and a position in the window);
+    merged axes hold all their pieces; pieces that come back together in order are the axis again. So
+    channel shuffle's 5-D view and back, tokens (N, H*W, C) reshaped to (N, H, W, C), and a window
+    partition and its reverse keep their layout; windows folded into the batch are no N.
     """
     if source is None or before is None or len(source) != len(before):
         return None
     if tuple(before) == tuple(after):
         return source
-    labels: list[str] = []
+    out: list[tuple] = []
     i = j = 0
     while i < len(before) or j < len(after):
         if j < len(after) and after[j] == 1 and (i >= len(before) or before[i] != 1):
-            labels.append("?")  # an axis of size one that was not there
+            out.append((("?", 1, 1, 1),))  # an axis of size one that was not there
             j += 1
             continue
         if i < len(before) and before[i] == 1 and (j >= len(after) or after[j] != 1):
@@ -434,49 +505,59 @@ def _reshaped(source: Layout | None, before: tuple | None, after: tuple) -> Layo
                     return None
                 gj.append(j)
                 pj *= after[j]
-        labels.extend(_regrouped([source[k] for k in gi], len(gj)))
+        out.extend(_shared_out([piece for k in gi for piece in source[k]], [after[k] for k in gj]))
         i, j = i + 1, j + 1
-    return tuple(labels)
+    return tuple(out)
 
 
-def _regrouped(merged: list[str], pieces: int) -> list[str]:
-    if len(merged) == 1:
-        label = merged[0]
-    elif set(merged) == {"C"}:
-        label = "C"
-    elif merged == ["H", "W"]:
-        label = "HW"
-    else:
-        label = "?"
-    if pieces == 1:
-        return [label]
-    if label == "HW" and pieces == 2:
-        return ["H", "W"]
-    return ["C"] * pieces if label == "C" else ["?"] * pieces
+def _shared_out(pieces: list, sizes: list[int]) -> list[tuple]:
+    """The pieces of a group of merged axes, dealt row-major to new axes of the given sizes."""
+    if all(size == 1 for size in sizes):  # axes of size one on both sides (a batch of one) stay what they were
+        ones = [(p,) for p in pieces if p[3] == 1]
+        return [ones[k] if k < len(ones) else (("?", 1, 1, 1),) for k in range(len(sizes))]
+    queue = [p for p in pieces if p[3] != 1]
+    out = []
+    for size in sizes:
+        axis, need = [], size
+        while need > 1:
+            if not queue:
+                return [(("?", s, 1, s),) for s in sizes]
+            name, total, stride, piece = queue[0]
+            if piece <= need and need % piece == 0:
+                axis.append(queue.pop(0))
+                need //= piece
+            elif piece > need and piece % need == 0:
+                axis.append((name, total, stride * (piece // need), need))  # the outer part goes first
+                queue[0] = (name, total, stride, piece // need)
+                need = 1
+            else:
+                return [(("?", s, 1, s),) for s in sizes]
+        out.append(_merged(axis) if axis else (("?", 1, 1, 1),))
+    return out
 
 
-def _indexed(source: Layout | None, index, rank: int) -> Layout | None:
+def _indexed(source: Axes | None, index, rank: int) -> Axes | None:
     """Basic indexing (slices, ints, None, ...) keeps the axes it does not drop or add: x[:, :c] stays N,C,H,W."""
     if source is None:
         return None
     items = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(i, fx.Node) for i in items):
         return None  # advanced indexing by a tensor, or an index computed at run time
-    labels, axis = [], 0
+    axes, axis = [], 0
     for position, item in enumerate(items):
         if item is Ellipsis:
             remaining = sum(1 for i in items[position + 1:] if i is not None)
             skip = len(source) - axis - remaining
-            labels.extend(source[axis:axis + skip])
+            axes.extend(source[axis:axis + skip])
             axis += skip
         elif item is None:
-            labels.append("?")
+            axes.append((("?", 1, 1, 1),))
         elif isinstance(item, slice):
-            labels.append(source[axis] if axis < len(source) else "?")
+            axes.append(source[axis] if axis < len(source) else (("?", 1, 1, 1),))
             axis += 1
         elif isinstance(item, int):
             axis += 1
         else:
             return None
-    labels.extend(source[axis:])
-    return tuple(labels) if len(labels) == rank else None
+    axes.extend(source[axis:])
+    return tuple(axes) if len(axes) == rank else None

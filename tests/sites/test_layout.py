@@ -126,3 +126,45 @@ def test_a_reshape_that_folds_space_into_the_batch_is_not_nchw():
 def test_layout_preserving_blocks_keep_their_residual_merge(block, merges):
     sites = ps.find_sites(PatternNet(block(), block()), "residual.branch", input_shape=SHAPE)
     assert len(sites) == 2 * merges
+
+
+class _WindowAttentionThenConvBlock(nn.Module):
+    """MaxViT's layer in miniature: a residual conv block, then a grid-partitioned channels-last token
+    mixer (reshape to windows, permute, swap axes, Linear, and the exact reverse back to N,C,H,W)."""
+
+    def __init__(self, c: int = 8, p: int = 4) -> None:
+        super().__init__()
+        self.p = p
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 1))
+        self.norm = nn.LayerNorm(c)
+        self.mix = nn.Linear(c, c)
+
+    def forward(self, x):
+        x = self.body(x) + x  # the residual merge that the fork's layout must not hide
+        n, c, h, w = x.shape
+        p = self.p
+        t = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(n, (h // p) * (w // p), p * p, c)
+        t = t.swapaxes(-2, -3)  # grid attention: tokens strided across the map
+        t = t + F.gelu(self.mix(self.norm(t)))
+        t = t.swapaxes(-2, -3)
+        t = t.reshape(n, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)
+        return t
+
+
+def test_a_window_partition_and_its_reverse_give_nchw_back():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.blocks = nn.Sequential(_WindowAttentionThenConvBlock(), _WindowAttentionThenConvBlock())
+
+        def forward(self, x):
+            return self.blocks(self.stem(x))
+
+    view = view_of(Net())
+    reshapes = [n for n in view.nodes if n.op == "call_method" and n.target == "reshape"]
+    windows, back = reshapes[1], reshapes[3]
+    assert view.shape(back) == (2, 8, 32, 32) and view.nchw(back)
+    assert not view.nchw(windows)  # (N, windows, positions, C): no N,C,H,W map
+    # The second block's conv merge reads the first block's departitioned output: both merges found.
+    assert len(ps.find_sites(Net(), "residual.branch", input_shape=SHAPE)) == 2
