@@ -44,6 +44,7 @@ _NCHW_FUNCTIONS = {F.conv2d, F.conv_transpose2d, F.max_pool2d, F.avg_pool2d, F.a
 _MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d,
                    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
 _MIXING_FUNCTIONS = {F.conv2d, F.linear, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
+_RESIZE_FUNCTIONS = {F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear}
 _PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
 _PASS_METHODS = {"contiguous", "clone", "float", "to", "type_as", "detach"}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "squeeze", "unsqueeze"}
@@ -151,6 +152,20 @@ class GraphView:
             return False
         inputs = self._map_inputs(node)
         return bool(inputs) and all(s[2] * s[3] < out[2] * out[3] and min(s[2], s[3]) > 1 for s in inputs)
+
+    def is_resize(self, node: fx.Node) -> bool:
+        """An upsample, or a resize to a given size that does not shrink a real map: ``F.interpolate(x,
+        size=lateral.shape[-2:])`` or ``nn.Upsample`` whose output happens to be the input's size (an
+        FPN's top-down step between two levels of the same stride) is still the pyramid's resize."""
+        if self.is_upsample(node):
+            return True
+        resizing = isinstance(self.module(node), nn.Upsample) or (
+            node.op == "call_function" and node.target in _RESIZE_FUNCTIONS)
+        out = self.shape(node)
+        if not resizing or out is None or len(out) != 4 or not self.nchw(node):
+            return False
+        inputs = self._map_inputs(node)
+        return bool(inputs) and all(s[2:] == out[2:] and min(s[2], s[3]) > 1 for s in inputs)
 
     def _map_inputs(self, node: fx.Node) -> list[tuple[int, ...]] | None:
         """Shapes of the 4-D inputs, or None when one is not N,C,H,W (its axes 2, 3 are no H, W)."""

@@ -223,7 +223,7 @@ def _carries_upsample(view: GraphView, fork: fx.Node, end: fx.Node) -> bool:
     """Whether an upsampled map reaches ``end`` from ``fork`` other than through a multiplicative gate
     (GhostNetV2's attention resizes a gate that multiplies the branch; an FPN adds the resized map)."""
     region = set(view.path_between(fork, end))
-    return any(view.is_upsample(n) and _reaches_ungated(view, n, end, region) for n in region)
+    return any(view.is_resize(n) and _reaches_ungated(view, n, end, region) for n in region)
 
 
 def _reaches_ungated(view: GraphView, start: fx.Node, end: fx.Node, region: set[fx.Node]) -> bool:
@@ -330,7 +330,7 @@ def _fed_several_maps(view: GraphView) -> bool:
 
 def _find_anatomy(view: GraphView) -> Anatomy:
     found = Anatomy()
-    top_down = _resampled_merges(view, view.is_upsample)
+    top_down = _resampled_merges(view, view.is_resize)
     if _fed_several_maps(view):
         # A part fed maps of an extractor traced apart (a decoder, a head on pyramid levels): no
         # extractor of its own, but a neck if it merges them.
@@ -555,17 +555,35 @@ def upsample_sites(view: GraphView) -> list[Site]:
 
 def _levels(view: GraphView, found: Anatomy) -> list[fx.Node]:
     """The pyramid's output map at each size: where the last merge at that size (or the top of the
-    top-down path) hands over, in graph order."""
+    top-down path) hands over, in graph order. A later merge at the same size supersedes an earlier
+    level when it reads that level other than through its resized input (a PAN's bottom-up concat
+    reads the top-down level as its lateral); two levels of the same size side by side (an FPN over
+    two maps of one stride, merged by a resize that keeps the size) both stay."""
+    resized_by = {m: r for m, _l, r in found.top_down + found.bottom_up}
     sources = [found.top] if found.top is not None else []
-    sources += [m for m, _l, _r in found.top_down + found.bottom_up]
-    merges = {m for m, _l, _r in found.top_down + found.bottom_up}
+    sources += list(resized_by)
     modules = _neck_modules(view, found)
-    by_size: dict[tuple, fx.Node] = {}
+    kept: list[tuple[fx.Node, fx.Node]] = []  # (source, level)
     for source in sorted(sources, key=view.position.get):
-        level = _level_output(view, source, merges, modules)
-        if level is not None and _is_map(view, level):
-            by_size[tuple(view.shape(source)[2:])] = level
-    return sorted(set(by_size.values()), key=view.position.get)
+        level = _level_output(view, source, set(resized_by), modules)
+        if level is None or not _is_map(view, level):
+            continue
+        size = tuple(view.shape(source)[2:])
+        read = _read_unresized(view, source, resized_by.get(source))
+        kept = [(s, lv) for s, lv in kept if tuple(view.shape(s)[2:]) != size or not read & (1 << view.position[lv])]
+        kept.append((source, level))
+    return sorted({lv for _s, lv in kept}, key=view.position.get)
+
+
+def _read_unresized(view: GraphView, merge: fx.Node, resize: fx.Node | None) -> int:
+    """Bit set of what ``merge`` reads other than through its resized input (all it reads for the top)."""
+    if resize is None:
+        return view.ancestors[merge]
+    bits = 0
+    for x in view.tensor_inputs(merge):
+        if not (view.descendants[resize] >> view.position[x]) & 1:
+            bits |= view.ancestors[x]
+    return bits
 
 
 def _neck_modules(view: GraphView, found: Anatomy) -> set[str]:
@@ -592,7 +610,7 @@ def _level_output(view: GraphView, source: fx.Node, merges: set[fx.Node], module
                 continue
             pieces = view.is_split(user) and view.nchw(node)  # a split keeps the map's size for its pieces
             if not pieces and (not _spatial_4d(view, user) or view.shape(user)[2:] != size
-                               or view.is_upsample(user) or view.is_downsample(user)):
+                               or view.is_resize(user) or view.is_downsample(user)):
                 continue
             region.add(user)
             stack.append(user)

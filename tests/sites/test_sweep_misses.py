@@ -1,0 +1,60 @@
+"""Site-finding misses found by the zoo sweep, each reproduced by a tiny net with the same structure
+(or a real model at a small input where the structure is the model's own)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+import plugsurgeon as ps
+from tests.sites.shapes_nets import conv_bn_act
+
+SHAPE = (1, 3, 64, 64)
+
+
+def by_role(model, shape=SHAPE) -> dict[str, list]:
+    found: dict[str, list] = {}
+    for site in ps.find_sites(model, input_shape=shape):
+        found.setdefault(site.role, []).append(site)
+    return found
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_bn_act(c, c), nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + x)
+
+
+class SameStrideFPN(nn.Module):
+    """torchvision's FPN over a MobileNetV3 body: its last two returned maps have the same stride, so
+    the top-down step ``F.interpolate(top, size=lateral.shape[-2:])`` keeps the size."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn_act(3, c, stride=2), conv_bn_act(c, c, stride=2))
+        self.block = ResidualBlock(c)
+        self.deep = nn.Sequential(conv_bn_act(c, 2 * c), ResidualBlock(2 * c))  # same stride, more channels
+        self.inner = nn.ModuleList([nn.Conv2d(c, 8, 1), nn.Conv2d(2 * c, 8, 1)])
+        self.smooth = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)])
+
+    def forward(self, x):
+        c4 = self.block(self.stem(x))
+        c5 = self.deep(c4)
+        top = self.inner[1](c5)
+        lateral = self.inner[0](c4)
+        merged = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
+        return self.smooth[0](merged), self.smooth[1](top)
+
+
+def test_a_same_size_fpn_merge_is_a_pyramid_merge_not_a_residual():
+    found = by_role(SameStrideFPN().eval())
+    assert [s.path for s in found["residual.branch"]] == ["block.body.2", "deep.1.body.2"]
+    assert [s.path for s in found["neck.merge"]] == ["inner.0"]
+    # Two levels of one size side by side: both are levels, each with the other as extra.
+    assert sorted(s.path for s in found["neck.level"]) == ["smooth.0", "smooth.1"]
+    assert all(len(s.extra) == 1 for s in found["neck.level"])
+    assert [s.path for s in found["backbone"]] == ["deep.1:relu_1"]  # the second F.relu call of the traced graph
+    assert "upsample" not in found  # nothing is enlarged
