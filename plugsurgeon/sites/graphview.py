@@ -44,6 +44,11 @@ _NCHW_FUNCTIONS = {F.conv2d, F.conv_transpose2d, F.max_pool2d, F.avg_pool2d, F.a
 _MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d,
                    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
 _MIXING_FUNCTIONS = {F.conv2d, F.linear, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
+# Padding extends the border: the map grows by a few pixels, but nothing is upsampled.
+_PAD_MODULES = tuple(getattr(nn.modules.padding, name) for name in
+                     ("_ConstantPadNd", "_ReflectionPadNd", "_ReplicationPadNd", "_CircularPadNd")
+                     if hasattr(nn.modules.padding, name))
+_PAD_FUNCTIONS = {F.pad, torch.constant_pad_nd}
 _RESIZE_FUNCTIONS = {F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear}
 _PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
 _PASS_METHODS = {"contiguous", "clone", "float", "to", "type_as", "detach"}
@@ -142,16 +147,21 @@ class GraphView:
         return int(stride[0] if isinstance(stride, (tuple, list)) else stride)
 
     def is_upsample(self, node: fx.Node) -> bool:
-        """A node that enlarges a real map: every 4-D input is smaller, and none is a 1-pixel-wide broadcast.
+        """A node that enlarges a real map: every 4-D input is smaller, and none is a 1-pixel-wide broadcast;
+        padding is no upsample.
 
         Resizing a pooled 1x1 (ASPP's image pooling) or a strip (H x 1) back to the map is a broadcast of
         a context vector, not an upsampling of features; a gate (x * scale[N,C,1,1]) is neither.
         """
         out = self.shape(node)
-        if out is None or len(out) != 4 or not self.nchw(node):
+        if out is None or len(out) != 4 or not self.nchw(node) or self.is_pad(node):
             return False
         inputs = self._map_inputs(node)
         return bool(inputs) and all(s[2] * s[3] < out[2] * out[3] and min(s[2], s[3]) > 1 for s in inputs)
+
+    def is_pad(self, node: fx.Node) -> bool:
+        """Padding (``nn.ZeroPad2d`` and the other pad layers, ``F.pad``): a border, not an upsample."""
+        return isinstance(self.module(node), _PAD_MODULES) or (node.op == "call_function" and node.target in _PAD_FUNCTIONS)
 
     def is_resize(self, node: fx.Node) -> bool:
         """An upsample, or a resize to a given size that does not shrink a real map: ``F.interpolate(x,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch.nn.functional as F
 from torch import nn
 
@@ -58,3 +59,39 @@ def test_a_same_size_fpn_merge_is_a_pyramid_merge_not_a_residual():
     assert all(len(s.extra) == 1 for s in found["neck.level"])
     assert [s.path for s in found["backbone"]] == ["deep.1:relu_1"]  # the second F.relu call of the traced graph
     assert "upsample" not in found  # nothing is enlarged
+
+
+class PaddedBlock(nn.Module):
+    """timm CPUBone's FusedMBConv: an even 2x2 kernel after an asymmetric ``ZeroPad2d((1, 0, 1, 0))``
+    (or ``F.pad``) that grows the map by a pixel, then a shortcut add."""
+
+    def __init__(self, c: int = 16, functional: bool = False) -> None:
+        super().__init__()
+        self.functional = functional
+        self.pad = nn.ZeroPad2d((1, 0, 1, 0))
+        self.conv = nn.Conv2d(c, 2 * c, 2)
+        self.act = nn.Hardswish()
+        self.point = nn.Sequential(nn.Conv2d(2 * c, c, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        padded = F.pad(x, (1, 0, 1, 0)) if self.functional else self.pad(x)
+        return x + self.point(self.act(self.conv(padded)))
+
+
+def test_padding_is_no_upsample_and_keeps_the_residual_merge():
+    net = nn.Sequential(conv_bn_act(3, 16, stride=2), PaddedBlock(), PaddedBlock(functional=True)).eval()
+    found = by_role(net)
+    assert [s.path for s in found["residual.branch"]] == ["1.point.1", "2.point.1"]
+    assert "upsample" not in found
+
+
+def test_timm_cpubone_nano_has_a_merge_per_residual_block():
+    timm = pytest.importorskip("timm")
+    if "cpubone_nano" not in timm.list_models():
+        pytest.skip("this timm has no cpubone_nano")
+    model = timm.create_model("cpubone_nano").eval()
+    # Every add in the stages is a ResidualBlock's shortcut add (the stride-2 blocks have no shortcut).
+    blocks = [name for name, m in model.named_modules() if type(m).__name__ == "ResidualBlock" and m.shortcut is not None]
+    found = ps.find_sites(model, "residual.branch", input_shape=(1, 3, 128, 128))
+    assert len(found) == len(blocks) == 9
+    assert all(any(s.path.startswith(b + ".") for b in blocks) for s in found)
