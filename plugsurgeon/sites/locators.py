@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -220,8 +221,9 @@ def _chain_kind(below: str | None, op: str | None) -> str | None:
 
 
 def _carries_upsample(view: GraphView, fork: fx.Node, end: fx.Node) -> bool:
-    """Whether an upsampled map reaches ``end`` from ``fork`` other than through a multiplicative gate
-    (GhostNetV2's attention resizes a gate that multiplies the branch; an FPN adds the resized map)."""
+    """Whether a resized map (an upsample, or a resize to a given size that keeps it) reaches ``end``
+    from ``fork`` other than through a multiplicative gate (GhostNetV2's attention resizes a gate that
+    multiplies the branch; an FPN adds the resized map)."""
     region = set(view.path_between(fork, end))
     return any(view.is_resize(n) and _reaches_ungated(view, n, end, region) for n in region)
 
@@ -568,11 +570,33 @@ def _levels(view: GraphView, found: Anatomy) -> list[fx.Node]:
         level = _level_output(view, source, set(resized_by), modules)
         if level is None or not _is_map(view, level):
             continue
+        if level is not source and _fused_with_other_levels(view, level, set(resized_by), sources):
+            level = source  # what follows is a per-level head block (smp FPN's segmentation blocks)
         size = tuple(view.shape(source)[2:])
         read = _read_unresized(view, source, resized_by.get(source))
         kept = [(s, lv) for s, lv in kept if tuple(view.shape(s)[2:]) != size or not read & (1 << view.position[lv])]
         kept.append((source, level))
     return sorted({lv for _s, lv in kept}, key=view.position.get)
+
+
+def _fused_with_other_levels(view: GraphView, level: fx.Node, merges: set[fx.Node], sources: list[fx.Node]) -> bool:
+    """Whether what follows ``level`` is summed, concatenated or stacked, as N,C,H,W maps, with a map
+    computed from another level that ``level`` did not feed (a head fusing all levels at one size),
+    by a merge that is neither a pyramid merge nor a residual one."""
+    residual = {m.add for m in residual_merges(view)}
+    pyramid = 0
+    for source in sources:
+        pyramid |= 1 << view.position[source]
+    for position in bit_positions(view.descendants[level]):
+        node = view.nodes[position]
+        fusing = view.is_merge(node) or (node.op == "call_function" and node.target is torch.stack)
+        if node is level or not fusing or node in merges or node in residual:
+            continue
+        inputs = [x for x in view.tensor_inputs(node) if _spatial_4d(view, x)]
+        if any((view.ancestors[x] >> view.position[level]) & 1 for x in inputs) and any(
+                not (view.ancestors[x] >> view.position[level]) & 1 and view.ancestors[x] & pyramid for x in inputs):
+            return True
+    return False
 
 
 def _read_unresized(view: GraphView, merge: fx.Node, resize: fx.Node | None) -> int:
@@ -615,10 +639,9 @@ def _level_output(view: GraphView, source: fx.Node, merges: set[fx.Node], module
             region.add(user)
             stack.append(user)
     bits = sum(1 << view.position[n] for n in region)
-    for node in sorted(region, key=view.position.get, reverse=True):
-        if (view.ancestors[node] | view.descendants[node]) & bits == bits:
-            return node
-    return source
+    through = [n for n in sorted(region, key=view.position.get, reverse=True)
+               if (view.ancestors[n] | view.descendants[n]) & bits == bits]
+    return through[0] if through else source
 
 
 def neck_sites(view: GraphView) -> list[Site]:

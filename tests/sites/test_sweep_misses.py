@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -95,3 +96,62 @@ def test_timm_cpubone_nano_has_a_merge_per_residual_block():
     found = ps.find_sites(model, "residual.branch", input_shape=(1, 3, 128, 128))
     assert len(found) == len(blocks) == 9
     assert all(any(s.path.startswith(b + ".") for b in blocks) for s in found)
+
+
+class _TopDown(nn.Module):
+    def __init__(self, c_skip: int, c: int = 8) -> None:
+        super().__init__()
+        self.skip_conv = nn.Conv2d(c_skip, c, 1)
+
+    def forward(self, x, skip):
+        return F.interpolate(x, scale_factor=2.0, mode="nearest") + self.skip_conv(skip)
+
+
+class _SegBlock(nn.Module):
+    """Conv-GN-ReLU, then upsampling to the finest size, as many times as needed."""
+
+    def __init__(self, ups: int, c: int = 8) -> None:
+        super().__init__()
+        self.ups = ups
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(2, c), nn.ReLU())
+                                    for _ in range(max(ups, 1)))
+
+    def forward(self, x):
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i < self.ups:
+                x = F.interpolate(x, scale_factor=2.0, mode="bilinear")
+        return x
+
+
+class SegFPN(nn.Module):
+    """smp's FPN: p5 = conv(c5), each pN = up(pN+1) + skip_conv(cN); every level then goes through its own
+    segmentation block up to the finest size, and the blocks' outputs are stacked and summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c3 = conv_bn_act(3, 8, stride=4)
+        self.c4 = conv_bn_act(8, 16, stride=2)
+        self.c5 = conv_bn_act(16, 32, stride=2)
+        self.p5 = nn.Conv2d(32, 8, 1)
+        self.p4 = _TopDown(16)
+        self.p3 = _TopDown(8)
+        self.seg = nn.ModuleList([_SegBlock(2), _SegBlock(1), _SegBlock(0)])
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        c3 = self.c3(x)
+        c4 = self.c4(c3)
+        c5 = self.c5(c4)
+        p5 = self.p5(c5)
+        p4 = self.p4(p5, c4)
+        p3 = self.p3(p4, c3)
+        fused = torch.stack([block(p) for block, p in zip(self.seg, [p5, p4, p3], strict=True)]).sum(dim=0)
+        return self.head(fused)
+
+
+def test_fpn_levels_are_the_pyramid_outputs_not_the_per_level_head_blocks():
+    found = by_role(SegFPN().eval())
+    assert [s.path for s in found["neck.merge"]] == ["p4.skip_conv", "p3.skip_conv"]
+    assert [s.path for s in found["neck.level"]] == ["p5", "p4:add", "p3:add_1"]
+    assert [len(s.extra) for s in found["neck.level"]] == [2, 2, 2]
