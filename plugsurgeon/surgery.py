@@ -20,14 +20,14 @@ from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, trace
-from plugsurgeon.plugins.registry import PluginSpec, get_plugin
+from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
 from plugsurgeon.provenance import record_step
 from plugsurgeon.recipe import Recipe, Step, load_recipe
 from plugsurgeon.report import EditReport, SurgeryReport
-from plugsurgeon.steps import recipe_step
 from plugsurgeon.sites.find import locate
 from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
+from plugsurgeon.steps import recipe_step
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
@@ -44,12 +44,26 @@ class PlannedEdit:
     owner: str  # absolute path of the module whose forward gets the insertion
     scope: Scope
     extra_locals: tuple[int, ...] = ()
+    args: dict = field(default_factory=dict)  # the step's plugin arguments, to build the real module at apply
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def module_path(self) -> str:
         if self.spec.mode == "replace":
             return self.attribute
         return f"{self.owner}.{self.attribute}" if self.owner else self.attribute
+
+    def replaced(self, model: nn.Module) -> nn.Module | None:
+        return model.get_submodule(self.site.target) if self.spec.mode == "replace" else None
+
+    def materialize(self, model: nn.Module) -> None:
+        """Replace the plan's fake module (shapes only, no memory) by the real one it stands for."""
+        replaced = self.replaced(model)
+        module = self.spec.build(self.site, replaced, self.args, dtype=self.dtype, device=self.device)
+        if replaced is not None:
+            module.train(replaced.training)
+        self.module = module
 
 
 @dataclass
@@ -110,6 +124,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
         if not any(e.step_index == index for e in edits) and sites and not step.allow_empty:
             raise SiteError(f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): every matched site was skipped as unfit",
                             hint="the report's notes say why; set `allow_empty: true` to accept a step that changes nothing")
+    check_budget(model, [(e.module, e.replaced(model)) for e in edits], f"recipe '{recipe.name}' ({len(edits)} edits)")
     _check_conflicts(edits, notes)
     _note_shared_instances(model, edits, notes)
     _name_new_modules(model, edits)
@@ -225,18 +240,19 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
         replaced = model.get_submodule(site.target)
     else:
         scope, extra_locals = _choose_scope(model, part, site, spec, where)
+    # The new module's dtype and device come from what it joins: the replaced module (a pool holds no
+    # tensors: then the model); only tensors the module makes are converted, never one it shares.
+    holds = replaced is not None and next(replaced.parameters(), None) is not None
+    dtype = _host_dtype(replaced) if holds else dtype
+    device = _host_device(replaced if holds else model)
     try:
-        # Checked against the site and sized on fake tensors against the model's budget before any
-        # real allocation: a few bytes of recipe must not make planning allocate gigabytes.
-        module = spec.build(site, replaced, dict(step.args), host=model)
+        # Planning builds on fake tensors (shapes, FLOPs and checks without memory), refused beyond
+        # the model's budget; apply_plan builds the real modules of the edits it commits.
+        module = spec.build(site, replaced, dict(step.args), host=model, fake=True, dtype=dtype, device=device)
     except PlugsurgeonError:
         raise
     except Exception as error:  # noqa: BLE001 - constructors raise anything on bad arguments
         raise RecipeError(f"{where}: cannot build the plugin: {error}", hint=f"`plugsurgeon plugins` shows what '{spec.name}' takes") from None
-    # The new module's dtype comes from what it joins: the replaced module, or the model; converting
-    # it never touches a tensor it shares with the replaced module, which has that dtype already.
-    dtype = _host_dtype(replaced) if replaced is not None else dtype
-    module = module.to(dtype=dtype, device=_host_device(replaced if replaced is not None else model))
     if replaced is not None:
         module.train(replaced.training)
     flops = _check_runs(module, _calls_to_check(part, node, site, spec), dtype, where)
@@ -248,7 +264,8 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
         old_flops = sum(run_fake(replaced, inputs, dtype)[1] for inputs, _out in _calls_to_check(part, node, site, spec))
         flops = flops - old_flops
     attribute = site.target if spec.mode == "replace" else (step.name or spec.name)
-    return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals)
+    return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals,
+                       dict(step.args), dtype, device)
 
 
 def _calls_to_check(part, node, site: Site, spec: PluginSpec) -> list[tuple[list[tuple[int, ...]], tuple[int, ...]]]:
@@ -438,6 +455,8 @@ def apply_plan(planned: Plan) -> SurgeryResult:
     """Commit a plan into ``planned.model``. All new modules are built and checked before the first attribute is set."""
     model = planned.model
     progress.step(f"building {len(planned.edits)} edits")
+    for edit in planned.edits:  # the plan's modules are fake: build the real ones now
+        edit.materialize(model)
     owners, replacements = build_edits(planned)
     check_edits(planned, owners, replacements)
     keys_before = set(model.state_dict())

@@ -217,6 +217,6 @@ class TinyUNet(nn.Module):
             x = stage(x)
             skips.append(x)
         x = skips[-1]
-        for block, skip in zip(self.up, reversed(skips[:-1])):
+        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             x = block(x, skip)
         return self.head(x)

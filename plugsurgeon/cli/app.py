@@ -240,10 +240,16 @@ def sites(
                              soft_wrap=True)
 
 
-@app.command()
+plugins_app = typer.Typer(help="The plugin catalog; `plugins show NAME` for one plugin's arguments.", add_completion=False)
+app.add_typer(plugins_app, name="plugins")
+
+
+@plugins_app.callback(invoke_without_command=True)
 @user_errors
-def plugins(json_output: Json = False) -> None:
+def plugins(ctx: typer.Context, json_output: Json = False) -> None:
     """List the plugin catalog: modes, roles, identity at init and papers."""
+    if ctx.invoked_subcommand is not None:
+        return
     import plugsurgeon as ps
     from plugsurgeon.cli import render
 
@@ -252,6 +258,20 @@ def plugins(json_output: Json = False) -> None:
         render.print_json([s.to_dict() for s in specs])
         return
     render.console.print(render.plugins_table(specs))
+
+
+@plugins_app.command("show")
+@user_errors
+def plugins_show(name: Annotated[str, typer.Argument(help="catalog name, e.g. se")], json_output: Json = False) -> None:
+    """One plugin: roles, paper, and every argument a recipe may set (type, default, range, site bound)."""
+    import plugsurgeon as ps
+    from plugsurgeon.cli import render
+
+    spec = ps.get_plugin(name)
+    if json_output:
+        render.print_json(spec.to_dict())
+        return
+    render.plugin_details(spec.to_dict())
 
 
 @app.command()

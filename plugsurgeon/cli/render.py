@@ -86,6 +86,23 @@ def plugins_table(specs) -> Table:
     return table
 
 
+def plugin_details(plugin: dict[str, Any]) -> None:
+    """One plugin from ``PluginSpec.to_dict()``: what it is, then a table of its arguments."""
+    console.print(line(styled(plugin["name"], "bold"), f" ({plugin['mode']}; roles: {', '.join(plugin['roles'])}; "
+                       f"identity at init: {'yes' if plugin['identity_at_init'] else 'no'})"))
+    console.print(plugin["paper"])
+    console.print(plugin["summary"])
+    if not plugin["args"]:
+        console.print("no arguments: everything it needs comes from the graph")
+        return
+    table = Table(title="arguments (structural ones come from the graph)", title_justify="left")
+    for column in ("argument", "type", "default", "range", "at a site", "description"):
+        table.add_column(column, overflow="fold")
+    for name, arg in plugin["args"].items():
+        table.add_row(name, arg["type"], json.dumps(arg["default"]), arg["range"], arg["site_bound"] or "", arg["description"])
+    console.print(table)
+
+
 def recipes_table(recipes) -> Table:
     table = Table(title="built-in recipes", title_justify="left")
     for column in ("name", "steps", "description"):

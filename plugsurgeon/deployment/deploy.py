@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from plugsurgeon import progress
 from plugsurgeon.deployment.fold import FoldPlan, apply_folds, plan_folds
 from plugsurgeon.deployment.measure import count_flops, count_params
 from plugsurgeon.deployment.reparameterize import Outcome, reparameterize_all
 from plugsurgeon.deployment.report import DeployReport, Folded, LeftAlone, Reparameterized
 from plugsurgeon.deployment.verify import compare, probe_calls, run
-from plugsurgeon import progress
 from plugsurgeon.errors import PlugsurgeonError, VerificationError
 from plugsurgeon.graph.shapes import validate_input_shape
 from plugsurgeon.graph.trace import Traced, trace

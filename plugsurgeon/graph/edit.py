@@ -14,7 +14,14 @@ import torch.fx as fx
 from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError
-from plugsurgeon.graph.trace import LOCAL, OWNER, ModuleTraceError, body_nodes, placeholder_local, trace_module
+from plugsurgeon.graph.trace import (
+    LOCAL,
+    OWNER,
+    ModuleTraceError,
+    body_nodes,
+    placeholder_local,
+    trace_module,
+)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,17 @@ def test_plugins_and_recipes_listings():
     assert invoke("plugins").exit_code == 0 and invoke("recipes").exit_code == 0
 
 
+def test_plugins_show_prints_each_arguments_schema():
+    result = invoke("plugins", "show", "eca", "--json")
+    assert result.exit_code == 0
+    kernel = json.loads(result.stdout)["args"]["kernel_size"]
+    assert kernel["type"] == "int or null" and kernel["range"] == "1 <= x <= 1023, odd" and kernel["default"] is None
+    table = invoke("plugins", "show", "se")
+    assert table.exit_code == 0 and "min_hidden" in table.stdout and "65536" in table.stdout
+    unknown = invoke("plugins", "show", "sse")
+    assert unknown.exit_code == 1 and "unknown plugin 'sse'; did you mean" in unknown.output
+
+
 def test_sites_table_and_json():
     result = invoke("sites", "resnet18", "--kind", "residual.branch", "--json")
     assert result.exit_code == 0

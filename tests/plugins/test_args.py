@@ -189,3 +189,20 @@ def test_catalog_prints_each_arguments_schema():
     assert ps.get_plugin("mixconv").to_dict()["args"]["kernels"]["range"] == "1 to 8 items, each 1 <= x <= 63, odd"
     assert ps.get_plugin("scse").to_dict()["args"]["fusion"]["type"] == "one of 'add', 'max', 'mul'"
     assert ps.get_plugin("eca").to_dict()["args"]["kernel_size"]["type"] == "int or null"
+
+
+def test_planning_builds_fake_modules_and_apply_builds_real_ones(probe_plugin):
+    recipe = _step("probe_alloc", "residual.branch", width=8)
+    ps.apply(TinyResNet(), recipe, input_shape=SHAPE, dry_run=True)
+    assert probe_plugin == [True] * 4  # a dry run: four sites sized and checked, nothing allocated
+    probe_plugin.clear()
+    result = ps.apply(TinyResNet(), recipe, input_shape=SHAPE)
+    assert probe_plugin == [True] * 4 + [False] * 4  # the committed edits are real
+    assert not any(isinstance(p, FakeTensor) for p in result.model.parameters())
+
+
+def test_a_plan_over_budget_in_total_is_refused(probe_plugin):
+    # 2 x (16 + 1) x 2**18 + 2 x (32 + 1) x 2**18 = 26.2M elements: each edit fits the 16M floor of a
+    # 43k-parameter model, the plan does not.
+    with pytest.raises(ps.RecipeError, match=r"recipe 't' \(4 edits\) would add 26,214,400 parameter and buffer elements"):
+        ps.apply(TinyResNet(), _step("probe_alloc", "residual.branch", width=1 << 18), input_shape=SHAPE, dry_run=True)
