@@ -64,9 +64,6 @@ def test_recipe_applies_and_trains(name: str, resnet50):
 # model. Input 64x64 keeps the two moderately heavy models cheap.
 
 
-@pytest.mark.xfail(raises=ps.RecipeError, strict=False,
-                   reason="needs plugins/blurpool.py to raise SiteError for a pool it cannot take (the CLI owner's diff); "
-                          "until then the AvgPool's TypeError is a RecipeError that on_unfit: skip does not catch")
 def test_maxblurpool_skips_densenet_average_pools():
     model = ps.load_model("densenet121")
     result = ps.apply(model, "maxblurpool", input_shape=(1, 3, 64, 64))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from plugsurgeon.errors import SiteError
 from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights
 from plugsurgeon.plugins.registry import register_plugin
@@ -127,9 +128,12 @@ def blurpool(site_role: str, source: nn.Module, channels: int, filter_size: int 
         return MaxBlurPool2d(source, channels, filter_size)
     if isinstance(source, nn.AvgPool2d):
         if source.padding not in (0, (0, 0)) or _scalar(source.kernel_size) != _scalar(source.stride):
-            raise ValueError("blurpool replaces an AvgPool2d only when kernel == stride and padding is 0")
+            # A site, not an argument, is wrong: SiteError lets `on_unfit: skip` leave the pool alone.
+            raise SiteError(f"blurpool replaces an AvgPool2d only when kernel == stride and padding is 0, not {source}",
+                            hint="`on_unfit: skip` on the step leaves such pools alone")
         return BlurPool2d(channels, stride=_scalar(source.stride), filter_size=filter_size)
-    raise TypeError(f"blurpool replaces strided Conv2d, MaxPool2d or AvgPool2d layers, not {type(source).__name__}")
+    raise SiteError(f"blurpool replaces strided Conv2d, MaxPool2d or AvgPool2d layers, not {type(source).__name__}",
+                    hint="`on_unfit: skip` on the step leaves such layers alone")
 
 
 @register_plugin(
@@ -146,4 +150,9 @@ def blurpool(site_role: str, source: nn.Module, channels: int, filter_size: int 
     classes=(MaxBlurPool2d,),
 )
 def maxblurpool(source: nn.Module, channels: int, filter_size: int = 4) -> nn.Module:
+    # downsample.pool finds strided pools by shape, average pools included; those are an unfit site
+    # (skippable with `on_unfit: skip`), not a bad argument.
+    if not isinstance(source, nn.MaxPool2d):
+        raise SiteError(f"maxblurpool replaces max pools, not {type(source).__name__}",
+                        hint="the blurpool plugin replaces average pools too; `on_unfit: skip` on the step leaves other pools alone")
     return MaxBlurPool2d(source, channels, filter_size)
