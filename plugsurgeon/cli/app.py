@@ -31,6 +31,7 @@ from plugsurgeon.cli.options import (
     parse_shape,
     save,
 )
+from plugsurgeon.cli.stderr import plain
 from plugsurgeon.errors import PlugsurgeonError
 
 # The exception classes the boundary sorts errors by are looked up here, once, from typer's public API:
@@ -83,22 +84,13 @@ def _debug() -> bool:
     return os.environ.get("PLUGSURGEON_DEBUG", "") not in ("", "0")
 
 
-def _plain(text: str) -> None:
-    # Kept here rather than imported: the boundary's last resort must not depend on rich importing.
-    try:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-    except Exception:  # noqa: BLE001 - stderr closed or unencodable: nothing left to tell
-        pass
-
-
 def _show(message: str, hint: str | None) -> None:
     try:
         from plugsurgeon.cli import render
 
         render.error(message, hint)
     except Exception:  # noqa: BLE001 - rich missing or broken: the message still gets out
-        _plain(f"error: {message}" + (f"\nhint: {hint}" if hint else ""))
+        plain(f"error: {message}" + (f"\nhint: {hint}" if hint else ""))
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -119,7 +111,7 @@ def exit_code_for(error: BaseException) -> int:
         _show(message, f"see `{command} --help`")
         return 1
     if isinstance(error, (_ABORT, KeyboardInterrupt)):
-        _plain("aborted")
+        plain("aborted")
         return 130
     if isinstance(error, BrokenPipeError):
         # `plugsurgeon ... --json | head`: the reader left, nothing is wrong. Exit as a program killed by
@@ -139,7 +131,7 @@ def exit_code_for(error: BaseException) -> int:
         text = (str(error).strip().splitlines() or [""])[0][:300]
     except Exception:  # noqa: BLE001 - an exception whose __str__ fails
         text = "(no message)"
-    _plain(f"internal error: {type(error).__name__}: {text} (a plugsurgeon bug; "
+    plain(f"internal error: {type(error).__name__}: {text} (a plugsurgeon bug; "
            + ("please report it with the traceback above)" if _debug() else "rerun with PLUGSURGEON_DEBUG=1 for the traceback and report it)"))
     return 2
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from plugsurgeon.cli.stderr import plain
 
 console = Console(markup=False, emoji=False)
 errors = Console(stderr=True, markup=False, emoji=False, highlight=False)
@@ -159,10 +160,3 @@ def error(message: str, hint: str | None) -> None:
         plain(f"error: {message}" + (f"\nhint: {hint}" if hint else ""))
 
 
-def plain(text: str) -> None:
-    """Write to stderr without rich; the last resort of the error boundary. Never raises."""
-    try:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-    except Exception:  # noqa: BLE001 - stderr closed or unencodable: nothing left to tell
-        pass
