@@ -6,9 +6,8 @@ from plugsurgeon.errors import UnknownNameError, did_you_mean
 from plugsurgeon.graph.trace import Traced, flat_tensors
 from plugsurgeon.sites.graphview import GraphView
 from plugsurgeon.sites.locators import LOCATORS, backbone_candidate, stage_sites
-from plugsurgeon.sites.site import ROLES, Site, known_role, role_matches
+from plugsurgeon.sites.site import ALIASES, ROLES, Site, known_role, role_matches
 
-ALIASES = {"conv3x3": ("conv", {"kernel": 3}), "depthwise": ("conv", {"depthwise": True})}
 _MODEL_WIDE = ("backbone", "stage")  # one extractor per model: decided across the traced parts
 
 

@@ -22,6 +22,8 @@ ROLES: dict[str, str] = {
     "upsample": "a node that enlarges a feature map (interpolate, Upsample, transposed conv; not a 1x1 broadcast)",
 }
 # The rules behind each role, with an example per architecture family: docs/roles.md.
+# Shorthands for a role with a selector, accepted wherever a role is (`--kind conv3x3`, `at: conv3x3`).
+ALIASES: dict[str, tuple[str, dict]] = {"conv3x3": ("conv", {"kernel": 3}), "depthwise": ("conv", {"depthwise": True})}
 
 
 def role_matches(role: str, wanted: str) -> bool:
