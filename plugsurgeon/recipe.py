@@ -180,11 +180,11 @@ def parse_recipe(text: str, *, source: str = "<string>") -> Recipe:
         raise RecipeError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source} must be a mapping with 'name' and 'steps', got {type(data).__name__}",
-                          hint="see `plugsurgeon recipes` and recipes/cbam.yaml for the format")
+                          hint="`plugsurgeon recipes show cbam` prints a recipe in the format, ready to copy")
     try:
         return Recipe(**data, source=source)
     except ValidationError as error:
-        raise RecipeError(_describe(error, source), hint="see recipes/cbam.yaml for the format; `plugsurgeon plugins --json` lists plugins and their arguments with ranges") from None
+        raise RecipeError(_describe(error, source), hint="`plugsurgeon recipes show cbam` prints a recipe in the format; `plugsurgeon plugins show PLUGIN` lists a plugin's arguments with ranges") from None
     except UnknownNameError as error:
         raise RecipeError(f"{source}: {error.message}", hint=error.hint) from None
 

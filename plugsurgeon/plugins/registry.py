@@ -66,7 +66,7 @@ class PluginSpec:
             return self.args.model_validate(args)
         except ValidationError as error:
             raise RecipeError(f"plugin '{self.name}': {describe_error(error, self.args)}",
-                              hint=f"`plugsurgeon plugins --json` lists what '{self.name}' takes, with ranges") from None
+                              hint=f"`plugsurgeon plugins show {self.name}` lists what it takes, with ranges") from None
 
     def build(self, site: Site, replaced: nn.Module | None, args: dict[str, Any] | PluginArgs, *,
               host: nn.Module | None = None, fake: bool = False,
