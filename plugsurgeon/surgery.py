@@ -17,6 +17,7 @@ from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
 from plugsurgeon.graph.check import compare
 from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
 from plugsurgeon.graph.fake import count_params, run_fake
+from plugsurgeon.graph.inputs import resize_notes
 from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, trace
@@ -107,7 +108,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
     all_sites = locate(traced)
     dtype = _host_dtype(model)
     edits: list[PlannedEdit] = []
-    notes: list[str] = []
+    notes: list[str] = resize_notes(traced)  # a model that resizes its input: at which size the numbers are
     for index, step in enumerate(recipe.steps, start=1):
         spec = get_plugin(step.plugin)
         sites = _sites_for(step, spec, all_sites, index, recipe, model)
