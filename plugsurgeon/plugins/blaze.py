@@ -17,8 +17,9 @@ block's bottleneck is a quarter of its output (48 -> 24 -> 96 on the stride-2 on
 after it: ``expansion=4``). The new convs have no bias (BN follows; a depthwise bias before the 1x1
 conv only shifts what the BN subtracts).
 
-As a plugin each block replaces one conv (the replaced conv's input and output channels, stride 1
-or 2, dilation and padding mode carry over to the depthwise convs). It takes a conv whose output is
+The plugin ``blaze`` replaces one conv by a single block, or by a double one with ``double=True``
+(the replaced conv's input and output channels and stride 1 or 2 are the block's; its dilation and
+padding mode carry over to the depthwise convs). It takes a conv whose output is
 ceil(H / stride) ("same" padding: 2 * padding = dilation * (kernel - 1), e.g. a 3x3 with padding 1),
 because the residual must have the conv's size at every input size: the depthwise conv is padded
 symmetrically (2 * dilation for 5x5) and the max pool rounds up (``ceil_mode``), so an odd map
@@ -102,23 +103,23 @@ def blaze_site(site: Site, module: nn.Module | None) -> dict:
 
 
 class BlazeArgs(PluginArgs):
+    double: bool = Field(
+        False, description="double BlazeBlock (project to a bottleneck, second depthwise conv, expand)"
+    )
     kernel_size: Annotated[OddKernel, KERNEL_ON_MAP] = Field(
         5, description="kernel of the depthwise conv(s) (the paper's 5x5)"
+    )
+    expansion: int = Field(
+        4,
+        ge=1,
+        le=MAX_WIDTH,
+        description="double blocks: the bottleneck has C_out / expansion channels (at least 1); the paper's 96 -> 24 -> 96 is 4",
     )
     relu: bool = Field(
         True, description="ReLU after the residual add (the paper's); False leaves it to the host's layers"
     )
     bn_eps: BnEps = 1e-5
     bn_momentum: BnMomentum = 0.1
-
-
-class DoubleBlazeArgs(BlazeArgs):
-    expansion: int = Field(
-        4,
-        ge=1,
-        le=MAX_WIDTH,
-        description="the bottleneck has C_out / expansion channels (at least 1); the paper's 96 -> 24 -> 96 is 4",
-    )
 
 
 class _Blaze(nn.Module):
@@ -171,20 +172,9 @@ class _Blaze(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, relu={self.relu}"
 
 
-@register_plugin(
-    "blaze",
-    roles=("conv",),
-    mode="replace",
-    infer=blaze_site,
-    structural=("source",),
-    identity_at_init=False,
-    paper="Bazarevsky et al., BlazeFace: Sub-millisecond Neural Face Detection on Mobile GPUs, CVPR Workshops 2019, arXiv:1907.05047",
-    year=2019,
-    summary="single BlazeBlock: 5x5 depthwise conv, 1x1 projection + BN, residual (2x2 max pool, zero channels), ReLU",
-    args=BlazeArgs,
-    suggested_where={"kernel": 3, "depthwise": False},
-)
 class BlazeBlock(_Blaze):
+    """Single BlazeBlock: depthwise kxk, 1x1 projection, BN; residual; ReLU."""
+
     def __init__(
         self,
         source: nn.Conv2d,
@@ -201,20 +191,9 @@ class BlazeBlock(_Blaze):
         return self._join(self.project_bn(self.project(self.depthwise(x))), x)
 
 
-@register_plugin(
-    "blaze_double",
-    roles=("conv",),
-    mode="replace",
-    infer=blaze_site,
-    structural=("source",),
-    identity_at_init=False,
-    paper="Bazarevsky et al., BlazeFace: Sub-millisecond Neural Face Detection on Mobile GPUs, CVPR Workshops 2019, arXiv:1907.05047",
-    year=2019,
-    summary="double BlazeBlock: 5x5 depthwise, 1x1 project to C/4 + BN, ReLU, 5x5 depthwise, 1x1 expand + BN, residual, ReLU",
-    args=DoubleBlazeArgs,
-    suggested_where={"kernel": 3, "depthwise": False},
-)
 class DoubleBlazeBlock(_Blaze):
+    """Double BlazeBlock: depthwise kxk, 1x1 projection to the bottleneck, BN, ReLU, depthwise kxk, 1x1 expansion, BN; residual; ReLU."""
+
     def __init__(
         self,
         source: nn.Conv2d,
@@ -241,3 +220,39 @@ class DoubleBlazeBlock(_Blaze):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bottleneck={self.bottleneck}"
+
+
+@register_plugin(
+    "blaze",
+    roles=("conv",),
+    mode="replace",
+    infer=blaze_site,
+    structural=("source",),
+    identity_at_init=False,
+    paper="Bazarevsky et al., BlazeFace: Sub-millisecond Neural Face Detection on Mobile GPUs, CVPR Workshops 2019, arXiv:1907.05047",
+    year=2019,
+    summary="BlazeBlock: 5x5 depthwise conv, 1x1 projection + BN (double: to C/4, ReLU, 5x5 depthwise, 1x1 expand + BN), "
+    "residual (2x2 max pool, zero channels), ReLU",
+    classes=(BlazeBlock, DoubleBlazeBlock),
+    args=BlazeArgs,
+    suggested_where={"kernel": 3, "depthwise": False},
+)
+def blaze(
+    source: nn.Conv2d,
+    double: bool = False,
+    kernel_size: int = 5,
+    expansion: int = 4,
+    relu: bool = True,
+    bn_eps: float = 1e-5,
+    bn_momentum: float = 0.1,
+) -> BlazeBlock | DoubleBlazeBlock:
+    """A single BlazeBlock, or a double one with ``double=True``, in place of the conv ``source``."""
+    common = dict(kernel_size=kernel_size, relu=relu, bn_eps=bn_eps, bn_momentum=bn_momentum)
+    if double:
+        return DoubleBlazeBlock(source, expansion=expansion, **common)
+    if expansion != 4:
+        # Not silently ignored: a recipe that sets it means a double block.
+        raise ValueError(
+            f"expansion ({expansion}) sizes a double block's bottleneck; set double: true to use it"
+        )
+    return BlazeBlock(source, **common)

@@ -12,6 +12,7 @@ from torch import nn
 
 import plugsurgeon as ps
 from plugsurgeon.plugins.blaze import BlazeBlock, DoubleBlazeBlock
+from tests.nets import TinyResNet
 
 # An eps far below float32's resolution at 1: a fresh BN (mean 0, var 1) divides by sqrt(1 + eps) == 1
 # exactly, so the hand-computed integers below are compared exactly.
@@ -203,13 +204,12 @@ def test_unfit_convs_are_site_errors_that_a_step_can_skip():
 
 
 def test_recipe_on_resnet50_singles_then_doubles_with_hand_counted_parameters():
-    report = ps.apply(ps.load_model("resnet50"), "blaze", input_shape=(1, 3, 64, 64), dry_run=True).report
-    by_plugin = {}
-    for edit in report.edits:
-        by_plugin.setdefault(edit.plugin, []).append(edit.site)
+    result = ps.apply(ps.load_model("resnet50"), "blaze", input_shape=(1, 3, 64, 64), dry_run=True)
+    kinds = {edit.site.path: type(edit.module) for edit in result.plan.edits}
     # Single blocks on stage 2 (layer1, stride 4); double blocks from the stride-2 conv into stage 3 on.
-    assert by_plugin["blaze"] == [f"layer1.{i}.conv2" for i in range(3)]
-    assert by_plugin["blaze_double"][0] == "layer2.0.conv2" and len(by_plugin["blaze_double"]) == 4 + 6 + 3
+    assert [p for p, k in kinds.items() if k is BlazeBlock] == [f"layer1.{i}.conv2" for i in range(3)]
+    doubles = [p for p, k in kinds.items() if k is DoubleBlazeBlock]
+    assert doubles[0] == "layer2.0.conv2" and len(doubles) == 4 + 6 + 3 and len(kinds) == 16
 
     def single(c):  # C -> C: depthwise 5x5, 1x1, BN
         return c * 25 + c * c + 2 * c
@@ -221,5 +221,29 @@ def test_recipe_on_resnet50_singles_then_doubles_with_hand_counted_parameters():
     # The 16 replaced 3x3 convs (bias-free, C -> C).
     removed = 3 * 64 * 64 * 9 + 4 * 128 * 128 * 9 + 6 * 256 * 256 * 9 + 3 * 512 * 512 * 9
     added = 3 * single(64) + 4 * double(128) + 6 * double(256) + 3 * double(512)
+    report = result.report
     assert report.params_before == 25_557_032  # torchvision's ResNet-50
     assert report.params_after == 25_557_032 - removed + added == 15_000_808
+
+
+def test_double_blocks_in_a_host_train_trace_and_follow_its_dtype():
+    """The registry matrix builds the default (single) block; this is its check for ``double: true``."""
+    recipe = ps.Recipe(
+        name="b", steps=[{"plugin": "blaze", "at": "conv", "where": {"kernel": 3}, "args": {"double": True}}]
+    )
+    result = ps.apply(TinyResNet().double(), recipe, input_shape=(2, 3, 32, 32))
+    blocks = [result.model.get_submodule(e.module) for e in result.report.edits]
+    assert blocks and all(isinstance(b, DoubleBlazeBlock) for b in blocks)
+    assert all(t.dtype == torch.float64 for b in blocks for t in b.parameters())
+    model = result.model.train()
+    model(torch.randn(2, 3, 32, 32, dtype=torch.float64)).square().mean().backward()
+    assert all(p.grad is not None for b in blocks for p in b.parameters())
+    ps.trace(model.eval(), (2, 3, 32, 32))
+
+
+def test_expansion_without_double_is_refused_not_ignored():
+    recipe = ps.Recipe(
+        name="b", steps=[{"plugin": "blaze", "at": "conv", "where": {"kernel": 3}, "args": {"expansion": 8}}]
+    )
+    with pytest.raises(ps.RecipeError, match="set double: true"):
+        ps.apply(TinyResNet(), recipe, input_shape=(1, 3, 32, 32))
