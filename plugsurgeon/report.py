@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -36,6 +36,9 @@ class SurgeryReport:
     new_keys: list[str] = field(default_factory=list)
     renamed_keys: list[str] = field(default_factory=list)
     applied: bool = False
+    # The model's boxes and data flow (plugsurgeon.blockgraph.BlockGraph, plain data) that its picture
+    # is drawn from; not part of to_dict().
+    blocks: Any = field(default=None, repr=False, compare=False)
 
     @property
     def params_added(self) -> int:
@@ -47,6 +50,15 @@ class SurgeryReport:
         return sum(counted) if counted else None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, blocks=None))
+        data.pop("blocks")
         data.update(params_added=self.params_added, flops_added=self.flops_added)
         return data
+
+    def _repr_svg_(self) -> str | None:
+        """A notebook shows the report as its picture (plugsurgeon.picture); plain text when it has none."""
+        if self.blocks is None:
+            return None
+        from plugsurgeon.picture import picture
+
+        return str(picture(self))

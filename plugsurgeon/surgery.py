@@ -74,8 +74,11 @@ class Plan:
     recipe: Recipe
     edits: list[PlannedEdit]
     notes: list[str] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)  # every site of the model: the report's picture groups blocks by them
 
     def report(self) -> SurgeryReport:
+        from plugsurgeon.blockgraph import report_blocks  # the picture's boxes, plain data; drawn only when asked
+
         return SurgeryReport(
             model=type(self.model).__name__,
             recipe=self.recipe.name,
@@ -91,6 +94,7 @@ class Plan:
             params_before=count_params(self.model),
             params_after=count_params(self.model) + sum(e.params_added for e in self.edits),
             flops_before=self.traced.flops,
+            blocks=report_blocks(self.traced, self.sites),
         )
 
 
@@ -133,7 +137,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
         raise SiteError(f"recipe '{recipe.name}' matched no site in {type(model).__name__}", hint="`plugsurgeon sites MODEL` lists the sites it has")
     if any(e.owner == "" and e.spec.mode == "after" for e in edits):
         notes.append(f"sites in the model's own forward: the edited model is an fx GraphModule, not a {type(model).__name__}")
-    return Plan(model, traced, recipe, edits, notes)
+    return Plan(model, traced, recipe, edits, notes, all_sites)
 
 
 def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module) -> list[Site]:
