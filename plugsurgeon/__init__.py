@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "deploy": "plugsurgeon.deployment.deploy",
     "DeployResult": "plugsurgeon.deployment.deploy",
     "export_onnx": "plugsurgeon.export",
+    "picture": "plugsurgeon.picture",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.export import export_onnx
     from plugsurgeon.io import load, load_weights, save
     from plugsurgeon.models import load_model
+    from plugsurgeon.picture import picture
     from plugsurgeon.plugins.registry import PluginSpec, catalog, get_plugin, register_plugin
     from plugsurgeon.recipe import Recipe, Step, builtin_recipes, load_recipe, parse_recipe
     from plugsurgeon.sites.select import Where
