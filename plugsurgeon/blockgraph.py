@@ -270,7 +270,7 @@ class _Builder:
                         self._add_block(Block(f"input:{part.path}", "input", "", where, shape=shape)),
                     )
                 continue
-            if node.op == "get_attr":
+            if node.op == "get_attr" or _reads_metadata(node):  # a parameter, or a size: no data flows
                 sources[node.name] = ()
                 continue
             feeding = tuple(
@@ -306,6 +306,17 @@ class _Builder:
                 sources[node.name] = feeding  # passed through: a resize, a flatten, an activation call
                 if len(feeding) == 1:
                     self.node_box[(part.path, node.name)] = feeding[0]
+
+
+def _reads_metadata(node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.dim()``: an interpolate to ``size=c4.shape[-2:]`` takes no data from c4."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim", "numel")
+    return (
+        node.op == "call_function"
+        and node.target is getattr
+        and node.args[1:2] in (("shape",), ("dtype",), ("device",))
+    )
 
 
 def _is_merge(node) -> bool:

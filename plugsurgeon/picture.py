@@ -46,7 +46,7 @@ from plugsurgeon.blocklayout import layout
 from plugsurgeon.blocksvg import Card, Cluster, Line, render
 from plugsurgeon.errors import PlugsurgeonError
 
-_MAX_CHANGE_LINES = 4  # per box; more are counted in one line
+_MAX_CHANGE_LINES = 6  # per box; more are counted in one line
 _KEYS = {"inserted": "module inserted", "replaced": "module replaced", "fused": "fused at deploy"}
 
 
@@ -234,7 +234,12 @@ def _surgery_picture(reports: list, title: str | None) -> Picture:
 def _deploy_picture(result, original, title: str | None) -> Picture:
     report = result.report
     graph = _trace_blocks(result.model, report.input_shape)
-    changes = [Change("fused", f.layer, f"{f.norm} folded into {f.layer}") for f in report.folded]
+    # A fold changes two modules: the layer's box gets the fused weights, the norm's box an Identity.
+    changes = [
+        Change("fused", path, f"{f.norm} folded into {f.layer}")
+        for f in report.folded
+        for path in (f.layer, f.norm)
+    ]
     for r in report.reparameterized:
         text = (
             f"{r.path}: {r.before} reparameterized in place"
@@ -279,7 +284,10 @@ def _place(graph: BlockGraph, changes: list[Change]):
     for change in changes:
         holder = graph.holder(change.module)
         if holder is not None:
-            placed[holder.id].append(change)
+            if not change.text or all(
+                c.text != change.text for c in placed[holder.id]
+            ):  # a fold in one box: once
+                placed[holder.id].append(change)
             continue
         site_box = graph.site_blocks.get(change.site)
         if change.kind != "inserted" or site_box is None:
@@ -315,9 +323,11 @@ def _card(block: Block, changes: list[Change], before: int | None) -> Card:
     new = "new" in block.tags
     kinds = [k for k in _KEYS if any(c.kind == k for c in changes)]
     classes = ("block", "module", *kinds, *(("new",) if new else ()))
-    params_before = before if before is not None else block.params
     counted = [c.params for c in changes if c.params is not None]
-    params_delta = sum(counted) if counted else None
+    if before is not None:  # the box is drawn from the model after (deploy): its own count is the after one
+        params_before, params_delta = before, block.params - before
+    else:
+        params_before, params_delta = block.params, (sum(counted) if counted else None)
     flops = [c.flops for c in changes if c.flops is not None]
     flops_delta = sum(flops) if flops else None
     data = {"path": block.path, "params": str(params_before)}
@@ -368,10 +378,7 @@ def _relative(text: str, box: str) -> str:
     """Paths inside the box, as the box names them: ``bn1`` in box ``layer1.0`` for ``layer1.0.bn1``."""
     if not box:
         return text
-    return " ".join(
-        word[len(box) + 1 :] if word.startswith(box + ".") else ("" if word == box else word)
-        for word in text.split(" ")
-    ).strip()
+    return " ".join(word[len(box) + 1 :] if word.startswith(box + ".") else word for word in text.split(" "))
 
 
 # -- numbers --------------------------------------------------------------------------------------
