@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from plugsurgeon.cli import deploy_commands
+from plugsurgeon.cli import deploy_commands, show_command
 from plugsurgeon.cli.options import (
     DEFAULT_SHAPE,
     Force,
@@ -282,6 +282,7 @@ def recipes(json_output: Json = False) -> None:
 
 
 deploy_commands.register(app, user_errors)
+show_command.register(app, user_errors)
 
 
 def main() -> None:
