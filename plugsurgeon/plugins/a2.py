@@ -20,6 +20,10 @@ layer3.0, 3.2, 3.4, 4.0 and 4.2, five blocks).
 
 Deliberate difference: the reconstruction conv is zero-initialised (weight and bias) so the block
 starts as the identity; that initialisation is our choice.
+
+Reference: the paper's equations; no authors' release was found and no pip package (timm, torchvision,
+smp, kornia) has an A^2 block. Checked instead against an explicit gather/distribute computation with the
+paper's two softmax axes (tests/plugins/test_a2.py).
 """
 
 from __future__ import annotations

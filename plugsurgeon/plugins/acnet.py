@@ -13,6 +13,10 @@ start at zero, so right after surgery the block computes exactly what the replac
 
 The input is padded once, with the conv's own padding mode, and each branch reads the rows/columns
 through the kernel's centre, so stride, dilation, groups and reflect padding all stay exact.
+
+Reference: the authors' release (DingXiaoH/ACNet on GitHub; not on pip, and no pip package has an
+ACBlock). Checked instead: identity at init (the registry matrix) and that the fused conv computes the
+trained block exactly (tests/deployment/test_acnet_deploy.py).
 """
 
 from __future__ import annotations

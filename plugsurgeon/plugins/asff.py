@@ -29,6 +29,10 @@ Deliberate differences from the paper:
 
 As a neck.level plugin it takes the site's level first and the other levels in the order of
 ``Site.extra`` (its shapes in ``Site.extra_shapes``); every ASFF reads the original levels.
+
+Reference: the authors' release (GOATmessi7/ASFF on GitHub; not on pip, and no pip package has an ASFF
+layer). Checked instead by hand-computed fusions on TinyFPN and torchvision's FPN
+(tests/plugins/test_asff.py).
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Small maps: on ImageNet-size 224x224 inputs ResNet-50's last map is 7x7, smaller
 That still runs (padding = rate keeps the size), but for rate >= the map size every off-centre tap
 reads zero padding and the atrous 3x3 conv degenerates to a 1x1 conv with its centre weights; the
 paper points out this degeneration as the reason for the image-pooling branch.
+
+Reference: torchvision's DeepLabV3 ``ASPP`` (torchvision.models.segmentation.deeplabv3), the same function
+with branch width C and its Dropout(0.5) set to 0 (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ this module follows. Because the channel branch ends in BatchNorm over a batch o
 training needs a batch of at least 2 (as for any BatchNorm1d); evaluation works with any batch.
 Placement: one module at the end of each stage where the network downsamples next (on ResNet-50,
 after layer1, layer2 and layer3). Not identity at init: the gate starts at 1 + sigmoid(.) ~ 1.5.
+
+Reference: the authors' code (Jongchan/attention-module on GitHub; not on pip; timm's BottleneckAttn is
+BoTNet's self-attention, another module). Checked instead by the hand-built residual gate and BAM-ResNet50's
+parameter count (tests/plugins/test_bam.py).
 """
 
 from __future__ import annotations

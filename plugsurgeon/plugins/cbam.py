@@ -7,6 +7,10 @@ max-pooled descriptor, the two outputs summed, sigmoid (Eq. 2). Spatial attentio
 and mean maps concatenated, 7x7 conv, BatchNorm (as in the authors' code), sigmoid (Eq. 3). Channel
 first, then spatial (Sec. 3.3). Placed like SE, on the residual branch before the add.
 Not identity at init: both gates start near 0.5, as in the paper.
+
+Reference: timm's ``CbamModule`` (timm.layers.cbam) with ``mlp_bias=True``, the same function with the
+spatial conv's two inputs swapped (tests/plugins/test_reference_equivalence.py); the [max, mean] order is
+the authors' code (Jongchan/attention-module).
 """
 
 from __future__ import annotations

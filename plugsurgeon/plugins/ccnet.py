@@ -18,6 +18,10 @@ Deliberate difference from the paper: the paper's RCCA head wraps the attention 
 reduces the map to 512 channels, a 3x3 conv after it, and a concatenation with the input; as a
 drop-in plugin that keeps the host's shape this module is the recurrent attention itself on the
 C-channel map.
+
+Reference: the authors' release (speedinghzl/CCNet on GitHub); its pip-distributed form,
+mmcv.ops.CrissCrossAttention, needs mmcv's compiled ops and is not installed. Checked instead against a
+brute-force masked HW x HW attention (tests/plugins/test_ccnet.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ along W (N x C x 1 x W); the output is x * a_h * a_w.
 Defaults: r = 32 with at least 8 hidden channels, h-swish, convs with biases, as in the authors'
 code. Placed like SE, at the end of the residual branch before the add, in every block.
 Not identity at init: both gates start near 0.5.
+
+Reference: timm's ``CoordAttn`` (timm.layers.coord_attn) with ``bias=True`` and the authors'
+hidden width, the same function (tests/plugins/test_reference_equivalence.py); the authors' code is
+houqb/CoordAttention.
 """
 
 from __future__ import annotations

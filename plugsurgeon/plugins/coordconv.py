@@ -20,6 +20,10 @@ Deliberate differences:
 - Placement: the paper's ImageNet ResNet-50 adds one extra 1x1 CoordConv layer (8 channels, with the
   radius channel) in front of the network; the built-in recipe instead makes the network's first conv
   a CoordConv (with the radius channel), which adds no layer and keeps the model's function at init.
+
+Reference: the authors' TensorFlow release (uber-research/CoordConv on GitHub; no pip package has a
+PyTorch CoordConv). Checked instead: the block equals a conv over [input, coords] and the coordinate
+channels' orientation (tests/plugins/test_coordconv.py).
 """
 
 from __future__ import annotations

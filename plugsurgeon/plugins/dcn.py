@@ -23,6 +23,11 @@ init (identity at init); the paper's ``sigmoid(logits)`` (range (0, 1), 0.5 at i
 Plan-time checks run plugins on fake tensors: torchvision registers a fake (meta) kernel for
 ``torchvision::deform_conv2d``, so no fake implementation is needed here. FLOP counting has no
 formula for it, so this file registers one (the conv's multiply-adds; sampling not counted).
+
+Reference: ``torchvision.ops.DeformConv2d`` fed by an offset conv in the layout of mmcv's
+(Modulated)DeformConv2dPack (mmcv itself needs compiled ops and is not installed): the same function for
+v1, v2 with ``mask_scale`` 2 and 1, stride, groups and deformable groups
+(tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ bias, if any. The BN and ReLU after the pointwise conv are the model's own, whic
 Deliberate difference: none in the block; the replaced conv's ``weight`` cannot be reused (a
 different factorisation), so a vanilla checkpoint's key for it has no place in the edited model.
 Not identity at init.
+
+Reference: timm's ``DepthwiseSeparableConv`` (timm.models._efficientnet_blocks) with ``noskip=True,
+pw_act=False``: ours followed by the host's BN is that block (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ sizes its released training command uses (``--ksize 3557``: k = 3, 5, 5, 7 per s
 3*3 + 4*5 + 6*5 + 3*7 = 80). Eq. 12 applied to the bottleneck outputs gives 5, 5, 5, 7 and 86
 parameters; recipe steps with ``kernel_size`` per stage reproduce the 80 exactly.
 Not identity at init: the sigmoid gate starts near 0.5, as in the paper.
+
+Reference: timm's ``EcaModule`` (timm.layers), the same function and kernel size for every C >= 8
+(tests/plugins/test_reference_equivalence.py); the authors' code is BangguWu/ECANet.
 """
 
 from __future__ import annotations

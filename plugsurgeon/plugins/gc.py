@@ -13,6 +13,10 @@ LayerNorm over fewer units degenerates). W_k has no bias (the paper's formula ha
 cancels in the softmax). The last conv is initialised to zero, as in the authors' code, so the
 block is exactly the identity at init. Placement: after the last 1x1 conv of the residual branch,
 before the add (the paper's "after 1x1"), in every block of stages c3-c5.
+
+Reference: timm's ``GlobalContext`` (timm.layers) with ``fuse_add=True, fuse_scale=False`` and the
+authors' r = 16, the same function (tests/plugins/test_reference_equivalence.py); the authors' code is
+xvjiarui/GCNet.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ recipe: 14.0M parameters, 2.1 GMACs. The paper's 13.0M (2.2B FLOPs) also counts 
 1x1 conv made a Ghost module (2048 -> 500 + cheap op, 1.0M instead of the Linear's 2.05M); a Linear
 is not a conv site here, and with that substitution the count is 13.0M.
 Not identity at init.
+
+Reference: timm's ``GhostModule`` (timm.models.ghostnet, a port of the authors' huawei-noah release),
+the same function (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

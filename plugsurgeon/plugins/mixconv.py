@@ -24,6 +24,9 @@ for ResNet-style stages (``layer*``) of models without depthwise convs.
 The replaced conv's ``weight`` cannot be kept under its name (one tensor per kernel size), so a
 vanilla checkpoint's key for it has no place in the edited model.
 Not identity at init in general (only the depthwise case starts as the replaced conv).
+
+Reference: timm's ``MixedConv2d`` (timm.layers, after the authors' TensorFlow MixNet code), the same
+function depthwise and dense (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ formula has no 1/sqrt(d) scaling of the energies; ``scale=True`` adds it.
 ``nonlocal`` is a Python keyword: this file is imported with importlib (the registry does that), the
 class is reached as ``plugsurgeon.get_plugin("nonlocal").factory``, and surgery names the new
 module ``nonlocal_`` on its owner (``layer3.4.nonlocal_``).
+
+Reference: timm's ``NonLocalAttn`` (timm.layers) with ``use_scale=False``: ours with
+``sub_sample=False, scale=False`` is the same function (tests/plugins/test_reference_equivalence.py); the
+authors' release is the Caffe2 facebookresearch/video-nonlocal-net.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ parameters on ResNet-50's 2048-channel map, almost all in the 3x3 conv: ``kernel
 by 9). Upsampling uses ``align_corners=True`` as in the authors' code. The image-level (1x1) bin has
 BatchNorm on one value per channel and sample, so training needs batches larger than one, as in the
 paper. Not the identity at init.
+
+Reference: segmentation_models_pytorch's ``PSPModule`` with its PSPDecoder's 1x1 fusing conv, the same
+function in eval mode for ``kernel_size=1`` (smp's 1x1 bin has no BN, so not in train mode;
+tests/plugins/test_reference_equivalence.py); the authors' code is hszhao/semseg.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ Deliberate differences, mirroring ACBlock (acnet.py):
   C_in == C_out, stride 1 and the padding keeps the size (d * (k // 2)); for groups it is the
   one-hot kernel of each channel inside its group.
 ``reparameterize()`` returns that single conv (with bias) in eval mode; the deploy pass calls it.
+
+Reference: timm's ``RepVggBlock`` (timm.models.byobnet, after the authors' DingXiaoH/RepVGG): ours
+followed by the host's BN and a ReLU is that block in eval mode; in train mode the host BN normalises the
+branches' sum (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ Deliberate differences from the paper:
   after surgery; at sites with negative values (an FPN level, a linear bottleneck) it is not.
   The plugin therefore does NOT declare identity at init. ``zero_init=False`` gives the paper's
   initialisation.
+
+Reference: the authors' release (GOATmessi7/RFBNet on GitHub; not on pip, and no pip package has an
+RFB). Checked instead: each branch's receptive field measured with an impulse, widths, the scaled residual
+(tests/plugins/test_rfb.py).
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Deliberate differences, as for ``rfb``: identity shortcut (the plugin keeps C ch
 size; the authors' release uses a 1x1 conv + BN shortcut); the final BatchNorm scale starts at 0
 (``zero_init=True``) so the block starts as ``relu(x)``, which is exactly ``x`` after a ReLU (every
 ResNet stage output) but not at sites with negative values: identity at init is NOT declared.
+
+Reference: the authors' release (GOATmessi7/RFBNet on GitHub; not on pip). Checked instead: the four
+branches' (non-square) receptive fields measured with an impulse and the widths (tests/plugins/test_rfb_s.py).
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ Deliberate differences:
 - The replaced conv's ``weight`` cannot be reused (four half-size kernels in a different arrangement),
   so a vanilla checkpoint's key for it has no place in the edited model.
 Not identity at init.
+
+Reference: the authors' release above (MCG-NKU/SCNet; not on pip, and no pip package has SCConv).
+Checked instead against the paper's equations step by step and SCNet-50's count
+(tests/plugins/test_scconv.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ aggregations and favours max-out, max(x * s_c, x * s_s); ``fusion="max"`` select
 ``fusion="mul"`` the element-wise product. FC and conv layers carry biases, as in the authors' code.
 The paper places scSE after the encoder/decoder blocks of F-CNNs; on ResNets the recipe uses the SE
 slot, on the residual branch before the add. Not identity at init: both gates start near 0.5.
+
+Reference: segmentation_models_pytorch's ``SCSEModule`` with ``reduction=2``, the same function for
+``fusion="add"`` (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ Hu, Shen, Albanie, Sun, Wu. "Squeeze-and-Excitation Networks", CVPR 2018. https:
 Global average pooling, FC (C -> C/r) with bias, ReLU, FC (C/r -> C) with bias, sigmoid, channel-wise
 rescaling; reduction r = 16. Placed at the end of the residual branch, before the add (paper Fig. 3).
 Not identity at init: the sigmoid gate starts near 0.5, as in the paper.
+
+Reference: torchvision's ``SqueezeExcitation`` (torchvision.ops) and timm's ``SEModule`` (timm.layers,
+given C/16 hidden units), the same function (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

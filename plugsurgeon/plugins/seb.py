@@ -21,6 +21,9 @@ Deliberate differences from the paper:
   is exactly 1 (interpolating zeros gives exact zeros, where interpolating a bias of 1 is only 1 to
   within round-off): the model is unchanged right after surgery. The conv's weight gets gradient
   from the first step.
+
+Reference: the paper only (ExFuse has no official release, and no pip package has an SEB). Checked
+instead by hand-computed bilinear values and the exact identity at init (tests/plugins/test_seb.py).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ as sqrt(var + eps) rather than the paper's (sigma + eps), so a group whose impor
 constant (e.g. all-zero features after a ReLU) gets a finite gradient instead of a NaN; the two
 differ only when the variance is near eps. Placed like SE, on the residual branch before the add,
 in every bottleneck. Not identity at init: the gate starts at sigmoid(1), as in the paper.
+
+Reference: the authors' release (implus/PytorchInsight on GitHub; not on pip, and no pip package has
+SGE). Checked instead by per-group importance maps computed by hand (tests/plugins/test_sge.py).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ Deliberate differences:
 - The FCs have no bias, as in Eq. 4-5 (z is batch-normalised). Like the paper's, the BN on the
   pooled vector needs a batch of 2 or more in training mode.
 Not identity at init: the paths are mixed with softmax weights and pass through new BN/ReLU.
+
+Reference: timm's ``SelectiveKernel`` (timm.layers) with ``split_input=False, keep_3x3=True``, the same
+function when both paths have the same groups (tests/plugins/test_reference_equivalence.py); the authors'
+release is implus/SKNet (Caffe).
 """
 
 from __future__ import annotations

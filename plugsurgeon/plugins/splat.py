@@ -25,6 +25,9 @@ Deliberate differences:
 - ResNeSt-50 also changes the network (deep stem, average-pool downsampling); this plugin is the
   split-attention conv only. The recipe on ResNet-50 gives 27.5M parameters, ResNeSt-50's count.
 Not identity at init: the splits go through new BN/ReLU and are reweighted.
+
+Reference: timm's ``SplitAttn`` (timm.layers, after the authors' zhanghang1989/ResNeSt) with BN, the same
+function up to the documented group order (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

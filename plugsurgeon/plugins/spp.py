@@ -21,6 +21,9 @@ that is ``reduction=2`` here, while the default ``reduction=1`` pools the input 
 YOLOv3-SPP does. The concatenation order is [x, pool5, pool9, pool13] as in YOLOv5 (darknet's
 YOLOv3-SPP config concatenates in the reverse order; only the fuse conv's weight layout differs).
 Not the identity at init.
+
+Reference: ultralytics' ``SPP`` and ``SPPF`` (ultralytics.nn.modules.block, the YOLOv5 line), the same
+functions with ``reduction=2`` and ReLU set as their activation (tests/plugins/test_reference_equivalence.py).
 """
 
 from __future__ import annotations

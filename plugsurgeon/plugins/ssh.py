@@ -22,6 +22,10 @@ conv with X, a context module with X/2 + X/2); here every width is scaled so the
 input's C channels. Convs have biases and no normalisation, as in the paper (VGG-16 in Caffe);
 ``batch_norm=True`` puts a BatchNorm after every conv, as later re-implementations (RetinaFace) do.
 Not identity at init: the output is a new C-channel map, not a residual, as in the paper.
+
+Reference: the authors' Caffe release (mahyarnajibi/SSH on GitHub; not on pip, and no pip package has
+an SSH module). Checked instead: channel layout and each part's receptive field measured with an impulse
+(tests/plugins/test_ssh.py).
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ it is not an exact identity.
 
 Placement: the paper puts transformers at the input or between conv layers; there is no "input"
 site role, and the built-in recipe takes the first stage (the stem output).
+
+Reference: no pip package has an STN layer (the paper has no official code). The sampler is checked
+instead against torch's ``F.affine_grid`` + ``F.grid_sample`` (align_corners=False) for random theta
+(tests/plugins/test_stn.py).
 """
 
 from __future__ import annotations

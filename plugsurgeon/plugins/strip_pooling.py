@@ -20,6 +20,10 @@ Deliberate difference: the gate multiplies the C-channel branch output rather th
 per module (14 (C/4)^2 against 7 (C/4)^2).
 Placement (authors' code): the last block of stages 1-3 and every block of stage 4 (on ResNet-50,
 layer1.2, layer2.3, layer3.5, layer4.0-2). Not identity at init: the sigmoid gate starts near 0.5.
+
+Reference: the authors' code (Andrew-Qibin/SPNet on GitHub; not on pip). timm's ``StripAttn`` is a
+different, minimal module (depthwise strip convs, no BN, no fusion conv), so no pip package has the SPM.
+Checked instead: which pool feeds which strip conv, the reduction first (tests/plugins/test_strip_pooling.py).
 """
 
 from __future__ import annotations

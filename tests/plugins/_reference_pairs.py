@@ -7,7 +7,8 @@ name-by-name map of our state. Used by tests/plugins/test_reference_equivalence.
 benchmarks/reference_latency.py (latency ratios). Which pairs exist, and why the others do not, is
 explained in the test module's docstring.
 
-The timm and torchvision imports are local to the builders, so this module imports without timm.
+The reference packages (timm, torchvision, segmentation_models_pytorch, ultralytics) are imported inside
+the builders, so this module imports without the optional ones; ``Pair.package`` names the one a pair needs.
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ import torch
 from torch import nn
 
 import plugsurgeon as ps
+from plugsurgeon.plugins.aspp import ASPP
 from plugsurgeon.plugins.blurpool import BlurPool2d
 from plugsurgeon.plugins.cbam import CBAM
 from plugsurgeon.plugins.coord_attention import CoordAttention
+from plugsurgeon.plugins.dcn import DeformConv
+from plugsurgeon.plugins.dwsep import DepthwiseSeparableConv
 from plugsurgeon.plugins.eca import ECA
 from plugsurgeon.plugins.gc import GlobalContext
+from plugsurgeon.plugins.ghost import GhostModule
+from plugsurgeon.plugins.mixconv import MixConv
+from plugsurgeon.plugins.ppm import PyramidPooling
+from plugsurgeon.plugins.repvgg import RepVGGBlock
+from plugsurgeon.plugins.scse import SCSE
 from plugsurgeon.plugins.se import SqueezeExcitation
 from plugsurgeon.plugins.sk import SKConv
 from plugsurgeon.plugins.splat import SplitAttentionConv
+from plugsurgeon.plugins.spp import SPP, SPPF
 
 State = dict[str, torch.Tensor]
 
@@ -44,7 +54,13 @@ class Pair:
     reference: nn.Module
     to_reference: Callable[[nn.Module], State]  # our module's state under the reference's names and shapes
     reference_input: Callable[[torch.Tensor], torch.Tensor] = field(default=_identity)
-    needs_timm: bool = True
+    package: str = "timm"  # the importable package the reference comes from
+    # False: the reference computes our function in eval mode only (train-mode BN statistics differ by design).
+    train_mode: bool = True
+
+    @property
+    def needs_timm(self) -> bool:
+        return self.package == "timm"
 
     def sync(self) -> Pair:
         self.reference.load_state_dict(self.to_reference(self.ours), strict=True)
@@ -112,7 +128,7 @@ def se_torchvision(channels: int, seed: int = 0) -> Pair:
         return {"fc1.weight": _conv1x1(s["fc1.weight"]), "fc1.bias": s["fc1.bias"],
                 "fc2.weight": _conv1x1(s["fc2.weight"]), "fc2.bias": s["fc2.bias"]}
 
-    return Pair("se | torchvision.ops.SqueezeExcitation", ours, TvSE(channels, hidden), to_reference, needs_timm=False).sync()
+    return Pair("se | torchvision.ops.SqueezeExcitation", ours, TvSE(channels, hidden), to_reference, package="torchvision").sync()
 
 
 def se_timm(channels: int, seed: int = 0) -> Pair:
@@ -319,3 +335,265 @@ def nonlocal_timm(channels: int, seed: int = 0) -> Pair:
         return out
 
     return Pair("nonlocal(sub_sample=False) | timm NonLocalAttn(use_scale=False)", ours, reference, to_reference).sync()
+
+
+# ---------------------------------------------------------------------------------------------- scSE
+
+
+def scse_smp(channels: int, seed: int = 0) -> Pair:
+    from segmentation_models_pytorch.base.modules import SCSEModule
+
+    ours = scramble(SCSE(channels), seed)  # the paper's C/2 hidden units: smp's reduction=2 (its default is 16)
+
+    def to_reference(m: nn.Module) -> State:
+        s = _detached(m)
+        return {"cSE.1.weight": _conv1x1(s["fc1.weight"]), "cSE.1.bias": s["fc1.bias"],
+                "cSE.3.weight": _conv1x1(s["fc2.weight"]), "cSE.3.bias": s["fc2.bias"],
+                "sSE.0.weight": s["spatial.weight"], "sSE.0.bias": s["spatial.bias"]}
+
+    reference = SCSEModule(channels, reduction=2)
+    return Pair("scse | smp SCSEModule(reduction=2)", ours, reference, to_reference, package="segmentation_models_pytorch").sync()
+
+
+# ---------------------------------------------------------------------------------------------- DCN
+
+
+class DeformConvPack(nn.Module):
+    """torchvision.ops.DeformConv2d fed by a conv that predicts its offsets (and modulation), laid out as mmcv's
+    (Modulated)DeformConv2dPack: the offset conv has the deformable conv's kernel, stride, padding and dilation,
+    and its output is [2 offsets per tap and deformable group, then 1 modulation logit per tap and group]."""
+
+    def __init__(self, source: nn.Conv2d, modulated: bool, deformable_groups: int, mask_scale: float) -> None:
+        from torchvision.ops import DeformConv2d
+
+        super().__init__()
+        k = source.kernel_size
+        self.taps = deformable_groups * k[0] * k[1]
+        self.modulated, self.mask_scale = modulated, mask_scale
+        self.offset = nn.Conv2d(source.in_channels, (3 if modulated else 2) * self.taps, k, source.stride, source.padding,
+                                source.dilation, bias=True)
+        self.conv = DeformConv2d(source.in_channels, source.out_channels, k, source.stride, source.padding, source.dilation,
+                                 source.groups, bias=source.bias is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.offset(x)
+        if not self.modulated:
+            return self.conv(x, out)
+        offset, logits = out[:, : 2 * self.taps], out[:, 2 * self.taps :]
+        return self.conv(x, offset, self.mask_scale * torch.sigmoid(logits))
+
+
+def dcn_torchvision(modulated: bool, cin: int = 16, cout: int = 24, stride: int = 1, groups: int = 1, deformable_groups: int = 1,
+                    mask_scale: float = 2.0, seed: int = 0) -> Pair:
+    """Ours pads the input once and runs the offset conv and the sampling unpadded; the pack pads inside both (zeros)."""
+    source = nn.Conv2d(cin, cout, 3, stride, padding=1, groups=groups, bias=True)
+    ours = scramble(DeformConv(source, modulated=modulated, deformable_groups=deformable_groups, mask_scale=mask_scale), seed)
+    reference = DeformConvPack(source, modulated, deformable_groups, mask_scale)
+
+    def to_reference(m: nn.Module) -> State:
+        s = _detached(m)
+        return {"offset.weight": s["offset.weight"], "offset.bias": s["offset.bias"], "conv.weight": s["weight"], "conv.bias": s["bias"]}
+
+    name = f"dcn{'v2' if modulated else 'v1'} | torchvision.ops.DeformConv2d + offset conv (mmcv's pack layout)"
+    return Pair(name, ours, reference, to_reference, package="torchvision").sync()
+
+
+# --------------------------------------------------------------------------------------------- Ghost
+
+
+def ghost_timm(cin: int, cout: int, kernel_size: int = 1, stride: int = 1, seed: int = 0) -> Pair:
+    from timm.models.ghostnet import GhostModule as TimmGhostModule
+
+    source = nn.Conv2d(cin, cout, kernel_size, stride, kernel_size // 2, bias=False)
+    ours = scramble(GhostModule(source), seed)  # ratio 2, cheap 3x3 depthwise, BN + ReLU after each: timm's defaults
+
+    def to_reference(m: nn.Module) -> State:
+        s = _detached(m)
+        out = {"primary_conv.0.weight": s["primary.weight"], "cheap_operation.0.weight": s["cheap.weight"]}
+        out.update(_bn("primary_conv.1", s, "primary_bn"))
+        out.update(_bn("cheap_operation.1", s, "cheap_bn"))
+        return out
+
+    reference = TimmGhostModule(cin, cout, kernel_size=kernel_size, stride=stride)
+    return Pair(f"ghost | timm GhostModule, {kernel_size}x{kernel_size} primary", ours, reference, to_reference).sync()
+
+
+# ------------------------------------------------------------------------------------------- MixConv
+
+
+def mixconv_timm(cin: int, cout: int, depthwise: bool, stride: int = 1, seed: int = 0) -> Pair:
+    from timm.layers import MixedConv2d
+
+    source = nn.Conv2d(cin, cout, 3, stride, padding=1, groups=cin if depthwise else 1, bias=False)
+    ours = scramble(MixConv(source, kernels=(3, 5, 7)), seed)
+    reference = MixedConv2d(cin, cout, kernel_size=[3, 5, 7], stride=stride, depthwise=depthwise)
+
+    def to_reference(m: nn.Module) -> State:
+        s = _detached(m)
+        return {f"{i}.weight": s[f"convs.{i}.weight"] for i in range(3)}
+
+    kind = "depthwise" if depthwise else "dense (grouped per kernel)"
+    return Pair(f"mixconv | timm MixedConv2d, {kind}", ours, reference, to_reference).sync()
+
+
+# --------------------------------------------------------------------------------- Depthwise-separable
+
+
+def dwsep_timm(cin: int, cout: int, stride: int = 1, seed: int = 0) -> Pair:
+    """Ours replaces the conv only; the host's BN after it is timm's bn2 (ours is followed by it here)."""
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv as TimmDSConv
+
+    source = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+    ours = scramble(nn.Sequential(DepthwiseSeparableConv(source), nn.BatchNorm2d(cout)), seed)
+    reference = TimmDSConv(cin, cout, dw_kernel_size=3, stride=stride, noskip=True, pw_act=False, act_layer=nn.ReLU)
+
+    def to_reference(m: nn.Module) -> State:
+        s = _detached(m)
+        out = {"conv_dw.weight": s["0.depthwise.weight"], "conv_pw.weight": s["0.pointwise.weight"]}
+        out.update(_bn("bn1", s, "0.bn"))
+        out.update(_bn("bn2", s, "1"))
+        return out
+
+    return Pair("dwsep + host BN | timm DepthwiseSeparableConv(noskip, no pw act)", ours, reference, to_reference).sync()
+
+
+# -------------------------------------------------------------------------------------------- RepVGG
+
+
+def repvgg_timm(channels: int, stride: int = 1, seed: int = 0) -> Pair:
+    """Eval mode only. Ours replaces the 3x3 conv and the host's BN after it normalises the branches' sum; timm's
+    block has a BN per branch and its own ReLU. In eval mode a BN is a per-channel affine map a * y + b, so
+    hostBN(W3 x + BN1(W1 x) + BNid(x)) = hostBN(W3 x) + a * BN1(W1 x) + a * BNid(x): timm's kxk BN is the host's,
+    and its 1x1 and identity BNs are ours scaled by a. In train mode the host BN sees the sum's batch statistics."""
+    from timm.models.byobnet import RepVggBlock
+
+    source = nn.Conv2d(channels, channels, 3, stride, padding=1, bias=False)
+    ours = scramble(nn.Sequential(RepVGGBlock(source), nn.BatchNorm2d(channels), nn.ReLU()), seed)
+    reference = RepVggBlock(channels, channels, kernel_size=3, stride=stride)
+
+    def to_reference(m: nn.Module) -> State:
+        s = _detached(m)
+        host = m[1]
+        a = (host.weight / torch.sqrt(host.running_var + host.eps)).detach()
+        out = {"conv_kxk.conv.weight": s["0.weight"], "conv_1x1.conv.weight": s["0.pointwise.weight"]}
+        out.update(_bn("conv_kxk.bn", s, "1"))
+        branches = [("conv_1x1.bn", "0.pointwise_bn")] + ([("identity", "0.identity_bn")] if stride == 1 else [])
+        for ref_prefix, our_prefix in branches:
+            out.update(_bn(ref_prefix, s, our_prefix))
+            out[f"{ref_prefix}.weight"] = a * s[f"{our_prefix}.weight"]
+            out[f"{ref_prefix}.bias"] = a * s[f"{our_prefix}.bias"]
+        return out
+
+    name = f"repvgg + host BN, ReLU | timm RepVggBlock, stride {stride} (eval mode)"
+    return Pair(name, ours, reference, to_reference, train_mode=False).sync()
+
+
+# ---------------------------------------------------------------------------------------------- ASPP
+
+
+def aspp_torchvision(channels: int, rates: tuple[int, ...] = (6, 12, 18), seed: int = 0) -> Pair:
+    """torchvision projects to its branch width and ends with Dropout(0.5); ours projects back to C with no dropout
+    (the paper names none): branch width = C, and the reference's dropout is set to p = 0."""
+    from torchvision.models.segmentation.deeplabv3 import ASPP as TvASPP
+
+    ours = scramble(ASPP(channels, rates=rates, branch_channels=channels), seed)
+    reference = TvASPP(channels, list(rates), out_channels=channels)
+    if not isinstance(reference.project[3], nn.Dropout):
+        raise AssertionError(f"torchvision's ASPP projection changed: {reference.project}")
+    reference.project[3].p = 0.0
+
+    def to_reference(m: nn.Module) -> State:
+        s = _detached(m)
+        out = {}
+        for i in range(len(rates) + 1):  # the 1x1 branch, then the atrous ones: conv, BN, ReLU in both
+            out[f"convs.{i}.0.weight"] = s[f"branches.{i}.0.weight"]
+            out.update(_bn(f"convs.{i}.1", s, f"branches.{i}.1"))
+        pooling = len(rates) + 1  # torchvision's ASPPPooling: pool, conv, BN, ReLU
+        out[f"convs.{pooling}.1.weight"] = s[f"branches.{pooling}.conv.0.weight"]
+        out.update(_bn(f"convs.{pooling}.2", s, f"branches.{pooling}.conv.1"))
+        out["project.0.weight"] = s["project.0.weight"]
+        out.update(_bn("project.1", s, "project.1"))
+        return out
+
+    return Pair("aspp | torchvision DeepLabV3 ASPP (dropout p=0)", ours, reference, to_reference, package="torchvision").sync()
+
+
+# ----------------------------------------------------------------------------------------------- PPM
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias-free conv followed by an eval-mode BN, as one conv with bias."""
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    return conv.weight.detach() * scale[:, None, None, None], (bn.bias - bn.running_mean * scale).detach()
+
+
+def ppm_smp(channels: int, seed: int = 0) -> Pair:
+    """Eval mode only. smp's PSPModule concatenates [levels..., x] and PSPDecoder fuses with a 1x1 Conv2dReLU; ours
+    concatenates [x, levels...] (the map permutes the fusing conv's inputs) and fuses with ``kernel_size`` (1 here).
+    smp's 1x1 bin has a conv with bias and no BN ("PyTorch does not support BatchNorm for 1x1 shape"); ours has
+    BN there too: in eval mode our conv + BN folds into smp's conv, in train mode our BN normalises over the batch."""
+    from segmentation_models_pytorch.base.modules import Conv2dReLU
+    from segmentation_models_pytorch.decoders.pspnet.decoder import PSPModule
+
+    bins = (1, 2, 3, 6)
+    ours = scramble(PyramidPooling(channels, bins=bins, kernel_size=1), seed)
+    reduced = ours.levels[0].conv[0].out_channels
+    reference = nn.Sequential(PSPModule(channels, sizes=bins), Conv2dReLU(channels + len(bins) * reduced, channels, kernel_size=1))
+
+    def to_reference(m: nn.Module) -> State:
+        s = _detached(m)
+        out = {}
+        for i, b in enumerate(bins):
+            prefix = f"0.blocks.{i}.pool.1"
+            if b == 1:
+                out[f"{prefix}.0.weight"], out[f"{prefix}.0.bias"] = _folded(m.levels[i].conv[0], m.levels[i].conv[1])
+            else:
+                out[f"{prefix}.0.weight"] = s[f"levels.{i}.conv.0.weight"]
+                out.update(_bn(f"{prefix}.1", s, f"levels.{i}.conv.1"))
+        w = s["bottleneck.0.weight"]
+        out["1.0.weight"] = torch.cat([w[:, channels:], w[:, :channels]], dim=1)  # [levels, x] from our [x, levels]
+        out.update(_bn("1.1", s, "bottleneck.1"))
+        return out
+
+    name = "ppm(kernel_size=1) | smp PSPModule + PSPDecoder's 1x1 Conv2dReLU (eval mode)"
+    return Pair(name, ours, reference, to_reference, package="segmentation_models_pytorch", train_mode=False).sync()
+
+
+# ------------------------------------------------------------------------------------------ SPP, SPPF
+
+
+def _relu_activations(reference: nn.Module) -> nn.Module:
+    """Ultralytics' Conv blocks use SiLU; ours ReLU (the ResNet hosts of this catalog): set theirs to ReLU."""
+    for name in ("cv1", "cv2"):
+        getattr(reference, name).act = nn.ReLU()
+    return reference
+
+
+def _spp_to_reference(m: nn.Module) -> State:
+    s = _detached(m)
+    out = {"cv1.conv.weight": s["reduce.0.weight"], "cv2.conv.weight": s["fuse.0.weight"]}
+    out.update(_bn("cv1.bn", s, "reduce.1"))
+    out.update(_bn("cv2.bn", s, "fuse.1"))
+    return out
+
+
+def spp_ultralytics(channels: int, seed: int = 0) -> Pair:
+    """Ultralytics' SPP halves the channels first (cv1), as ours with reduction=2; both concatenate [x, pools]."""
+    from ultralytics.nn.modules.block import SPP as UltralyticsSPP
+
+    ours = scramble(SPP(channels, kernels=(5, 9, 13), reduction=2), seed)
+    reference = _relu_activations(UltralyticsSPP(channels, channels, k=(5, 9, 13)))
+    return Pair("spp(reduction=2) | ultralytics SPP (ReLU)", ours, reference, _spp_to_reference, package="ultralytics").sync()
+
+
+def sppf_ultralytics(channels: int, seed: int = 0) -> Pair:
+    """Ultralytics 8.4's SPPF has no activation after cv1 (YOLOv5's SPPF had one, as ours): it is set to ReLU too."""
+    from ultralytics.nn.modules.block import SPPF as UltralyticsSPPF
+
+    ours = scramble(SPPF(channels, kernel=5, repeats=3, reduction=2), seed)
+    reference = UltralyticsSPPF(channels, channels, k=5)
+    if not isinstance(reference.cv1.act, nn.Identity) or getattr(reference, "add", False):
+        raise AssertionError("ultralytics' SPPF changed (cv1 activation or shortcut): revisit this pair and its docstring")
+    reference = _relu_activations(reference)
+    return Pair("sppf(reduction=2) | ultralytics SPPF (ReLU, also after cv1)", ours, reference, _spp_to_reference,
+                package="ultralytics").sync()
