@@ -6,7 +6,7 @@ import copy
 import json
 import keyword
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,8 @@ from plugsurgeon.graph.inputs import resize_notes
 from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, trace
+from plugsurgeon.plugins._args import PluginArgs
+from plugsurgeon.plugins._conv import stride_one
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
 from plugsurgeon.provenance import record_step
 from plugsurgeon.recipe import Recipe, Step, load_recipe
@@ -129,6 +131,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
         if not any(e.step_index == index for e in edits) and sites and not step.allow_empty:
             raise SiteError(f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): every matched site was skipped as unfit",
                             hint="the report's notes say why; set `allow_empty: true` to accept a step that changes nothing")
+    edits = _with_destrides(model, traced, recipe, edits, notes)
     check_budget(model, [(e.module, e.replaced(model)) for e in edits], f"recipe '{recipe.name}' ({len(edits)} edits)")
     _check_conflicts(edits, notes)
     _note_shared_instances(model, edits, notes)
@@ -279,6 +282,8 @@ def _calls_to_check(part, node, site: Site, spec: PluginSpec) -> list[tuple[list
     A replaced module shared by several calls (a detection head run on every pyramid level) is
     replaced for all of them, so each call's shapes are checked.
     """
+    if spec.mode == "after" and site.destride is not None:  # it takes over a conv's stride: it reads that conv's dense map
+        return [([site.destride_shape], site.shape)]
     if spec.mode == "after":
         return [([site.shape, *site.extra_shapes] if spec.inputs == "site+extra" else [site.shape], site.shape)]
     calls = [n for n in part.gm.graph.nodes if n.op == "call_module" and n.target == node.target]
@@ -300,6 +305,53 @@ def _check_runs(module: nn.Module, calls, dtype: torch.dtype, where: str) -> int
                             hint="this plugin cannot go at this site; narrow the step with `where`")
         total += flops
     return total
+
+
+def _with_destrides(model: nn.Module, traced: Traced, recipe: Recipe, edits: list[PlannedEdit], notes: list[str]) -> list[PlannedEdit]:
+    """Each edit at a site that takes over a strided conv's stride (``Site.destride``: the blur of
+    anti-aliasing, after the conv's activation) followed by its second half: that conv replaced by its
+    stride-1 twin (same weight and bias: same names). Neither half keeps the shapes alone, so they are
+    planned, skipped and committed together; a conv the twin cannot reproduce (a subclass with its own
+    forward) makes the site unfit."""
+    paired: list[PlannedEdit] = []
+    for edit in edits:
+        if edit.site.destride is None or edit.spec.mode != "after":
+            paired.append(edit)
+            continue
+        step = recipe.steps[edit.step_index - 1]
+        try:
+            paired += [edit, _plan_destride(model, traced, edit)]
+        except SiteError as unfit:
+            if step.on_unfit != "skip":
+                raise
+            notes.append(f"step {edit.step_index} ({edit.spec.name}) skipped '{edit.site.path}': {unfit.message}")
+    for index, step in enumerate(recipe.steps, start=1):
+        if any(e.step_index == index for e in edits) and not any(e.step_index == index for e in paired) and not step.allow_empty:
+            raise SiteError(f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): every matched site was skipped as unfit",
+                            hint="the report's notes say why; set `allow_empty: true` to accept a step that changes nothing")
+    return paired
+
+
+def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedEdit) -> PlannedEdit:
+    part = traced.part(edit.site.part)
+    node = _node(part, edit.site.destride)
+    path = part.absolute(node.target)
+    conv = model.get_submodule(path)
+    dtype = _host_dtype(conv)
+    try:
+        twin = stride_one(conv, path)
+    except SiteError as error:
+        raise SiteError(f"the conv whose stride the plugin takes over: {error.message}", hint=error.hint) from None
+    calls = [([shape_of(node.all_input_nodes[0])], edit.site.destride_shape)]
+    where = f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}', running '{path}' at stride 1"
+    flops = _check_runs(twin, calls, dtype, where) - run_fake(conv, calls[0][0], dtype)[1]
+    # A replace edit of the same step, so that the report, the manifest and a replay list it; its
+    # module is rebuilt at apply from the conv alone (no arguments).
+    spec = replace(edit.spec, mode="replace", factory=stride_one, classes=(nn.Conv2d,), infer=lambda _site, conv: {"conv": conv},
+                   structural=frozenset({"conv"}), args=PluginArgs)
+    scope = part.scopes(node)[0]
+    return PlannedEdit(edit.step_index, spec, replace(edit.site, target=path), twin, path, 0, flops, part.absolute(scope.owner), scope,
+                       dtype=dtype, device=edit.device)
 
 
 def _owner_module(model: nn.Module, owner_path: str) -> nn.Module:

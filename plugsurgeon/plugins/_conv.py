@@ -92,6 +92,22 @@ def _purpose(cls: type) -> str:
     return f': "{line}"' if line else ""
 
 
+def stride_one(conv: nn.Module, where: str = "") -> nn.Conv2d:
+    """``conv`` evaluated densely: a plain nn.Conv2d at stride 1 holding the same weight and bias
+    Parameters, so ``layer2.0.conv2.weight`` keeps its name, a checkpoint loads, and BN folding still
+    sees a conv. Used where a plugin takes over a conv's stride (``Site.destride``)."""
+    if not isinstance(conv, nn.Conv2d):
+        raise SiteError(f"'{where}' is a {type(conv).__name__}, not a convolution to run at stride 1",
+                        hint="exclude the site with `where: {exclude: [...]}`")
+    check_plain_conv(conv, where)
+    # Built on the meta device: the tensors are the conv's own, nothing is allocated for the twin.
+    twin = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, 1, conv.padding, conv.dilation, conv.groups,
+                     bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
+    twin.weight = conv.weight
+    twin.bias = conv.bias
+    return twin.train(conv.training)
+
+
 def replaced_conv(site: Site, module: nn.Module | None) -> dict:
     check_plain_conv(module, site.path)
     return {"source": module}

@@ -8,7 +8,7 @@ written out, with an example per architecture family, in docs/roles.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -301,6 +301,61 @@ def downsample_sites(view: GraphView) -> list[Site]:
         elif view.pool_stride(node) > 1 and view.shape(node)[2] > 1:
             sites.append(make_site(view, "downsample.pool", node, stride=view.pool_stride(node)))
     return sites
+
+
+def downsample_unit_sites(view: GraphView) -> list[Site]:
+    """The end of each strided conv's unit on the main path, for a plugin that takes over its stride.
+
+    A unit is the conv, then (each the only reader of the one before, at the same shape) per-element
+    layers such as a norm, and its activation if it has one: conv -> BN -> ReLU ends at the ReLU; a
+    conv whose BN feeds the next conv (ShuffleNet's depthwise downsampling) ends at the BN; a conv read
+    by several layers ends at the conv. The site carries the conv (``destride``) and the map's shape
+    with the conv at stride 1: what the unit's layers compute when surgery moves the stride to the end.
+    Left out: projection shortcuts (``downsample.shortcut``), and convs that run more than once (moving
+    the stride of one call would change them all).
+    """
+    in_branch, shortcut = _residual_paths(view)
+    calls: dict[str, int] = {}
+    for node in view.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    sites = []
+    for node in view.nodes:
+        conv = view.conv(node)
+        if conv is None or max(conv.stride) <= 1 or node in shortcut or calls[node.target] > 1 or not _spatial_4d(view, node):
+            continue
+        in_shape = view.shape(view.tensor_inputs(node)[0])
+        end = _unit_end(view, node)
+        site = make_site(view, "downsample.unit", end, stride=int(conv.stride[0]), in_residual=node in in_branch,
+                         destride=node.name, destride_shape=(*view.shape(end)[:2], *_stride_one_size(conv, in_shape[2:])))
+        # Selectors read the unit's conv: `where: {kernel: 3}` or `depthwise: true` pick units by it.
+        sites.append(replace(site, in_channels=int(in_shape[1]), kernel=tuple(conv.kernel_size), groups=conv.groups,
+                             dilation=tuple(conv.dilation)))
+    return sites
+
+
+def _unit_end(view: GraphView, conv: fx.Node) -> fx.Node:
+    node = conv
+    while True:
+        users = list(node.users)
+        if len(users) != 1 or users[0] not in view.position or view.tensor_inputs(users[0]) != [node]:
+            return node
+        user = users[0]
+        if view.shape(user) != view.shape(node):
+            return node
+        if view.is_activation(user):
+            return user
+        # Module and method calls only: a per-element function could be a shift or a scale by a size-dependent value.
+        # A LayerNorm normalises over its fixed trailing sizes (W, for a plain one on N,C,H,W), so it may not
+        # run on the larger map: the unit ends before it.
+        if user.op == "call_function" or view.linear_kind(user) != "pointwise" or isinstance(view.module(user), nn.LayerNorm):
+            return node
+        node = user
+
+
+def _stride_one_size(conv: nn.Conv2d, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    padding = (0, 0) if conv.padding == "valid" else conv.padding
+    return tuple(int(spatial[i]) + 2 * int(padding[i]) - int(conv.dilation[i]) * (int(conv.kernel_size[i]) - 1) for i in range(2))
 
 
 # -- anatomy: the extractor, its end, the neck ------------------------------------------------------
@@ -660,6 +715,7 @@ LOCATORS: dict[str, Callable[[GraphView], list[Site]]] = {
     "residual": residual_sites,
     "conv": conv_sites,
     "downsample": downsample_sites,
+    "downsample.unit": downsample_unit_sites,  # a locator of its own: `--kind downsample.conv` need not find units
     "stage": stage_sites,
     "backbone": backbone_sites,
     "neck": neck_sites,

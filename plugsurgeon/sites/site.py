@@ -15,6 +15,8 @@ ROLES: dict[str, str] = {
     "downsample.pool": "max/avg pooling with stride > 1",
     "downsample.conv": "strided convolution on the main path",
     "downsample.shortcut": "strided projection on a residual shortcut",
+    "downsample.unit": "end of a strided conv's unit on the main path (the conv, then its norm and activation when it has them): "
+                       "a plugin here takes over the conv's stride, and the conv runs at stride 1 (where anti-aliasing blurs)",
     "stage": "end of each stage of the feature extractor: its last map at each stride (stage = log2 of the cumulative stride, C2..C5)",
     "backbone": "the feature extractor's last map: where a pooling head, a neck or a decoder starts (never inside them)",
     "neck.level": "an output level of a feature pyramid (FPN, PAN, U-Net decoder): its map at one size, the other levels as extra",
@@ -55,6 +57,11 @@ class Site:
     extra_shapes: tuple[tuple[int, ...], ...] = ()
     extra_scopes: tuple[tuple, ...] = ()
     in_residual: bool = False  # the node lies inside a residual branch (a conv of a block's body)
+    # downsample.unit: the strided conv whose stride a plugin here takes over. Surgery runs that conv at
+    # stride 1 (same weights, same name), so the plugin reads the map at ``destride_shape`` and must
+    # return ``shape``; the layers between them (a norm, an activation) work at any size.
+    destride: str | None = None  # node name of that conv, in the same traced part
+    destride_shape: tuple[int, ...] = ()
     order: int = 0  # position in the traced graph, for stable ordering
 
     @property

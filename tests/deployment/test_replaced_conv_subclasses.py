@@ -83,7 +83,7 @@ def test_blurpool_refuses_a_strided_conv2d_same():
         def forward(self, x):
             return self.down(torch.relu(self.stem(x)))
 
-    recipe = ps.Recipe(name="blur", steps=[{"plugin": "blurpool", "at": "downsample.conv"}])
+    recipe = ps.Recipe(name="blur", steps=[{"plugin": "blur", "at": "downsample.unit"}])
     with pytest.raises(ps.SiteError, match="Conv2dSame"):
         ps.apply(Strided(), recipe, input_shape=SHAPE)
 

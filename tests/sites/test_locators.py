@@ -23,9 +23,13 @@ def test_residual_sites_tiny_resnet():
 
 def test_downsample_stage_backbone_tiny_resnet():
     assert _golden(TinyResNet(), "downsample") == [
-        ("downsample.conv", "stem.0"), ("downsample.pool", "pool"),
-        ("downsample.conv", "layer2.0.conv1"), ("downsample.shortcut", "layer2.0.shortcut.0"),
+        ("downsample.conv", "stem.0"), ("downsample.unit", "stem.2"), ("downsample.pool", "pool"),
+        ("downsample.conv", "layer2.0.conv1"), ("downsample.unit", "layer2.0.relu"), ("downsample.shortcut", "layer2.0.shortcut.0"),
     ]
+    # A unit ends at its conv's activation (through the BN) and carries the conv, whose map at stride 1 is 2x larger.
+    units = ps.find_sites(TinyResNet(), "downsample.unit", input_shape=SHAPE)
+    assert [(s.destride, s.destride_shape, s.shape) for s in units] == [
+        ("stem_0", (1, 16, 64, 64), (1, 16, 32, 32)), ("layer2_0_conv1", (1, 32, 16, 16), (1, 32, 8, 8))]
     sites = ps.find_sites(TinyResNet(), "stage", input_shape=SHAPE)
     assert [(s.path, s.stage, s.channels) for s in sites] == [("stem.2", 1, 16), ("layer1.1.relu", 2, 16), ("layer2.1.relu", 3, 32)]
     assert _golden(TinyResNet(), "backbone") == [("backbone", "layer2.1.relu")]
@@ -79,6 +83,9 @@ def test_resnet50_golden(resnet50_sites):
     assert [s.path for s in by_role["downsample.pool"]] == ["maxpool"]
     assert [s.path for s in by_role["downsample.conv"]] == ["conv1", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"]
     assert [s.path for s in by_role["downsample.shortcut"]] == ["layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"]
+    # Each strided conv's unit ends at the ReLU after its BN (a Bottleneck's second ReLU call; the stem's ReLU).
+    assert [(s.path, s.owner, s.kernel) for s in by_role["downsample.unit"]] == [
+        ("relu", "", (7, 7)), ("layer2.0.relu", "layer2.0", (3, 3)), ("layer3.0.relu", "layer3.0", (3, 3)), ("layer4.0.relu", "layer4.0", (3, 3))]
     assert [s.path for s in by_role["backbone"]] == ["layer4.2.relu"]
     assert len(by_role["conv"]) == 53
     assert sum(1 for s in by_role["conv"] if s.kernel == (3, 3)) == 16
