@@ -33,7 +33,10 @@ from plugsurgeon.graph.trace import Traced
 from plugsurgeon.sites.site import Site
 
 MAX_BOXES = 40  # opening by size stops here; residual blocks are boxes whatever their number
-_ONE_BOX = 4  # a module of at most this many parts reads as one box (conv + norm + act, a decoder block)
+_ONE_BOX = (
+    6  # a module of at most this many parts reads as one box (conv + norm + act, an SE block, a dense layer)
+)
+_DENSE = 2  # a group of boxes with more edges among them than this many per box is a thicket: drawn closed
 _MERGES = {
     operator.add,
     operator.iadd,
@@ -112,9 +115,14 @@ def block_graph(traced: Traced, sites: list[Site], *, max_boxes: int = MAX_BOXES
     tree = _tree(calls)
     anchors = {s.owner for s in sites if s.role == "residual.output" and s.owner}
     params = {path: _params(model, path) for path in tree if path}
-    boxes = _choose_boxes(tree, calls, anchors, params, max_boxes)
-    builder = _Builder(traced, calls, boxes, params)
-    graph_blocks, edges, node_box = builder.run()
+    closed: set[str] = set()
+    while True:
+        boxes = _choose_boxes(tree, calls, anchors, params, max_boxes, closed)
+        graph_blocks, edges, node_box = _Builder(traced, calls, boxes, params).run()
+        dense = _dense_groups(graph_blocks, edges) - closed
+        if not dense:
+            break
+        closed |= dense
     blocks = _tag(graph_blocks, edges, sites, node_box, anchors)
     site_blocks = {}
     for site in sites:
@@ -188,7 +196,7 @@ def _params(model: nn.Module, path: str) -> int:
     return sum(p.numel() for p in model.get_submodule(path).parameters())
 
 
-def _choose_boxes(tree, calls, anchors, params, max_boxes) -> list[str]:
+def _choose_boxes(tree, calls, anchors, params, max_boxes, closed: set[str]) -> list[str]:
     holds_anchor = {_parent(a) for a in anchors}
     for anchor in anchors:
         path = _parent(anchor)
@@ -199,14 +207,20 @@ def _choose_boxes(tree, calls, anchors, params, max_boxes) -> list[str]:
     def must_open(path: str) -> bool:
         return bool(tree[path]) and (path not in calls or path in holds_anchor)
 
-    def may_open(path: str) -> bool:
-        return path not in anchors and len(opened(tree[path])) > _ONE_BOX
-
     def opened(paths: list[str]) -> list[str]:
         out = []
         for path in paths:
             out.extend(opened(tree[path]) if must_open(path) else [path])
         return out
+
+    worth: dict[str, bool] = {}
+
+    def may_open(path: str) -> bool:
+        """Many parts, or a part that has many (a ViT's encoder: dropout, its 12 layers, a norm)."""
+        if path not in worth:
+            inner = opened(tree[path]) if path not in anchors and path not in closed else []
+            worth[path] = len(inner) > _ONE_BOX or any(may_open(p) for p in inner)
+        return worth[path]
 
     boxes = opened(tree[""])
     refused: set[str] = set()
@@ -215,14 +229,32 @@ def _choose_boxes(tree, calls, anchors, params, max_boxes) -> list[str]:
         if not candidates:
             return boxes
         # The shallowest first, so that no part of the model is drawn much finer than the rest; then
-        # the largest (min keeps the first of equals: graph order).
-        largest = min(candidates, key=lambda p: (p.count("."), -params.get(p, 0)))
-        inner = opened(tree[largest])
-        if len(boxes) - 1 + len(inner) > max_boxes:
-            refused.add(largest)
+        # the largest. Repeated blocks (same class and size, a transformer's layers) are opened all
+        # together or not at all, so that they look alike. min keeps the first of equals: graph order.
+        first = min(candidates, key=lambda p: (p.count("."), -params.get(p, 0)))
+        unit = [p for p in candidates if p.count(".") == first.count(".") and _same(p, first, calls, params)]
+        inner = {p: opened(tree[p]) for p in unit}
+        if len(boxes) - len(unit) + sum(len(i) for i in inner.values()) > max_boxes:
+            refused.update(unit)
             continue
-        at = boxes.index(largest)
-        boxes[at : at + 1] = inner
+        boxes = [q for p in boxes for q in inner.get(p, [p])]
+
+
+def _dense_groups(blocks: list[Block], edges) -> set[str]:
+    """Opened modules whose boxes are densely connected among themselves (a DenseNet block: each layer
+    reads every earlier one). Open, they would be a thicket of edges; closed, one box says the same."""
+    group = {b.id: b.group for b in blocks if b.kind == "module"}
+    members, inside = defaultdict(int), defaultdict(int)
+    for g in group.values():
+        members[g] += 1
+    for source, target in edges:
+        if source in group and group[source] == group.get(target):
+            inside[group[source]] += 1
+    return {g for g, n in inside.items() if g and members[g] >= 4 and n > _DENSE * members[g]}
+
+
+def _same(a: str, b: str, calls: dict[str, str], params: dict[str, int]) -> bool:
+    return calls.get(a) == calls.get(b) and params.get(a, 0) == params.get(b, 0)
 
 
 class _Builder:

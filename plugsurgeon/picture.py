@@ -256,10 +256,9 @@ def _deploy_picture(result, original, title: str | None) -> Picture:
                     before[block.id] = sum(p.numel() for p in original.get_submodule(block.path).parameters())
                 except AttributeError:  # a path the deployed model has and the original has not
                     pass
-    heading = (
-        title
-        or f"{graph.model} deployed: {len(report.folded)} BatchNorms folded, {len(report.reparameterized)} blocks reparameterized"
-    )
+    done = [f"{len(report.folded)} BatchNorms folded"] if report.folded else []
+    done += [f"{len(report.reparameterized)} blocks reparameterized"] if report.reparameterized else []
+    heading = title or f"{graph.model} deployed: {', '.join(done) or 'nothing to fuse'}"
     return draw(
         graph,
         changes,
@@ -343,7 +342,7 @@ def _card(block: Block, changes: list[Change], before: int | None) -> Card:
     tags = [t for t in block.tags if t != "new"]
     if tags:
         lines.append(Line(" · ".join(tags), "tags"))
-    for change in changes[:_MAX_CHANGE_LINES]:
+    for change in [] if new else changes[:_MAX_CHANGE_LINES]:  # a new box is its change
         lines.append(Line(_describe(change, block.path), "change"))
     if len(changes) > _MAX_CHANGE_LINES:
         lines.append(Line(f"... and {len(changes) - _MAX_CHANGE_LINES} more", "change"))
@@ -378,7 +377,9 @@ def _relative(text: str, box: str) -> str:
     """Paths inside the box, as the box names them: ``bn1`` in box ``layer1.0`` for ``layer1.0.bn1``."""
     if not box:
         return text
-    return " ".join(word[len(box) + 1 :] if word.startswith(box + ".") else word for word in text.split(" "))
+    inside = (word[len(box) + 1 :] if word.startswith(box + ".") else word for word in text.split(" "))
+    # A bare index (a Sequential's "1") says nothing on its own: such a path stays whole.
+    return " ".join(rel if not rel.split(".")[0].isdigit() else box + "." + rel for rel in inside)
 
 
 # -- numbers --------------------------------------------------------------------------------------
