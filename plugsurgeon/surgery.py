@@ -115,13 +115,14 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
     dtype = _host_dtype(model)
     edits: list[PlannedEdit] = []
     notes: list[str] = resize_notes(traced)  # a model that resizes its input: at which size the numbers are
+    checked: dict[tuple, int] = {}  # FLOPs of each checked (plugin, arguments, shapes) signature
     for index, step in enumerate(recipe.steps, start=1):
         spec = get_plugin(step.plugin)
         sites = _sites_for(step, spec, all_sites, index, recipe, model)
         progress.step(f"planning step {index} of '{recipe.name}': {spec.name} at {len(sites)} {step.at} sites")
         for site in sites:
             try:
-                edits.append(_plan_edit(model, traced, step, spec, site, index, dtype))
+                edits.append(_plan_edit(model, traced, step, spec, site, index, dtype, checked))
             except SiteError as unfit:
                 if step.on_unfit != "skip":
                     raise
@@ -236,7 +237,7 @@ def _choose_scope(model: nn.Module, part, site: Site, spec: PluginSpec, where: s
     raise refusals[0]
 
 
-def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
+def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> PlannedEdit:
     part = traced.part(site.part)
     where = f"step {index} ({spec.name}) at '{site.path}'"
     node = _node(part, site.node)
@@ -263,17 +264,38 @@ def _plan_edit(model, traced, step, spec, site, index, dtype) -> PlannedEdit:
         raise RecipeError(f"{where}: cannot build the plugin: {error}", hint=f"`plugsurgeon plugins` shows what '{spec.name}' takes") from None
     if replaced is not None:
         module.train(replaced.training)
-    flops = _check_runs(module, _calls_to_check(part, node, site, spec), dtype, where)
+    calls = _calls_to_check(part, node, site, spec)
+    signature = _signature(spec, site, replaced, step, calls, dtype, device)
+    if signature is not None and signature in checked:
+        flops = checked[signature]
+    else:
+        flops = _check_runs(module, calls, dtype, where)
+        if replaced is not None:
+            flops -= sum(run_fake(replaced, inputs, dtype)[1] for inputs, _out in calls)
+        if signature is not None:
+            checked[signature] = flops
     params_added = count_params(module)
     if replaced is not None:
         kept = {id(p) for p in module.parameters()} & {id(p) for p in replaced.parameters()}
         params_added = sum(p.numel() for p in module.parameters() if id(p) not in kept) - sum(
             p.numel() for p in replaced.parameters() if id(p) not in kept)
-        old_flops = sum(run_fake(replaced, inputs, dtype)[1] for inputs, _out in _calls_to_check(part, node, site, spec))
-        flops = flops - old_flops
     attribute = site.target if spec.mode == "replace" else (step.name or spec.name)
     return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals,
                        dict(step.args), dtype, device)
+
+
+def _signature(spec: PluginSpec, site: Site, replaced: nn.Module | None, step: Step, calls, dtype, device) -> tuple | None:
+    """What the fake run of a new module depends on: its constructor's arguments, the shapes of its
+    calls, dtype and device -- and, for a replacement, the replaced layer's configuration, known only
+    for torch's own layers (their repr is it). Sites sharing a signature are checked once (a ResNet's
+    16 CBAMs come in 4 shapes). None: check this site on its own."""
+    if replaced is not None and not type(replaced).__module__.startswith("torch.nn.modules."):
+        return None
+    try:
+        kwargs = {**spec.infer(site, replaced), **spec.validate_args(step.args).kwargs()}
+    except PlugsurgeonError:
+        return None
+    return (spec.name, repr(sorted(kwargs.items())), repr(calls), str(dtype), str(device), repr(replaced))
 
 
 def _calls_to_check(part, node, site: Site, spec: PluginSpec) -> list[tuple[list[tuple[int, ...]], tuple[int, ...]]]:
@@ -338,6 +360,10 @@ def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedEdit) -> Plann
     path = part.absolute(node.target)
     conv = model.get_submodule(path)
     dtype = _host_dtype(conv)
+    calls = sum(1 for n in part.gm.graph.nodes if n.op == "call_module" and n.target == node.target)
+    if calls > 1:
+        raise SiteError(f"'{path}' runs {calls} times in forward: at stride 1 every call would change, and the plugin follows only this one",
+                        hint="exclude the site with `where: {exclude: [...]}`, or let the step skip it with `on_unfit: skip`")
     try:
         twin = stride_one(conv, path)
     except SiteError as error:
@@ -483,10 +509,10 @@ def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[
         paths = [p for p in (*owners, *replacements) if _within(p, part.path)]
         if not paths:
             continue
-        problem = _part_problem(model, part, owners, replacements)
+        problem = _part_problem(model, traced, part, owners, replacements)
         if problem is None:
             continue
-        culprit = next((p for p in paths if _part_problem(model, part, *_only(p, owners, replacements)) is not None), None)
+        culprit = next((p for p in paths if _part_problem(model, traced, part, *_only(p, owners, replacements)) is not None), None)
         sites = [e.site.path for e in planned.edits if e.module_path == culprit or (culprit and e.owner == culprit)] if culprit else []
         where = f"the edit at '{culprit}' (site {', '.join(sites)})" if culprit else f"the edits in '{part.path or type(model).__name__}'"
         raise SiteError(f"{where} breaks the model: {problem}",
@@ -501,11 +527,13 @@ def _only(path, owners, replacements):
     return ({path: owners[path]} if path in owners else {}), ({path: replacements[path]} if path in replacements else {})
 
 
-def _part_problem(model: nn.Module, part, owners, replacements) -> str | None:
+def _part_problem(model: nn.Module, traced: Traced, part, owners, replacements) -> str | None:
     edited = overlay(model, owners, replacements)
     original_part = _owner_module(model, part.path)
     edited_part = _owner_module(edited, part.path)
-    return compare(original_part, edited_part, part.example_inputs)
+    # The traced graph's output stands for the original's only while the part keeps its own class.
+    known = part.eval_structure if part.path not in owners else None
+    return compare(original_part, edited_part, part.example_inputs, traced.fake_mode, known)
 
 
 def apply_plan(planned: Plan) -> SurgeryResult:

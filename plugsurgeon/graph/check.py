@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
-from plugsurgeon.graph.shapes import needs_values
+from plugsurgeon.graph.shapes import needs_values, output_structure
 from plugsurgeon.graph.trace import attributes_preserved, hooks_suspended
 
 
@@ -36,14 +36,16 @@ class Outcome:
         return self.error is None
 
 
-def run_outcome(module: nn.Module, inputs: tuple[Any, ...], training: bool, mode: FakeTensorMode | None = None) -> Outcome:
+def run_outcome(module: nn.Module, inputs: tuple[Any, ...], training: bool, mode: FakeTensorMode | None = None,
+                fakes: dict[int, torch.Tensor] | None = None) -> Outcome:
     """Run ``module`` in the given mode on fake copies of ``inputs`` (real zeros where the model reads
     tensor values), without changing any of its state, flags or attributes.
 
     Runs that share ``mode`` share the fake copies of the tensors they have in common (converting
-    every parameter costs more than the run itself)."""
+    every parameter costs more than the run itself); ``fakes`` maps ``id`` of a real tensor to its
+    fake copy across those runs, since even the mode's own memo costs a lookup per tensor."""
     try:
-        output = _run(module, inputs, training, fake=mode or FakeTensorMode(allow_non_fake_inputs=True))
+        output = _run(module, inputs, training, fake=mode or FakeTensorMode(allow_non_fake_inputs=True), fakes=fakes)
     except Exception as error:  # noqa: BLE001 - the model may raise anything
         if not needs_values(error):
             return Outcome(None, _first_line(error))
@@ -52,12 +54,18 @@ def run_outcome(module: nn.Module, inputs: tuple[Any, ...], training: bool, mode
                 output = _run(module, inputs, training, fake=None)
         except Exception as real_error:  # noqa: BLE001
             return Outcome(None, _first_line(real_error))
-    return Outcome(_structure(output))
+    return Outcome(output_structure(output))
 
 
-def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: FakeTensorMode | None) -> Any:
+def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: FakeTensorMode | None,
+         fakes: dict[int, torch.Tensor] | None = None) -> Any:
     if fake is not None:
-        state = {name: fake.from_tensor(t) for name, t in _named_state(module, with_parameters=True)}
+        fakes = {} if fakes is None else fakes
+        state = {}
+        for name, t in _named_state(module, with_parameters=True):
+            if id(t) not in fakes:
+                fakes[id(t)] = fake.from_tensor(t)
+            state[name] = fakes[id(t)]
     else:
         # Parameters stay as they are on a real run: a forward does not write them. Buffers (BatchNorm
         # statistics) are cloned, so a train-mode check cannot move them.
@@ -86,14 +94,6 @@ def _modes_kept(module: nn.Module, training: bool):
             m.training = flag
 
 
-def _structure(output: Any) -> tuple:
-    leaves, spec = tree_flatten(output)
-    described = tuple((tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__ for v in leaves)
-    # An fx GraphModule returns a plain dict where the module returned an OrderedDict (same keys, same
-    # order): that is the same output to every caller that does not test the exact type.
-    return (str(spec).replace("TreeSpec(OrderedDict,", "TreeSpec(dict,"), described)
-
-
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:300] if text else ''}"
@@ -110,15 +110,27 @@ def train_batch(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     return tree_map(widen, inputs)
 
 
-def compare(original: nn.Module, edited: nn.Module, inputs: tuple[Any, ...]) -> str | None:
-    """None when ``edited`` runs wherever ``original`` runs, with the same output structure; else why not."""
-    shared = FakeTensorMode(allow_non_fake_inputs=True)
+def compare(original: nn.Module, edited: nn.Module, inputs: tuple[Any, ...], mode: FakeTensorMode | None = None,
+            eval_structure: tuple | None = None) -> str | None:
+    """None when ``edited`` runs wherever ``original`` runs, with the same output structure; else why not.
+
+    ``mode``: a fake mode that already holds fake copies of the model's tensors (the trace's).
+    ``eval_structure``: the original's eval-mode output structure on ``inputs`` if already known (shape
+    propagation saw it); it saves the original's eval run whenever the edited model agrees with it,
+    and is never the reason for a refusal (a disagreement runs the original to decide)."""
+    shared = mode or FakeTensorMode(allow_non_fake_inputs=True)
+    fakes: dict[int, torch.Tensor] = {}  # the real tensors stay alive meanwhile: their ids stay theirs
     for training in (True, False):
         args = train_batch(inputs) if training else inputs
-        before = run_outcome(original, args, training, shared)
+        known = None if training else eval_structure
+        before = Outcome(known) if known is not None else run_outcome(original, args, training, shared, fakes)
         if not before.ran:
             continue  # nothing to compare against in this mode
-        after = run_outcome(edited, args, training, shared)
+        after = run_outcome(edited, args, training, shared, fakes)
+        if after.ran and after.structure != before.structure and known is not None:
+            before = run_outcome(original, args, training, shared, fakes)  # the known structure was a shortcut only
+            if not before.ran:
+                continue
         mode = "train" if training else "eval"
         if not after.ran:
             return f"the edited model fails in {mode} mode: {after.error}"

@@ -11,8 +11,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from plugsurgeon.errors import PlugsurgeonError, TraceError
@@ -46,8 +47,9 @@ def fake_inputs_like(example: tuple[Any, ...], mode: FakeTensorMode | None = Non
     return tree_map(lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v, example)
 
 
-def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where: str) -> int:
-    """Fill ``node.meta['tensor_meta']`` and return the FLOPs torch's counter saw on the way.
+def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where: str) -> tuple[int, tuple]:
+    """Fill ``node.meta['tensor_meta']``; return the FLOPs torch's counter saw on the way and the
+    output's structure (``output_structure``) in eval mode.
 
     Fake tensors first (no compute, no memory). A graph holding a module that reads tensor values
     (a detection head building anchors from its stride buffer) cannot run on them; it runs once for
@@ -75,15 +77,63 @@ def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where:
             module.training = training
 
 
-def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode | None) -> int:
+def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode | None) -> tuple[int, tuple]:
+    from plugsurgeon.graph.trace import attributes_preserved
+
+    # Built outside any fake mode, ShapeProp runs the model's own modules: given a fake mode it would
+    # deep-copy the whole model into fake tensors first, which costs more than the run itself. The
+    # model's state is swapped for fake tensors instead (memoised by the mode, so later fake runs on
+    # the same mode -- the pre-commit check -- reuse them).
+    propagation = ShapeProp(gm)
     # ShapeProp prints a traceback before re-raising; the core never prints.
     with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as counter:
-        propagation = ShapeProp(gm, fake_mode=mode)
-        if propagation.fake_module is not None:
+        if mode is None:
+            output = propagation.propagate(*inputs)
+        else:
+            state = {name: mode.from_tensor(t) for name, t in _named_state(gm)}
             # Shapes do not depend on the mode, but train-mode BatchNorm rejects a 1x1 map at batch 1.
-            propagation.fake_module.eval()
-        propagation.propagate(*inputs)
-    return counter.get_total_flops()
+            # The model's own modules run: what their forwards store on themselves is put back.
+            with _eval_flags(gm), attributes_preserved(gm), mode:
+                output = functional_call(_Propagating(propagation), {f"gm.{k}": v for k, v in state.items()}, inputs,
+                                         strict=False, tie_weights=True)
+    return counter.get_total_flops(), output_structure(output)
+
+
+def output_structure(output: Any) -> tuple:
+    """An output's pytree layout with each tensor's shape and dtype: what callers of a model rely on."""
+    leaves, spec = tree_flatten(output)
+    described = tuple((tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__ for v in leaves)
+    # An fx GraphModule returns a plain dict where the module returned an OrderedDict (same keys, same
+    # order): that is the same output to every caller that does not test the exact type.
+    return (str(spec).replace("TreeSpec(OrderedDict,", "TreeSpec(dict,"), described)
+
+
+class _Propagating(nn.Module):
+    """ShapeProp as a module, so that ``functional_call`` can lend its graph module fake state."""
+
+    def __init__(self, propagation: ShapeProp) -> None:
+        super().__init__()
+        self.gm = propagation.module
+        self.propagation = propagation
+
+    def forward(self, *args: Any) -> Any:
+        return self.propagation.propagate(*args)
+
+
+def _named_state(module: nn.Module):
+    yield from module.named_parameters(remove_duplicate=False)
+    yield from module.named_buffers(remove_duplicate=False)
+
+
+@contextlib.contextmanager
+def _eval_flags(module: nn.Module):
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def needs_values(error: Exception) -> bool:

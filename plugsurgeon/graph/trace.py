@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
 from plugsurgeon import progress
@@ -463,6 +464,7 @@ class TracedPart:
     input_spatial: tuple[int, int] | None  # the image size strides are measured against (the largest part input)
     concrete_args: dict[str, Any] | None = None
     flops: int | None = None
+    eval_structure: tuple | None = None  # the output's structure in eval mode (graph.shapes.output_structure)
 
     def call_record(self, owner: str, call: int = 0) -> CallRecord | None:
         for record in self.calls:
@@ -511,6 +513,9 @@ class Traced:
     parts: list[TracedPart]
     input_shape: tuple[int, ...]
     untraced: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # The fake mode shapes were propagated in: it memoises the fake copy of every parameter, so
+    # later fake runs of the same model (the pre-commit check) do not convert them again.
+    fake_mode: FakeTensorMode | None = None
 
     @property
     def flops(self) -> int | None:
@@ -559,6 +564,7 @@ class _PartTracer:
         self.parts: list[TracedPart] = []
         self.untraced: list[tuple[str, str]] = []
         self._inputs: dict[str, tuple[tuple, dict]] | None = None
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
 
     def inputs(self) -> dict[str, tuple[tuple, dict]]:
         from plugsurgeon.graph.shapes import record_module_inputs
@@ -582,7 +588,7 @@ class _PartTracer:
             reference = max((p.input_spatial for p in self.parts if p.input_spatial), key=lambda s: s[0] * s[1], default=None)
             for part in self.parts:
                 part.input_spatial = reference
-        return Traced(self.model, self.parts, self.input_shape, self.untraced)
+        return Traced(self.model, self.parts, self.input_shape, self.untraced, self.fake_mode)
 
     def visit(self, path: str, module: nn.Module) -> None:
         from plugsurgeon.graph.shapes import fake_inputs_like, propagate_shapes
@@ -605,7 +611,7 @@ class _PartTracer:
             else:
                 try:
                     example = _example_call(module.forward, args, kwargs) if path else args
-                    flops = propagate_shapes(gm, fake_inputs_like(example), where=f"'{path}'" if path else "the model")
+                    flops, structure = propagate_shapes(gm, fake_inputs_like(example, self.fake_mode), where=f"'{path}'" if path else "the model")
                 except (TraceError, TypeError) as error:
                     if not path:
                         raise  # the model itself does not run on that input: the user's shape is wrong
@@ -614,7 +620,7 @@ class _PartTracer:
             if gm is not None:
                 first_image = next((a for a in flat_tensors(example) if a.dim() == 4), None)
                 spatial = _spatial(first_image.shape) if first_image is not None else None
-                self.parts.append(TracedPart(path, gm, tracer.calls, example, spatial, concrete, flops))
+                self.parts.append(TracedPart(path, gm, tracer.calls, example, spatial, concrete, flops, structure))
                 for inner, reason in opaque:
                     inner_path = ".".join(p for p in (path, inner) if p)
                     inner_module = self.model.get_submodule(inner_path)
