@@ -29,8 +29,8 @@ drop channels), or a stride other than 1 and 2, as a SiteError (``on_unfit: skip
 Deliberate differences:
 - Padding. The ports of the released TFLite model (hollance/BlazeFace-PyTorch, zmurez/MediaPipePyTorch)
   pad a stride-2 block asymmetrically, (0, 2, 0, 2) before a 3x3 and (1, 2, 1, 2) before a 5x5 depthwise
-  conv, to reproduce TensorFlow's "SAME" padding on even maps (the released model uses 3x3 kernels,
-  not the paper's 5x5). (0, 2, 0, 2) before a 5x5 stride-2 conv would give H / 2 - 1 rows on an even
+  conv, to reproduce TensorFlow's "SAME" padding on even maps (MediaPipe's released face model uses 3x3
+  kernels, not the paper's 5x5). (0, 2, 0, 2) before a 5x5 stride-2 conv would give H / 2 - 1 rows on an even
   map. Here the padding is symmetric, as the replaced PyTorch conv's, so the block samples the same
   grid as the conv it replaces, the output size is ceil(H / stride) for even and odd maps, and the
   block runs traced at any input size (TF "SAME" depends on the input's parity).
@@ -42,8 +42,8 @@ The replaced conv's ``weight`` has no place in the block, so a vanilla checkpoin
 reported as renamed. Not identity at init: a fresh depthwise-separable path plus a residual cannot
 compute the replaced dense conv.
 
-Reference: no pip-installable implementation exists (MediaPipe ships the TFLite model, not a PyTorch
-module; the PyTorch ports above are GitHub-only, single blocks, 3x3 kernels). Checked instead by
+Reference: the paper; no pip-installable implementation exists (MediaPipe ships TFLite models, not a
+PyTorch module, and the PyTorch ports above are GitHub-only). Checked instead by
 hand-computed cases in tests/plugins/test_blaze.py (fixed weights, the residual's pool and channel
 padding, parameter counts from the paper's table).
 """
@@ -64,39 +64,39 @@ from plugsurgeon.plugins.registry import register_plugin
 from plugsurgeon.sites.site import Site
 
 
-def unfit_reason(source: nn.Module) -> str | None:
-    """Why a BlazeBlock cannot stand in for ``source``, or None if it can."""
+def unfit_reason(source: nn.Module, what: str = "the conv") -> str | None:
+    """Why a BlazeBlock cannot stand in for ``source`` (called ``what`` in the sentence), or None if it can."""
     if not isinstance(source, nn.Conv2d):
-        return f"a BlazeBlock replaces an nn.Conv2d, not a {type(source).__name__}"
+        return f"{what} is a {type(source).__name__}; a BlazeBlock replaces an nn.Conv2d"
     cin, cout = source.in_channels, source.out_channels
     if cout < cin:
         return (
-            f"the conv maps {cin} to {cout} channels; a BlazeBlock's residual appends zero channels "
+            f"{what} maps {cin} to {cout} channels; a BlazeBlock's residual appends zero channels "
             "and cannot drop any, so it needs at least as many output as input channels"
         )
     stride = tuple(source.stride)
     if stride not in ((1, 1), (2, 2)):
-        return f"the conv has stride {stride}; a BlazeBlock has stride 1 or 2 (its residual is the input or a 2x2 max pool)"
+        return f"{what} has stride {stride}; a BlazeBlock has stride 1 or 2 (its residual is the input or a 2x2 max pool)"
     try:
         padding = conv_padding(source)
     except ValueError as error:
-        return str(error)
+        return f"{what}: {error}"
     kernel, dilation = tuple(source.kernel_size), tuple(source.dilation)
     if any(2 * p != d * (k - 1) for p, d, k in zip(padding, dilation, kernel, strict=True)):
         return (
-            f"the conv's output is not ceil(H / stride) (kernel {kernel}, padding {padding}, dilation {dilation}); "
+            f"the output of {what} is not ceil(H / stride) (kernel {kernel}, padding {padding}, dilation {dilation}); "
             "a BlazeBlock's residual has that size, so it replaces only 'same'-padded convs (2 * padding = dilation * (kernel - 1))"
         )
     return None
 
 
 def blaze_site(site: Site, module: nn.Module | None) -> dict:
-    """``replaced_conv``, then the BlazeBlock's own structural conditions, as a SiteError."""
+    """``replaced_conv``, then the BlazeBlock's own structural conditions, as a SiteError naming the site."""
     kwargs = replaced_conv(site, module)  # refuses conv subclasses with a forward of their own first
-    reason = unfit_reason(module)
+    reason = unfit_reason(module, f"'{site.path}'")
     if reason is not None:
         raise SiteError(
-            f"'{site.path}': {reason}",
+            reason,
             hint="narrow the step with `where` (e.g. `kernel: 3`), or let it skip such convs with `on_unfit: skip`",
         )
     return kwargs

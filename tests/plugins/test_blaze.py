@@ -192,7 +192,7 @@ class _Host(nn.Module):
 
 def test_unfit_convs_are_site_errors_that_a_step_can_skip():
     recipe = {"name": "b", "steps": [{"plugin": "blaze", "at": "conv"}]}
-    with pytest.raises(ps.SiteError, match="maps 8 to 4 channels") as refused:
+    with pytest.raises(ps.SiteError, match="'shrink' maps 8 to 4 channels") as refused:
         ps.apply(_Host(), ps.Recipe(**recipe), input_shape=(1, 3, 12, 12))
     assert "on_unfit: skip" in refused.value.hint
     recipe["steps"][0]["on_unfit"] = "skip"
