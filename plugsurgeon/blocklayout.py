@@ -96,7 +96,9 @@ def layout(ids: list[str], edges: list[tuple[str, str]], sizes: dict[str, tuple[
             paths[key] = [(x - min_x + left, y - min_y) for x, y in points]
         height = max(height, max(r.bottom for r in boxes.values()))
         left += width + COMPONENT_GAP
-    return Layout(boxes, paths, max(left - COMPONENT_GAP, 0.0), height)
+    # In the caller's order: grandalf keeps edges in sets, so the same picture is the same text.
+    ordered = {key: paths[key] for key in dict.fromkeys(edges) if key in paths}
+    return Layout(boxes, ordered, max(left - COMPONENT_GAP, 0.0), height)
 
 
 def _component(component, order) -> tuple[dict[str, Rect], dict[tuple[str, str], list[tuple[float, float]]]]:
