@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from plugsurgeon.cli import deploy_commands, show_command
+from plugsurgeon.cli import deploy_commands, helptext, show_command
 from plugsurgeon.cli.options import (
     DEFAULT_SHAPE,
     Force,
@@ -29,10 +30,12 @@ from plugsurgeon.cli.options import (
     check_output,
     load_model,
     parse_shape,
+    parse_where,
     save,
 )
 from plugsurgeon.cli.stderr import plain
 from plugsurgeon.errors import PlugsurgeonError
+from plugsurgeon.sites.site import ALIASES
 
 # The exception classes the boundary sorts errors by are looked up here, once, from typer's public API:
 # an ``except`` clause evaluates its class only when an error is in flight, so a name missing from the
@@ -51,13 +54,34 @@ app = typer.Typer(
 )
 
 
-_options: dict[str, bool] = {}  # the root command's options, set by its callback for the subcommand that follows
+_options: dict[
+    str, bool
+] = {}  # the root command's options, set by its callback for the subcommand that follows
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib import metadata
+
+    try:
+        version = metadata.version("plugsurgeon")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from plugsurgeon import __version__ as version
+    typer.echo(f"plugsurgeon {version}")
+    raise typer.Exit(0)
 
 
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr (it is shown only on a terminal anyway)")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="no progress on stderr (it is shown only on a terminal anyway)"),
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_version, help="print the version and exit")
+    ] = False,
 ) -> None:
     _options["quiet"] = quiet
     # Bare `plugsurgeon` is a request for help, not a mistake: print it and exit 0. (typer's
@@ -131,8 +155,14 @@ def exit_code_for(error: BaseException) -> int:
         text = (str(error).strip().splitlines() or [""])[0][:300]
     except Exception:  # noqa: BLE001 - an exception whose __str__ fails
         text = "(no message)"
-    plain(f"internal error: {type(error).__name__}: {text} (a plugsurgeon bug; "
-           + ("please report it with the traceback above)" if _debug() else "rerun with PLUGSURGEON_DEBUG=1 for the traceback and report it)"))
+    plain(
+        f"internal error: {type(error).__name__}: {text} (a plugsurgeon bug; "
+        + (
+            "please report it with the traceback above)"
+            if _debug()
+            else "rerun with PLUGSURGEON_DEBUG=1 for the traceback and report it)"
+        )
+    )
     return 2
 
 
@@ -159,11 +189,19 @@ def user_errors(command):
 @app.command()
 @user_errors
 def apply(
-    model: Annotated[str, typer.Argument(help="torchvision name, timm:NAME, package.module:factory, or a saved directory")],
-    recipe: Annotated[list[str], typer.Option("--recipe", "-r", help="built-in recipe name or YAML file; repeat to chain")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write weights.safetensors + manifest.json here")] = None,
+    model: Annotated[
+        str, typer.Argument(help="torchvision name, timm:NAME, package.module:factory, or a saved directory")
+    ],
+    recipe: Annotated[
+        list[str], typer.Option("--recipe", "-r", help="built-in recipe name or YAML file; repeat to chain")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write weights.safetensors + manifest.json here")
+    ] = None,
     force: Force = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (sites, params, FLOPs) and change nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan (sites, params, FLOPs) and change nothing")
+    ] = False,
     weights: Weights = None,
     input_shape: InputShape = DEFAULT_SHAPE,
     trust_source: TrustSource = False,
@@ -189,7 +227,9 @@ def apply(
     if json_output:
         if written:
             save(net, output, force=force)
-        render.print_json({"reports": [r.to_dict() for r in reports], "output": str(output) if written else None})
+        render.print_json(
+            {"reports": [r.to_dict() for r in reports], "output": str(output) if written else None}
+        )
         return
     # The summary is drawn before anything is written: if drawing it ever failed, nothing would be on disk.
     for report in reports:
@@ -198,41 +238,60 @@ def apply(
         render.console.print("dry run: nothing was changed or written")
     elif written:
         save(net, output, force=force)
-        render.console.print(f"saved to {output} (load with plugsurgeon.load({str(output)!r}))", soft_wrap=True)
+        render.paragraph(f"saved to {output} (load with plugsurgeon.load({str(output)!r}))")
     else:
         render.console.print("nothing written: pass -o DIR to save the edited model")
 
 
-@app.command()
+@app.command(help=escape(helptext.sites_help()))
 @user_errors
 def sites(
-    model: Annotated[str, typer.Argument(help="torchvision name, timm:NAME, package.module:factory, or a saved directory")],
-    kind: Annotated[str | None, typer.Option("--kind", "-k", help="role, role family or alias: residual, residual.branch, conv, conv3x3, downsample, stage, backbone, neck, upsample")] = None,
+    model: Annotated[
+        str, typer.Argument(help="torchvision name, timm:NAME, package.module:factory, or a saved directory")
+    ],
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help=escape(helptext.kind_help()))] = None,
+    where: Annotated[
+        str | None, typer.Option("--where", "-w", help=escape(helptext.where_help()), metavar="YAML")
+    ] = None,
     input_shape: InputShape = DEFAULT_SHAPE,
     trust_source: TrustSource = False,
     json_output: Json = False,
 ) -> None:
-    """List the insertion points of a model, by role."""
     import plugsurgeon as ps
     from plugsurgeon.cli import render
+    from plugsurgeon.graph.inputs import resize_notes
     from plugsurgeon.sites.find import check_role
 
     if kind is not None:
         check_role(kind)
+    selector = parse_where(where, kind) if where is not None else None
     shape = parse_shape(input_shape)
     net = load_model(model, trust_source=trust_source)
     traced = ps.trace(net, shape)
-    found = ps.find_sites(traced, kind)
+    if selector is None:
+        found = ps.find_sites(traced, kind)
+    else:
+        from plugsurgeon.sites.select import select
+
+        role, _alias = ALIASES.get(kind, (kind, {}))
+        found = select(ps.find_sites(traced, role), selector)
     if json_output:
         render.print_json([s.to_dict() for s in found])
         return
-    render.console.print(render.sites_table(found, f"{len(found)} {kind or ''} sites in {model}".replace("  ", " ")))
+    described = f"{kind} sites" if kind else "sites"
+    render.sites_table(found, f"{len(found)} {described} in {model}" + (f" where {where}" if where else ""))
+    render.model_flops(traced.flops, traced.input_shape, parts=not traced.whole)
     if not traced.whole:
-        render.console.print(f"traced parts: {', '.join(p.path for p in traced.parts)}; left alone: {', '.join(p or '(root)' for p, _ in traced.untraced)}",
-                             soft_wrap=True)
+        render.paragraph(
+            f"traced parts: {', '.join(p.path for p in traced.parts)}; "
+            f"left alone: {', '.join(p or '(root)' for p, _ in traced.untraced)}"
+        )
+    render.notes(resize_notes(traced))
 
 
-plugins_app = typer.Typer(help="The plugin catalog; `plugins show NAME` for one plugin's arguments.", add_completion=False)
+plugins_app = typer.Typer(
+    help="The plugin catalog; `plugins show NAME` for one plugin's arguments.", add_completion=False
+)
 app.add_typer(plugins_app, name="plugins")
 
 
@@ -242,43 +301,59 @@ def plugins(ctx: typer.Context, json_output: Json = False) -> None:
     """List the plugin catalog: modes, roles, identity at init and papers."""
     if ctx.invoked_subcommand is not None:
         return
-    import plugsurgeon as ps
-    from plugsurgeon.cli import render
+    from plugsurgeon.cli import listings, render
 
-    specs = list(ps.catalog().values())
+    found = listings.plugins()
     if json_output:
-        render.print_json([s.to_dict() for s in specs])
+        render.print_json(found)
         return
-    render.console.print(render.plugins_table(specs))
+    render.plugins_table(found)
 
 
 @plugins_app.command("show")
 @user_errors
-def plugins_show(name: Annotated[str, typer.Argument(help="catalog name, e.g. se")], json_output: Json = False) -> None:
-    """One plugin: roles, paper, and every argument a recipe may set (type, default, range, site bound)."""
-    import plugsurgeon as ps
-    from plugsurgeon.cli import render
+def plugins_show(
+    name: Annotated[str, typer.Argument(help="catalog name, e.g. se")], json_output: Json = False
+) -> None:
+    """One plugin: mode, roles, identity at init, paper, and every argument a recipe may set (type, default, range, site bound)."""
+    from plugsurgeon.cli import listings, render
 
-    spec = ps.get_plugin(name)
+    found = listings.plugin(name)
     if json_output:
-        render.print_json(spec.to_dict())
+        render.print_json(found)
         return
-    render.plugin_details(spec.to_dict())
+    render.plugin_details(found)
 
 
-@app.command()
+recipes_app = typer.Typer(
+    help="The built-in recipes; `recipes show NAME` prints one, ready to copy.", add_completion=False
+)
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback(invoke_without_command=True)
 @user_errors
-def recipes(json_output: Json = False) -> None:
-    """List the built-in recipes."""
-    import plugsurgeon as ps
-    from plugsurgeon.cli import render
-
-    found = list(ps.builtin_recipes().values())
-    if json_output:
-        render.print_json([{"name": r.name, "description": r.description, "paper": r.paper,
-                            "steps": [s.model_dump(mode="json", exclude_defaults=True) for s in r.steps]} for r in found])
+def recipes(ctx: typer.Context, json_output: Json = False) -> None:
+    """List the built-in recipes: their steps and what they do."""
+    if ctx.invoked_subcommand is not None:
         return
-    render.console.print(render.recipes_table(found))
+    from plugsurgeon.cli import listings, render
+
+    found = listings.recipes()
+    if json_output:
+        render.print_json(found)
+        return
+    render.recipes_table(found)
+
+
+@recipes_app.command("show")
+@user_errors
+def recipes_show(name: Annotated[str, typer.Argument(help="built-in recipe name, e.g. cbam")]) -> None:
+    """Print a built-in recipe's YAML, and only that, on stdout: `plugsurgeon recipes show cbam > my.yaml`, edit, `apply -r my.yaml`."""
+    from plugsurgeon.cli import listings
+
+    sys.stdout.write(listings.recipe_text(name))
+    sys.stdout.flush()
 
 
 deploy_commands.register(app, user_errors)

@@ -7,16 +7,28 @@ from typing import Annotated
 
 import typer
 
-InputShape = Annotated[str, typer.Option("--input-shape", help="input shape N,C,H,W used for tracing", metavar="N,C,H,W")]
+InputShape = Annotated[
+    str, typer.Option("--input-shape", help="input shape N,C,H,W used for tracing", metavar="N,C,H,W")
+]
 Json = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of tables")]
 # dir_okay=False: a directory is refused while parsing, with typer's "is a directory", before any model is built.
-Weights = Annotated[Path | None, typer.Option("--weights", dir_okay=False,
-                                              help="checkpoint to load before surgery: .safetensors or a weights-only torch file")]
+Weights = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        dir_okay=False,
+        help="checkpoint to load before surgery: .safetensors or a weights-only torch file",
+    ),
+]
 Force = Annotated[bool, typer.Option("--force", help="replace the saved model in an existing -o directory")]
-TrustSource = Annotated[bool, typer.Option(
-    "--trust-source",
-    help="MODEL is a saved directory you trust: let its manifest import and call the package.module:factory it names "
-    "(without this, a directory may only name torchvision or timm models)")]
+TrustSource = Annotated[
+    bool,
+    typer.Option(
+        "--trust-source",
+        help="MODEL is a saved directory you trust: let its manifest import and call the package.module:factory it names "
+        "(without this, a directory may only name torchvision or timm models)",
+    ),
+]
 DEFAULT_SHAPE = "1,3,224,224"
 
 
@@ -28,7 +40,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         dims = ()
     if len(dims) != 4 or any(d <= 0 for d in dims):
-        raise PlugsurgeonError(f"--input-shape '{text}' is not a list of positive sizes", hint="write it as N,C,H,W, for example --input-shape 1,3,224,224")
+        raise PlugsurgeonError(
+            f"--input-shape '{text}' is not a list of positive sizes",
+            hint="write it as N,C,H,W, for example --input-shape 1,3,224,224",
+        )
     return dims
 
 
@@ -47,11 +62,15 @@ def check_output(output: Path, *, force: bool) -> None:
     if not os.path.lexists(output):
         return
     if not output.is_dir():
-        raise PlugsurgeonError(f"output '{output}' exists and is not a directory", hint="choose a new directory with -o")
+        raise PlugsurgeonError(
+            f"output '{output}' exists and is not a directory", hint="choose a new directory with -o"
+        )
     saved = [name for name in (MANIFEST, WEIGHTS) if os.path.lexists(output / name)]
     if saved and not force:
-        raise PlugsurgeonError(f"output '{output}' already holds a saved model ({', '.join(saved)}); nothing was done",
-                               hint="pass --force to replace it, or choose a new directory with -o")
+        raise PlugsurgeonError(
+            f"output '{output}' already holds a saved model ({', '.join(saved)}); nothing was done",
+            hint="pass --force to replace it, or choose a new directory with -o",
+        )
 
 
 def load_model(spec: str, *, trust_source: bool):
@@ -70,3 +89,38 @@ def save(model, output: Path, *, force: bool) -> None:
         ps.save(model, output, force=True)
     else:
         ps.save(model, output)
+
+
+def parse_where(text: str, kind: str | None):
+    """``--where``: a recipe step's ``where:`` selectors as YAML, validated as the recipe would be.
+
+    Merged over an alias's own selector (``--kind conv3x3`` is conv with kernel 3) as a step's are.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from plugsurgeon.errors import PlugsurgeonError
+    from plugsurgeon.sites.select import Where
+    from plugsurgeon.sites.site import ALIASES
+
+    hint = "write it as YAML, for example --where '{kernel: 3, stages: [4, 5]}'; `plugsurgeon sites --help` lists the selectors"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise PlugsurgeonError(
+            f"--where '{text}' is not YAML: {getattr(error, 'problem', error)}", hint=hint
+        ) from None
+    if not isinstance(data, dict):
+        raise PlugsurgeonError(f"--where '{text}' is not a mapping of selectors", hint=hint)
+    alias = ALIASES.get(kind, (kind, {}))[1] if kind is not None else {}
+    try:
+        return Where(**{**alias, **data})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "where"
+        message = "unknown selector" if first["type"] == "extra_forbidden" else first["msg"]
+        raise PlugsurgeonError(f"--where: '{field}': {message}", hint=hint) from None
+    except TypeError:  # a key that is not a string
+        raise PlugsurgeonError(
+            f"--where '{text}' has a selector name that is not a word", hint=hint
+        ) from None

@@ -31,7 +31,11 @@ def test_plugins_show_prints_each_arguments_schema():
     result = invoke("plugins", "show", "eca", "--json")
     assert result.exit_code == 0
     kernel = json.loads(result.stdout)["args"]["kernel_size"]
-    assert kernel["type"] == "int or null" and kernel["range"] == "1 <= x <= 1023, odd" and kernel["default"] is None
+    assert (
+        kernel["type"] == "int or null"
+        and kernel["range"] == "1 <= x <= 1023, odd"
+        and kernel["default"] is None
+    )
     table = invoke("plugins", "show", "se")
     assert table.exit_code == 0 and "min_hidden" in table.stdout and "65536" in table.stdout
     unknown = invoke("plugins", "show", "sse")
@@ -70,7 +74,10 @@ def test_apply_dry_run_then_save_and_load(tmp_path):
         (("apply", "resnet5", "--recipe", "cbam"), "unknown model 'resnet5'"),
         (("apply", "vit_b_16", "--recipe", "cbam"), "has no residual.branch sites"),
         (("apply", "resnet18", "--recipe", "cbam", "--input-shape", "1,3,x,4"), "--input-shape '1,3,x,4'"),
-        (("apply", "resnet18", "--recipe", "cbam", "--input-shape", "1,5,64,64"), "does not run on inputs of shape"),
+        (
+            ("apply", "resnet18", "--recipe", "cbam", "--input-shape", "1,5,64,64"),
+            "does not run on inputs of shape",
+        ),
         (("sites", "resnet18", "--kind", "residul"), "unknown site role"),
         (("apply", "resnet18", "--recipe", "missing/recipe.yaml"), "does not exist"),
     ],
@@ -105,8 +112,11 @@ def test_hostile_weights_are_not_unpickled(tmp_path):
 
 
 def test_entry_point_usage_errors_and_help_without_torch():
-    usage = subprocess.run([sys.executable, "-c", "from plugsurgeon.cli.app import main; main()", "apply"],
-                           capture_output=True, text=True)
+    usage = subprocess.run(
+        [sys.executable, "-c", "from plugsurgeon.cli.app import main; main()", "apply"],
+        capture_output=True,
+        text=True,
+    )
     assert usage.returncode == 1 and "Missing argument" in usage.stderr and "Traceback" not in usage.stderr
     probe = "import sys; sys.argv = ['plugsurgeon', '--help']\nfrom plugsurgeon.cli.app import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     helped = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
