@@ -163,6 +163,7 @@ LIGHT_COMMANDS = [
     ["recipes", "show", "cbam"],
     ["recipes", "show", "nope"],
     ["sites", "--help"],
+    ["show", "--help"],
     ["apply", "--help"],
     ["deploy", "--help"],
     ["plugins", "--help"],
