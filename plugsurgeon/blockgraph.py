@@ -6,10 +6,12 @@ modules become boxes is decided on the module tree that the traced graph saw, ne
 
 - a module that never runs a forward of its own (a ModuleList, a ModuleDict) is opened: its
   children are called one by one from the parent's forward, so they are the units of computation;
-- a module that holds a residual block is opened, so each residual block is one box;
+- a module that holds a residual block is opened, so each residual block is one box; so is a
+  module that holds pyramid (or decoder) levels or merges in two or more of its parts (an FPN);
 - then, within a budget of boxes, the shallowest and largest remaining modules of more than a few
-  parts are opened (a VGG ``features`` Sequential), never a residual block: a conv + norm + act or a
-  decoder block of a conv and a merge stays one box.
+  parts (or with such a part) are opened (a VGG ``features`` Sequential), never a residual block; a
+  conv + norm + act, an SE block or a decoder block stays one box. Repeated blocks open together or
+  not at all, and a group whose boxes would be densely connected (a DenseNet block) stays closed.
 
 Nodes of an opened module's own forward lie in no box. Most are passed through (an interpolate, a
 flatten): the edges go from the boxes that feed them to the boxes they feed. A merge of two or more
@@ -117,7 +119,7 @@ def block_graph(traced: Traced, sites: list[Site], *, max_boxes: int = MAX_BOXES
     params = {path: _params(model, path) for path in tree if path}
     closed: set[str] = set()
     while True:
-        boxes = _choose_boxes(tree, calls, anchors, params, max_boxes, closed)
+        boxes = _choose_boxes(tree, calls, anchors, _pyramids(sites), params, max_boxes, closed)
         graph_blocks, edges, node_box = _Builder(traced, calls, boxes, params).run()
         dense = _dense_groups(graph_blocks, edges) - closed
         if not dense:
@@ -196,9 +198,9 @@ def _params(model: nn.Module, path: str) -> int:
     return sum(p.numel() for p in model.get_submodule(path).parameters())
 
 
-def _choose_boxes(tree, calls, anchors, params, max_boxes, closed: set[str]) -> list[str]:
-    holds_anchor = {_parent(a) for a in anchors}
-    for anchor in anchors:
+def _choose_boxes(tree, calls, anchors, pyramids, params, max_boxes, closed: set[str]) -> list[str]:
+    holds_anchor = {_parent(a) for a in anchors} | set(pyramids)
+    for anchor in [*anchors, *pyramids]:
         path = _parent(anchor)
         while path:
             holds_anchor.add(path)
@@ -238,6 +240,20 @@ def _choose_boxes(tree, calls, anchors, params, max_boxes, closed: set[str]) -> 
             refused.update(unit)
             continue
         boxes = [q for p in boxes for q in inner.get(p, [p])]
+
+
+def _pyramids(sites: list[Site]) -> set[str]:
+    """Modules that hold pyramid (or decoder) levels or merges in two or more of their parts (an FPN's
+    lateral and output convs): opened like the holders of residual blocks, so the neck shows its levels."""
+    parts: dict[str, set[str]] = defaultdict(set)
+    for site in sites:
+        if site.role.startswith("neck."):
+            path = site.target or site.owner
+            while path:
+                parent = _parent(path)
+                parts[parent].add(path)
+                path = parent
+    return {parent for parent, children in parts.items() if parent and len(children) >= 2}
 
 
 def _dense_groups(blocks: list[Block], edges) -> set[str]:
