@@ -3,7 +3,7 @@
 Every box is ``<g class="block ...">`` with ``data-id`` and ``data-*`` numbers, so the picture can be
 read by programs (the tests do) as well as by eye. Change classes: ``inserted``, ``replaced``,
 ``fused``; kinds: ``op`` (a merge), ``io`` (a part's input or output), ``new`` (a box that only
-exists after surgery). The style sheet is scoped to the picture's own id, so several pictures in
+exists after surgery); the legend's swatches are ``<g class="key inserted">`` and so on. The style sheet is scoped to the picture's own id, so several pictures in
 one notebook page do not restyle each other (or the page). Text is monospace, so a box's width
 follows from its longest line without a font at hand.
 """
@@ -59,9 +59,9 @@ _STYLE = """
 {s} .block rect {{ fill: #f6f8fa; stroke: #57606a; stroke-width: 1; }}
 {s} .block.io rect {{ fill: #eaeef2; stroke-dasharray: 4 3; }}
 {s} .block.op rect {{ fill: #ffffff; }}
-{s} .block.inserted rect {{ fill: #dafbe1; stroke: #1a7f37; stroke-width: 2; }}
-{s} .block.replaced rect {{ fill: #fff1e5; stroke: #bc4c00; stroke-width: 2; }}
-{s} .block.fused rect {{ fill: #ddf4ff; stroke: #0969da; stroke-width: 2; }}
+{s} .block.inserted rect, {s} .key.inserted rect {{ fill: #dafbe1; stroke: #1a7f37; stroke-width: 2; }}
+{s} .block.replaced rect, {s} .key.replaced rect {{ fill: #fff1e5; stroke: #bc4c00; stroke-width: 2; }}
+{s} .block.fused rect, {s} .key.fused rect {{ fill: #ddf4ff; stroke: #0969da; stroke-width: 2; }}
 {s} .block.new rect {{ stroke-dasharray: 5 2; }}
 {s} text {{ fill: #1f2328; }}
 {s} .path {{ font-weight: bold; }}
@@ -148,7 +148,7 @@ def render(
     for cls, meaning in keys:
         y = len(legend) * LINE
         out.append(
-            f'<g class="block {cls} key"><rect x="{_n(x)}" y="{y}" width="28" height="{FONT + 2}" rx="3"/></g>'
+            f'<g class="key {cls}"><rect x="{_n(x)}" y="{y}" width="28" height="{FONT + 2}" rx="3"/></g>'
             f'<text x="{_n(x + 34)}" y="{y + FONT}">{escape(meaning)}</text>'
         )
         x += 34 + len(meaning) * CHAR + 10

@@ -163,6 +163,8 @@ def test_legend_says_what_flops_are_and_the_totals(resnet_cbam):
     assert any("FLOPs = 2 × multiply-accumulates" in line and "1×3×64×64" in line for line in lines)
     report = result.report
     assert any(f"({report.params_after - report.params_before:+,})" in line for line in lines)
+    # One swatch per kind of change the picture shows: here only insertions.
+    assert [g.get("class") for g in legend.iter(SVG + "g")][1:] == ["key inserted"]
 
 
 def test_notebook_and_file(resnet_cbam, tmp_path):
