@@ -71,7 +71,7 @@ _STYLE = """
 {s} .delta.less {{ fill: #cf222e; }}
 {s} .edge {{ fill: none; stroke: #8c959f; stroke-width: 1.2; }}
 {s} .cluster rect {{ fill: none; stroke: #afb8c1; stroke-dasharray: 6 4; }}
-{s} .cluster text {{ fill: #57606a; }}
+{s} .cluster-label {{ fill: #57606a; paint-order: stroke; stroke: #ffffff; stroke-width: 4px; stroke-linejoin: round; }}
 {s} .title {{ font-size: {title}px; font-weight: bold; }}
 """
 
@@ -122,8 +122,7 @@ def render(
     for rect, cluster in drawn:
         out.append(
             f'<g class="cluster" data-path={quoteattr(cluster.path)}>'
-            f'<rect x="{_n(rect.x + dx)}" y="{_n(rect.y + dy)}" width="{_n(rect.w)}" height="{_n(rect.h)}" rx="6"/>'
-            f'<text x="{_n(rect.x + dx + 6)}" y="{_n(rect.y + dy + FONT + 2)}">{escape(cluster.label)}</text></g>'
+            f'<rect x="{_n(rect.x + dx)}" y="{_n(rect.y + dy)}" width="{_n(rect.w)}" height="{_n(rect.h)}" rx="6"/></g>'
         )
     out.append('</g><g class="edges">')
     for (source, target), points in placed.edges.items():
@@ -133,6 +132,13 @@ def render(
         out.append(
             f'<path class="edge" data-from={quoteattr(source)} data-to={quoteattr(target)} d="{d}" '
             f'marker-end="url(#{scope}-arrow)"/>'
+        )
+    # Frame labels over the edges (an edge runs into a frame through its label), with a white halo.
+    out.append('</g><g class="cluster-labels">')
+    for rect, cluster in drawn:
+        out.append(
+            f'<text class="cluster-label" data-path={quoteattr(cluster.path)} x="{_n(rect.x + dx + 6)}" '
+            f'y="{_n(rect.y + dy + FONT + 2)}">{escape(cluster.label)}</text>'
         )
     out.append('</g><g class="blocks">')
     for card in cards:
@@ -177,22 +183,25 @@ def _box(card: Card, rect: Rect) -> str:
 
 def _clusters(clusters: list[Cluster], boxes: dict[str, Rect]) -> list[tuple[Rect, Cluster]]:
     """A frame around each group's boxes, where it would enclose no other box and cross no other frame
-    (a layered layout may put an unrelated box beside a group: then the group goes unframed)."""
+    (a layered layout may put an unrelated box beside a group: then the group goes unframed). Inner
+    frames first, so an outer one goes around them."""
     drawn: list[tuple[Rect, Cluster]] = []
-    for cluster in clusters:
+    for cluster in sorted(clusters, key=lambda c: -c.path.count(".")):
         members = [boxes[m] for m in cluster.members if m in boxes]
+        inside = set(cluster.members)
+        nested = [r for r, c in drawn if c.path.startswith(cluster.path + ".")]
         if len(members) < 2:
             continue
-        x, y = min(r.x for r in members), min(r.y for r in members)
-        frame = Rect(x, y, max(r.right for r in members) - x, max(r.bottom for r in members) - y)
+        around = members + nested
+        x, y = min(r.x for r in around), min(r.y for r in around)
+        frame = Rect(x, y, max(r.right for r in around) - x, max(r.bottom for r in around) - y)
         frame = frame.grown(CLUSTER_PAD, CLUSTER_PAD + CLUSTER_LABEL, CLUSTER_PAD, CLUSTER_PAD)
         short = len(cluster.label) * CHAR + 12 - frame.w  # the label fits inside the frame
         if short > 0:
             frame = frame.grown(short / 2, 0, short / 2, 0)
-        inside = set(cluster.members)
         if any(frame.overlaps(r) for i, r in boxes.items() if i not in inside):
             continue
-        if any(frame.overlaps(other) for other, _c in drawn):
+        if any(frame.overlaps(r) and r not in nested for r, _c in drawn):
             continue
         drawn.append((frame, cluster))
     return drawn

@@ -120,10 +120,10 @@ def draw(
     cards = [_card(block, placed_changes.get(block.id, []), (before or {}).get(block.id)) for block in blocks]
     sizes = {card.id: card.size() for card in cards}
     where = layout([b.id for b in blocks], edges, sizes)
-    members = defaultdict(list)
+    members = defaultdict(list)  # a frame holds every box within its module, its sub-frames' included
     for block in blocks:
-        if block.group:
-            members[block.group].append(block.id)
+        for group in {block.group, *(g for g in graph.groups if block.group.startswith(g + "."))} - {""}:
+            members[group].append(block.id)
     clusters = [
         Cluster(group, f"{group} ({graph.groups.get(group, '')})".replace(" ()", ""), ids)
         for group, ids in members.items()
