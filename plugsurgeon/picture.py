@@ -79,10 +79,13 @@ def picture(
     source: Any, *, input_shape: Sequence[int] | None = None, original: Any = None, title: str | None = None
 ) -> Picture:
     """The picture of ``source`` as SVG text; see the module docstring for what it takes and shows."""
-    from plugsurgeon.report import SurgeryReport
-
     reports = _reports(source)
     if reports is not None:
+        if reports[0].blocks is None:  # a report built by hand, or one whose blocks could not be made
+            raise PlugsurgeonError(
+                "this surgery report holds no blocks to draw",
+                hint="draw the model itself: ps.picture(result.model, input_shape=...)",
+            )
         return _surgery_picture(reports, title)
     if _is_deploy_result(source):
         return _deploy_picture(source, original, title)
@@ -93,14 +96,9 @@ def picture(
         return draw(
             graph, [], title=title or graph.model, totals=_totals(graph.params, None, graph.flops, None)
         )
-    expected = "a SurgeryResult, SurgeryReport, DeployResult, a list of surgery results, or an nn.Module"
-    if isinstance(source, SurgeryReport):  # a report built by hand has no blocks
-        raise PlugsurgeonError(
-            "this report has no blocks to draw (it was not made by ps.plan or ps.apply)",
-            hint="draw the result of ps.apply, or the model: ps.picture(model)",
-        )
     raise PlugsurgeonError(
-        f"cannot draw a {type(source).__name__}: expected {expected}",
+        f"cannot draw a {type(source).__name__}: expected a SurgeryResult, SurgeryReport, DeployResult, "
+        "a list of surgery results, or an nn.Module",
         hint="for example ps.picture(ps.apply(model, 'cbam'))",
     )
 
@@ -162,7 +160,7 @@ def _reports(source: Any) -> list | None:
 
     items = list(source) if isinstance(source, (list, tuple)) else [source]
     reports = [getattr(item, "report", item) for item in items]
-    if not reports or not all(isinstance(r, SurgeryReport) and r.blocks is not None for r in reports):
+    if not reports or not all(isinstance(r, SurgeryReport) for r in reports):
         return None
     return reports
 

@@ -260,7 +260,7 @@ def test_what_cannot_be_drawn_says_so():
 
     bare = SurgeryReport("M", "r", (1, 3, 8, 8), [], [])
     assert bare._repr_svg_() is None  # a notebook falls back to the text
-    with pytest.raises(ps.PlugsurgeonError, match="no blocks to draw"):
+    with pytest.raises(ps.PlugsurgeonError, match="holds no blocks to draw"):
         ps.picture(bare)
 
 
