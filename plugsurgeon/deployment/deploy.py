@@ -49,7 +49,7 @@ def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = 
     if not (atol >= 0 and rtol >= 0):
         raise PlugsurgeonError(f"tolerances must be non-negative, got atol={atol}, rtol={rtol}", hint="for example --atol 1e-4 --rtol 1e-4")
     was_training = any(m.training for m in model.modules())
-    progress.step(f"deploying {type(model).__name__}: reparameterizing and folding")
+    progress.step(f"deploying {type(model).__name__}: copying it (the model you pass is never changed)")
     reference = _copy(model).eval()
     deployed, traced, outcome, folded, plan = transform(_copy(model), input_shape)
     reparameterized = outcome.reparameterized
@@ -84,10 +84,12 @@ def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = 
 def transform(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, Traced, Outcome, list[Folded], FoldPlan]:
     """Reparameterize, re-trace, fold: ``model`` is modified in place (deploy passes a copy)."""
     model.eval()
+    progress.step(f"reparameterizing the train-time blocks of {type(model).__name__}")
     outcome = reparameterize_all(model)
     root = outcome.root.eval()
     traced = trace(root, input_shape)
     plan = plan_folds(traced)
+    progress.step(f"folding {len(plan.pairs)} BatchNorm layers into the layers before them")
     folded = apply_folds(root, plan)
     return root.eval(), traced, outcome, folded, plan
 

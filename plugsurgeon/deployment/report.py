@@ -112,3 +112,42 @@ class DeployReport:
                 passed=self.verification.passed,
             )
         return data
+
+
+
+@dataclass
+class DetectionCheck:
+    """Detections of two runs compared as sets, image by image (deployment.verify.match_detections).
+
+    A detection of the reference is matched when the other run has one of the same label whose box
+    coordinates are within ``box`` and whose score is within ``score``. Detections scored within
+    ``score`` of the lowest score kept (by either run) sit at the selection's cut, where round-off
+    decides, and may be unmatched (``at_cut``); any other unmatched detection, on either side, fails.
+    """
+
+    box: float  # largest coordinate difference of a matched pair (pixels)
+    score: float  # largest score difference of a matched pair
+    extra: float  # other fields of a matched pair: difference at most this times their largest value
+    runs: int = 0  # inputs compared
+    reference: int = 0  # detections PyTorch returned, over all runs and images
+    other: int = 0  # detections the other run (onnxruntime) returned
+    matched: int = 0
+    at_cut: int = 0
+    unmatched: int = 0
+    max_box_diff: float = 0.0  # over matched pairs
+    max_score_diff: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict)  # max abs diff of other fields (masks, keypoints) over matched pairs
+    problems: list[str] = field(default_factory=list)  # structural differences, extras out of tolerance
+
+    @property
+    def passed(self) -> bool:
+        return self.unmatched == 0 and not self.problems
+
+    @property
+    def compared_any(self) -> bool:
+        """False when no detection could be compared: none at all (a random-weight head scores nothing
+        over its threshold), or all of them tied at the cut."""
+        return self.matched > 0 or self.unmatched > 0 or bool(self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed, "compared_any": self.compared_any}

@@ -34,3 +34,61 @@ def assert_state_equal(model: nn.Module, state: dict[str, torch.Tensor]) -> None
 
 def types_by_path(model: nn.Module) -> dict[str, type]:
     return {path: type(m) for path, m in model.named_modules()}
+
+
+def small_faster_rcnn() -> nn.Module:
+    """A torchvision FasterRCNN (its transform, RPN, RoI heads and box selection) small enough for the default
+    suite: a ResNet-18 FPN backbone with BatchNorm (what a backbone trained from scratch has, and deploy folds),
+    128-pixel images, 50 proposals and 20 detections per image. Random weights; BatchNorm statistics randomised,
+    so folding them is not the identity."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    from tests.nets import randomize_batchnorm
+
+    with torch.random.fork_rng():  # the same weights every time, without touching the caller's random state
+        torch.manual_seed(0)
+        backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5, norm_layer=nn.BatchNorm2d)
+        model = FasterRCNN(backbone, num_classes=5, min_size=128, max_size=128, rpn_pre_nms_top_n_test=100,
+                           rpn_post_nms_top_n_test=50, box_detections_per_img=20)
+    return randomize_batchnorm(model).eval()
+
+
+class TinyDetector(nn.Module):
+    """torchvision's detection output (one dict of boxes, scores, labels per image) from a conv and a
+    data-dependent selection (the cells scoring over 0.5), small enough to export in a second.
+
+    ``traced_shift`` moves the boxes only while the model is traced, as a mistranslating exporter
+    would; ``fixed_count`` selects the top-k with k read as a Python int, which a traced export
+    records as a constant (the count of the input it was exported with).
+    """
+
+    def __init__(self, traced_shift: float = 0.0, fixed_count: bool = False) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.head = nn.Conv2d(3, 3, 3, padding=1)  # a score logit and the box's half width and height, per cell
+        self.traced_shift = traced_shift
+        self.fixed_count = fixed_count
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out = self.head(images)
+        height, width = images.shape[-2:]
+        ys = torch.arange(height, dtype=images.dtype).repeat_interleave(width)
+        xs = torch.arange(width, dtype=images.dtype).repeat(height)
+        detections = []
+        for cell in out:
+            scores = cell[0].sigmoid().flatten()
+            half_w, half_h = cell[1].exp().flatten(), cell[2].exp().flatten()
+            boxes = torch.stack([xs - half_w, ys - half_h, xs + half_w, ys + half_h], dim=1)
+            if self.fixed_count:
+                scores, order = scores.topk(int((scores > 0.5).sum()))
+            else:
+                order = torch.nonzero(scores > 0.5).flatten()
+                scores = scores[order]
+            boxes = boxes[order]
+            if torch.jit.is_tracing():
+                boxes = boxes + self.traced_shift
+            labels = (order % 3 + 1).to(torch.int64)
+            detections.append({"boxes": boxes, "labels": labels, "scores": scores})
+        return detections
