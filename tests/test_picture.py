@@ -291,3 +291,20 @@ def test_detector_pyramid_is_a_neck_of_lateral_and_output_convs():
     owners = {p.rsplit(".", 1)[0] for p in new_paths(model, result.model)}
     assert marked(root, "inserted") == owners
     assert not overlapping({i: rect(g) for i, g in found.items()})
+
+
+def test_recipes_applied_one_after_another_are_drawn_on_the_first_models_blocks():
+    model = TinyResNet()
+    first = ps.apply(model, "se", input_shape=(1, 3, 32, 32))
+    second = ps.apply(first.model, "eca", input_shape=(1, 3, 32, 32))
+    root = read(ps.picture([first, second]))
+    found = boxes(root)
+    inserted = new_paths(model, second.model)
+    owners = {p.rsplit(".", 1)[0] for p in inserted}
+    assert marked(root, "inserted") == owners == {"layer1.0", "layer1.1", "layer2.0", "layer2.1"}
+    for owner in owners:
+        lines = texts(found[owner])
+        assert "+ se" in lines and "+ eca" in lines
+        added = sum(params(second.model.get_submodule(p)) for p in inserted if p.startswith(owner + "."))
+        assert delta(found[owner], "params") == added
+        assert int(found[owner].get("data-params")) == params(model.get_submodule(owner))
