@@ -122,6 +122,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
         progress.step(f"planning step {index} of '{recipe.name}': {spec.name} at {len(sites)} {step.at} sites")
         for site in sites:
             try:
+                _check_destride(model, traced, spec, site, index)  # before the plugin: an unfit conv is the reason
                 edits.append(_plan_edit(model, traced, step, spec, site, index, dtype, checked))
             except SiteError as unfit:
                 if step.on_unfit != "skip":
@@ -346,7 +347,8 @@ def _with_destrides(model: nn.Module, traced: Traced, recipe: Recipe, edits: lis
         except SiteError as unfit:
             if step.on_unfit != "skip":
                 raise
-            notes.append(f"step {edit.step_index} ({edit.spec.name}) skipped '{edit.site.path}': {unfit.message}")
+            reason = unfit.message.removeprefix(f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}': ")
+            notes.append(f"step {edit.step_index} ({edit.spec.name}) skipped '{edit.site.path}': {reason}")
     for index, step in enumerate(recipe.steps, start=1):
         if any(e.step_index == index for e in edits) and not any(e.step_index == index for e in paired) and not step.allow_empty:
             raise SiteError(f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): every matched site was skipped as unfit",
@@ -354,20 +356,33 @@ def _with_destrides(model: nn.Module, traced: Traced, recipe: Recipe, edits: lis
     return paired
 
 
-def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedEdit) -> PlannedEdit:
-    part = traced.part(edit.site.part)
-    node = _node(part, edit.site.destride)
+def _check_destride(model: nn.Module, traced: Traced, spec: PluginSpec, site: Site, index: int) -> None:
+    """Refuse (SiteError: unfit) a site whose conv cannot run at stride 1 for the plugin: one that runs
+    more than once, or that stride_one cannot reproduce."""
+    if site.destride is None or spec.mode != "after":
+        return
+    _stride_one_twin(model, traced, site, f"step {index} ({spec.name}) at '{site.path}'")
+
+
+def _stride_one_twin(model: nn.Module, traced: Traced, site: Site, where: str):
+    part = traced.part(site.part)
+    node = _node(part, site.destride)
     path = part.absolute(node.target)
-    conv = model.get_submodule(path)
-    dtype = _host_dtype(conv)
     calls = sum(1 for n in part.gm.graph.nodes if n.op == "call_module" and n.target == node.target)
     if calls > 1:
-        raise SiteError(f"'{path}' runs {calls} times in forward: at stride 1 every call would change, and the plugin follows only this one",
+        raise SiteError(f"{where}: '{path}' runs {calls} times in forward: at stride 1 every call would change, and the plugin follows only this one",
                         hint="exclude the site with `where: {exclude: [...]}`, or let the step skip it with `on_unfit: skip`")
     try:
-        twin = stride_one(conv, path)
+        return node, path, stride_one(model.get_submodule(path), path)
     except SiteError as error:
-        raise SiteError(f"the conv whose stride the plugin takes over: {error.message}", hint=error.hint) from None
+        raise SiteError(f"{where}: the conv whose stride the plugin takes over: {error.message}", hint=error.hint) from None
+
+
+def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedEdit) -> PlannedEdit:
+    part = traced.part(edit.site.part)
+    node, path, twin = _stride_one_twin(model, traced, edit.site, f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}'")
+    conv = model.get_submodule(path)
+    dtype = _host_dtype(conv)
     calls = [([shape_of(node.all_input_nodes[0])], edit.site.destride_shape)]
     where = f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}', running '{path}' at stride 1"
     flops = _check_runs(twin, calls, dtype, where) - run_fake(conv, calls[0][0], dtype)[1]

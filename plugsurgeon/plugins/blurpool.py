@@ -20,6 +20,12 @@ Options, each a typed recipe argument: ``filter_size`` (1..7, the release's defa
 the release's ResNets and VGG use 2). ``from_antialiased_cnns`` maps the release's checkpoints onto the
 names of a torchvision model edited the same way. The filter is a non-persistent buffer: checkpoints
 stay clean and loads need no new keys. Not identity at init: it low-passes by design.
+
+Reference: the authors' release ``antialiased-cnns`` (pip; its BlurPool, and whole ResNet-18/50 and
+MobileNetV2: with the same weights the recipe configured like it computes the same function,
+tests/plugins/test_blurpool.py); kornia's ``BlurPool2D``/``MaxBlurPool2D`` with ``pad_mode="zeros"``, and
+timm's ``BlurPool2d`` for odd filters (even ones: timm pads differently), in
+tests/plugins/test_reference_equivalence.py.
 """
 
 from __future__ import annotations
@@ -194,11 +200,19 @@ def maxblurpool(source: nn.Module, channels: int, filter_size: int = 4, pad_mode
     return _pool(source, channels, filter_size, pad_mode, max_window, "maxblurpool")
 
 
+def _unit(site: Site, _module: nn.Module | None) -> dict:
+    dense, out = site.destride_shape[2:], site.shape[2:]
+    if dense and any((d - 1) // site.stride + 1 != o for d, o in zip(dense, out, strict=True)):
+        raise SiteError(f"the conv's stride is not {site.stride} along both axes (its dense map {tuple(dense)} becomes "
+                        f"{tuple(out)}), and BlurPool subsamples both alike", hint="`on_unfit: skip` on the step leaves such convs alone")
+    return {"channels": site.channels, "stride": site.stride}
+
+
 @register_plugin(
     "blur",
     roles=("downsample.unit",),
     mode="after",
-    infer=lambda site, _module: {"channels": site.channels, "stride": site.stride},
+    infer=_unit,
     structural=("channels", "stride"),
     identity_at_init=False,
     paper=PAPER,

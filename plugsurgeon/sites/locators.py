@@ -311,18 +311,14 @@ def downsample_unit_sites(view: GraphView) -> list[Site]:
     conv whose BN feeds the next conv (ShuffleNet's depthwise downsampling) ends at the BN; a conv read
     by several layers ends at the conv. The site carries the conv (``destride``) and the map's shape
     with the conv at stride 1: what the unit's layers compute when surgery moves the stride to the end.
-    Left out: projection shortcuts (``downsample.shortcut``), and convs that run more than once (moving
-    the stride of one call would change them all).
+    Projection shortcuts are ``downsample.shortcut``. A conv that runs more than once is a site per
+    call, which planning refuses as unfit (moving the stride changes every call).
     """
     in_branch, shortcut = _residual_paths(view)
-    calls: dict[str, int] = {}
-    for node in view.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
     sites = []
     for node in view.nodes:
         conv = view.conv(node)
-        if conv is None or max(conv.stride) <= 1 or node in shortcut or calls[node.target] > 1 or not _spatial_4d(view, node):
+        if conv is None or max(conv.stride) <= 1 or node in shortcut or not _spatial_4d(view, node):
             continue
         in_shape = view.shape(view.tensor_inputs(node)[0])
         end = _unit_end(view, node)

@@ -7,7 +7,7 @@ name-by-name map of our state. Used by tests/plugins/test_reference_equivalence.
 benchmarks/reference_latency.py (latency ratios). Which pairs exist, and why the others do not, is
 explained in the test module's docstring.
 
-The reference packages (timm, torchvision, segmentation_models_pytorch, ultralytics) are imported inside
+The reference packages (timm, torchvision, segmentation_models_pytorch, ultralytics, kornia, antialiased_cnns) are imported inside
 the builders, so this module imports without the optional ones; ``Pair.package`` names the one a pair needs.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 
 import plugsurgeon as ps
 from plugsurgeon.plugins.aspp import ASPP
-from plugsurgeon.plugins.blurpool import BlurPool2d
+from plugsurgeon.plugins.blurpool import BlurPool2d, MaxBlurPool2d
 from plugsurgeon.plugins.cbam import CBAM
 from plugsurgeon.plugins.coord_attention import CoordAttention
 from plugsurgeon.plugins.dcn import DeformConv
@@ -281,18 +281,71 @@ def splat_timm(in_channels: int, out_channels: int | None = None, cardinality: i
 # ------------------------------------------------------------------------------------------ BlurPool
 
 
-def blurpool_timm(channels: int, filter_size: int = 3, stride: int = 2, seed: int = 0) -> Pair:
+def blurpool_timm(channels: int, filter_size: int = 3, stride: int = 2, pad_mode: str = "reflect", seed: int = 0) -> Pair:
     """Odd filter sizes: the same padding. Even ones: timm pads (stride - 1 + size - 1) // 2 on every side,
-    ours (and antialiased-cnns) (size - 1) // 2 before and the rest after; the reference gets ours, set by hand."""
+    ours (and antialiased-cnns) (size - 1) // 2 before and the rest after; the reference gets ours, set by hand.
+    Our ``pad_mode="zeros"`` is timm's ``pad_mode="constant"`` (its 'blurpc' layer)."""
     from timm.layers import BlurPool2d as TimmBlurPool2d
 
-    ours = BlurPool2d(channels, stride=stride, filter_size=filter_size)
-    reference = TimmBlurPool2d(channels, filt_size=filter_size, stride=stride)
-    name = f"blurpool | timm BlurPool2d, filter {filter_size}"
+    ours = BlurPool2d(channels, stride=stride, filter_size=filter_size, pad_mode=pad_mode)
+    timm_mode = {"reflect": "reflect", "replicate": "replicate", "zeros": "constant"}[pad_mode]
+    reference = TimmBlurPool2d(channels, filt_size=filter_size, stride=stride, pad_mode=timm_mode)
+    name = f"blurpool | timm BlurPool2d, filter {filter_size}, pad_mode {timm_mode}"
     if filter_size % 2 == 0:
         reference.padding = list(ours.padding)  # F.pad order (left, right, top, bottom), as ours
         name += " (padding set to ours)"
     return Pair(name, ours, reference, lambda m: {}).sync()
+
+
+def blurpool_kornia(channels: int, filter_size: int, stride: int = 2) -> Pair:
+    """kornia zero-pads, (size - 1) // 2 before and size // 2 after, as ours: ours with ``pad_mode="zeros"``."""
+    from kornia.filters import BlurPool2D
+
+    ours = BlurPool2d(channels, stride=stride, filter_size=filter_size, pad_mode="zeros")
+    reference = BlurPool2D(filter_size, stride=stride)
+    return Pair(f"blurpool(pad_mode=zeros) | kornia BlurPool2D, filter {filter_size}", ours, reference, lambda m: {},
+                package="kornia").sync()
+
+
+def maxblurpool_kornia(channels: int, filter_size: int, max_window: int = 2) -> Pair:
+    """kornia's MaxBlurPool2D is a max_pool_size window at stride 1 without padding, then its BlurPool2D:
+    ours replacing a strided max pool with ``max_window`` set and ``pad_mode="zeros"``."""
+    from kornia.filters import MaxBlurPool2D
+
+    ours = MaxBlurPool2d(nn.MaxPool2d(3, 2, 1), channels, filter_size, pad_mode="zeros", max_window=max_window)
+    reference = MaxBlurPool2D(filter_size, stride=2, max_pool_size=max_window)
+    name = f"maxblurpool(pad_mode=zeros, max_window={max_window}) | kornia MaxBlurPool2D, filter {filter_size}"
+    return Pair(name, ours, reference, lambda m: {}, package="kornia").sync()
+
+
+_RELEASE_PAD = {"reflect": "reflect", "replicate": "repl", "zeros": "zero"}
+
+
+def _release_blur(channels: int, filter_size: int, pad_mode: str, ours: BlurPool2d):
+    from antialiased_cnns import BlurPool
+
+    reference = BlurPool(channels, pad_type=_RELEASE_PAD[pad_mode], filt_size=filter_size, stride=ours.stride)
+    # The release builds its filter itself (a persistent buffer); it must be ours before ours is loaded into it.
+    if not torch.allclose(reference.filt, ours.filter, atol=1e-7):
+        raise AssertionError(f"antialiased-cnns' filter of size {filter_size} is not ours")
+    return reference
+
+
+def blurpool_release(channels: int, filter_size: int, pad_mode: str = "reflect", stride: int = 2) -> Pair:
+    """The authors' BlurPool (antialiased_cnns): the same padding split, and each of its pad types."""
+    ours = BlurPool2d(channels, stride=stride, filter_size=filter_size, pad_mode=pad_mode)
+    reference = _release_blur(channels, filter_size, pad_mode, ours)
+    return Pair(f"blurpool(pad_mode={pad_mode}) | antialiased_cnns BlurPool, filter {filter_size}", ours, reference,
+                lambda m: {"filt": m.filter.detach().clone()}, package="antialiased_cnns").sync()
+
+
+def maxblurpool_release(channels: int, filter_size: int) -> Pair:
+    """The release's ResNet stem, ``Sequential(MaxPool2d(2, stride=1), BlurPool)``, against ours replacing
+    torchvision's MaxPool2d(3, 2, padding=1) with ``max_window=2``."""
+    ours = MaxBlurPool2d(nn.MaxPool2d(3, 2, 1), channels, filter_size, max_window=2)
+    reference = nn.Sequential(nn.MaxPool2d(2, stride=1), _release_blur(channels, filter_size, "reflect", ours.blur))
+    return Pair(f"maxblurpool(max_window=2) | antialiased_cnns ResNet stem, filter {filter_size}", ours, reference,
+                lambda m: {"1.filt": m.blur.filter.detach().clone()}, package="antialiased_cnns").sync()
 
 
 # ------------------------------------------------------------------------------------ Coordinate attention

@@ -41,11 +41,22 @@ authors' code; we do not bend ours):
   split conv differently (ours cardinal-major, timm radix-major, see the splat docstring), so split r of
   cardinal group k reads a different input slice: they are the same function up to that fixed permutation of
   the input channels, which the test applies to the reference's input.
-- blurpool's BlurPool2d vs timm BlurPool2d: the same binomial filter and reflect padding for odd filter
-  sizes (3, 5, 7). For even sizes (ours defaults to 4, as antialiased-cnns) timm pads
-  (stride - 1 + size - 1) // 2 on every side (2 for size 4), antialiased-cnns and ours 1 before and 2 after:
-  timm's output is one pixel larger (29 x 29 instead of 28 x 28 from 56 x 56) and shifted. With its padding
-  set to ours by hand, the rest is the same (tested).
+- blurpool's BlurPool2d vs the authors' BlurPool (antialiased_cnns): the same for every filter size 1..7
+  and each of its pad types (``reflect``, ``zero``, ``repl`` are our ``pad_mode`` reflect, zeros, replicate):
+  the same binomial filter (the builder checks the release's own) and the same padding split, (size - 1) // 2
+  before and the rest after. MaxBlurPool2d with ``max_window=2`` is the release's ResNet stem
+  ``Sequential(MaxPool2d(2, stride=1), BlurPool)``. Whole anti-aliased networks: tests/plugins/test_blurpool.py.
+- blurpool vs kornia BlurPool2D / MaxBlurPool2D: kornia zero-pads (the same split as ours), the release and
+  our default reflect. With ``pad_mode="zeros"`` ours is kornia's, for odd and even sizes; MaxBlurPool2D is a
+  ``max_pool_size`` window at stride 1 without padding, ours with ``max_window`` set. With the default
+  reflect padding the two differ exactly where a filter window reaches past the border, and nowhere
+  else (tested): a documented option, not an accident.
+- blurpool's BlurPool2d vs timm BlurPool2d: the same binomial filter and padding for odd filter sizes (3,
+  5, 7; timm's ``pad_mode`` is ours, ``constant`` being our zeros). For even sizes (ours defaults to 4, as
+  antialiased-cnns) timm pads (stride - 1 + size - 1) // 2 on every side (2 for size 4), antialiased-cnns
+  and ours 1 before and 2 after: timm's output is one pixel larger (29 x 29 instead of 28 x 28 from
+  56 x 56) and its sampling grid one input pixel off, so no output pixel of it equals ours, border or not
+  (tested). With its padding set to ours by hand, the rest is the same (tested).
 - coord_attention vs timm CoordAttn: timm's defaults have no conv biases and C * 2/3 / 16 hidden channels
   (rounded to 8); with ``bias=True`` and ``rd_channels = max(8, C // 32)`` (the authors' code, ours) it is ours:
   H- and W-pooling, concatenation, shared 1x1 conv, BN, h-swish, split, per-direction 1x1 convs, sigmoids.
@@ -137,6 +148,15 @@ CASES: dict[str, tuple[Callable[[], rp.Pair], tuple[int, ...]]] = {
     "blurpool-timm-5": (lambda: rp.blurpool_timm(32, 5), (2, 32, 13, 10)),
     "blurpool-timm-7": (lambda: rp.blurpool_timm(32, 7), (2, 32, 13, 10)),
     "blurpool-timm-4-padded-as-ours": (lambda: rp.blurpool_timm(32, 4), (2, 32, 13, 10)),
+    "blurpool-timm-3-zeros": (lambda: rp.blurpool_timm(32, 3, pad_mode="zeros"), (2, 32, 13, 10)),
+    "blurpool-timm-5-replicate": (lambda: rp.blurpool_timm(32, 5, pad_mode="replicate"), (2, 32, 13, 10)),
+    **{f"blurpool-kornia-{k}": ((lambda k=k: rp.blurpool_kornia(32, k)), (2, 32, 13, 10)) for k in (2, 3, 4, 5)},
+    **{f"maxblurpool-kornia-{k}-max{m}": ((lambda k=k, m=m: rp.maxblurpool_kornia(32, k, m)), (2, 32, 14, 11))
+       for k, m in ((3, 2), (4, 2), (4, 3))},
+    **{f"blurpool-release-{k}-{pad}": ((lambda k=k, pad=pad: rp.blurpool_release(32, k, pad)), (2, 32, 13, 10))
+       for k in range(1, 8) for pad in ("reflect", "zeros", "replicate")},
+    "maxblurpool-release-stem-4": (lambda: rp.maxblurpool_release(32, 4), (2, 32, 14, 11)),
+    "maxblurpool-release-stem-3": (lambda: rp.maxblurpool_release(32, 3), (2, 32, 14, 11)),
     "coord_attention-timm": (lambda: rp.coord_attention_timm(64), (4, 64, 12, 10)),
     "nonlocal-timm": (lambda: rp.nonlocal_timm(64), (4, 64, 7, 6)),
     "scse-smp": (lambda: rp.scse_smp(64), (4, 64, 12, 10)),
@@ -170,6 +190,8 @@ PACKAGE = {
     "spp-ultralytics": "ultralytics",
     "sppf-ultralytics": "ultralytics",
     **{case: "torchvision" for case in CASES if case.startswith("dcnv")},
+    **{case: "kornia" for case in CASES if "-kornia-" in case},
+    **{case: "antialiased_cnns" for case in CASES if "-release-" in case},
 }
 
 
@@ -230,13 +252,38 @@ def test_eca_kernel_size_matches_timm_for_every_channel_count():
 
 
 def test_timm_blurpool_pads_even_filters_differently():
-    """Why the even-size case sets the reference's padding: with its own, timm's output is larger."""
+    """Why the even-size case sets the reference's padding: with its own, timm's output is larger, and its
+    samples sit one input pixel off ours, so it is another function inside the map too, not a border effect."""
     timm_layers = pytest.importorskip("timm.layers")
     from plugsurgeon.plugins.blurpool import BlurPool2d
 
     x = torch.randn(1, 8, 56, 56)
-    assert BlurPool2d(8, filter_size=4)(x).shape[-2:] == (28, 28)
-    assert timm_layers.BlurPool2d(8, filt_size=4)(x).shape[-2:] == (29, 29)
+    ours, theirs = BlurPool2d(8, filter_size=4)(x), timm_layers.BlurPool2d(8, filt_size=4)(x)
+    assert ours.shape[-2:] == (28, 28) and theirs.shape[-2:] == (29, 29)
+    for shift in (0, 1):  # no alignment of the two grids makes the interiors agree
+        assert not torch.allclose(ours[..., 2:-2, 2:-2], theirs[..., 2 + shift:-3 + shift, 2 + shift:-3 + shift], atol=1e-3)
+
+
+def _border_outputs(size: int, filter_size: int, stride: int) -> torch.Tensor:
+    """Which output positions of a BlurPool along one axis read padding: their filter window starts
+    before the input or ends after it (padding (size - 1) // 2 before, as ours and kornia)."""
+    before = (filter_size - 1) // 2
+    out = (size + filter_size - 1 - filter_size) // stride + 1
+    starts = torch.arange(out) * stride - before
+    return (starts < 0) | (starts + filter_size > size)
+
+
+@pytest.mark.parametrize("filter_size", [3, 4, 5])
+def test_reflect_and_kornia_zero_padding_differ_only_where_the_filter_reads_the_border(filter_size: int):
+    kornia_filters = pytest.importorskip("kornia.filters")
+    from plugsurgeon.plugins.blurpool import BlurPool2d
+
+    x = torch.rand(2, 8, 15, 12) + 1.0  # positive: zero padding darkens every border output
+    ours, theirs = BlurPool2d(8, filter_size=filter_size)(x), kornia_filters.BlurPool2D(filter_size)(x)
+    border = _border_outputs(15, filter_size, 2)[:, None] | _border_outputs(12, filter_size, 2)[None, :]
+    assert border.any() and (~border).any()
+    differs = (ours - theirs).abs().amax(dim=(0, 1)) > 1e-6
+    assert torch.equal(differs, border)
 
 
 def test_splat_cardinality_needs_the_input_permutation():
@@ -261,8 +308,7 @@ def test_eval_only_pairs_differ_in_train_mode(case: str):
         assert not torch.allclose(pair.ours(x), pair.reference(x), rtol=1e-3, atol=1e-3)
 
 
-# blurpool.py is being reworked in a separate change that owns its docstring; it gets its line there.
-REFERENCE_LINE_PENDING = {"plugsurgeon.plugins.blurpool"}
+REFERENCE_LINE_PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize("module", sorted({spec.factory.__module__ for spec in ps.catalog().values()} - REFERENCE_LINE_PENDING))
