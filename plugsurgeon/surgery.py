@@ -583,8 +583,9 @@ def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_
         planned = plan(model, recipe, input_shape=input_shape)
         check_edits(planned, *build_edits(planned))
         return SurgeryResult(model, planned.report(), planned)
-    target = model if inplace else _copy_of(model)
-    planned = plan(target, recipe, input_shape=input_shape)
+    # Planning reads the caller's model and changes nothing: the copy is made only once the plan
+    # holds (a recipe that matches nothing costs no copy), and it is the one copy surgery makes.
+    planned = plan(model, recipe, input_shape=input_shape)
     # Everything that can fail runs before the commit: the step is recorded as plain JSON data.
     try:
         step = recipe_step(planned)  # the recipe, its input shape and the resolved edits (steps.py)
@@ -592,6 +593,11 @@ def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_
     except (TypeError, ValueError) as error:
         raise RecipeError(f"recipe '{planned.recipe.name}' holds a value that cannot be saved: {error}",
                           hint="recipe arguments are plain numbers, strings, booleans and lists of them") from None
+    if not inplace:
+        # Edits are paths and shapes: they apply to the copy as they would to the model; apply_plan
+        # builds every new module from the copy's own layers (a replaced conv's weights included).
+        planned.model = _copy_of(model)
+    target = planned.model
     result = apply_plan(planned)
     record_step(target, result.model, step)
     return result

@@ -387,3 +387,15 @@ def test_an_edited_module_keeps_the_plain_attributes_its_callers_read():
     result = ps.apply(Looping(), recipe({"plugin": "se", "at": "residual.output"}), input_shape=SHAPE)
     edited = result.model.layers[0]
     assert isinstance(edited, torch.fx.GraphModule) and (edited.f, edited.i, edited.type) == (-1, 1, "Layer")
+
+
+@pytest.mark.parametrize("plugin, at, where", [("se", "residual.branch", {}), ("acnet", "conv", {"kernel": 3}), ("blur", "downsample.unit", {})])
+def test_a_copying_apply_shares_no_tensor_with_the_callers_model(plugin, at, where):
+    # Planning reads the caller's model and the copy is made after it: every module the edit builds,
+    # a replacement holding a conv's weights included, must come from the copy.
+    model = TinyResNet()
+    result = ps.apply(model, recipe({"plugin": plugin, "at": at, "where": where}), input_shape=SHAPE)
+    assert result.report.edits
+    callers = {t.data_ptr() for t in [*model.parameters(), *model.buffers()] if t.numel()}
+    edited = [name for name, t in [*result.model.named_parameters(), *result.model.named_buffers()] if t.data_ptr() in callers]
+    assert edited == []
