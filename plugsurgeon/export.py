@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -159,14 +160,15 @@ def _reference_runs(model: nn.Module, input_shape: tuple[int, ...], dtype: torch
                 hint="pass the shape the model takes with --input-shape N,C,H,W",
             ) from None
 
-    first = make(_SEEDS[0], torch.randn)
+    # A detector takes images in [0, 1] (torchvision's transform normalises them): noise in that range is what
+    # it is built for, and a random-weight head keeps more detections on it than on randn. Other models get
+    # randn, which exercises negative inputs too. The first run tells which (a detector's runs are the costly ones).
+    first = make(_SEEDS[0], torch.rand)
     output = forward(first)
-    if not is_detections(output):
-        rest = [make(seed, torch.randn) for seed in _SEEDS[1:]]
+    if is_detections(output):
+        rest = [make(seed, torch.rand) for seed in _SEEDS[1:]]
         return [first, *rest], [output, *(forward(x) for x in rest)]
-    # A detector takes images in [0, 1] (torchvision's transform normalises them): noise in that range is
-    # what it is built for, and a random-weight head keeps more detections on it than on randn.
-    inputs = [make(seed, torch.rand) for seed in _SEEDS]
+    inputs = [make(seed, torch.randn) for seed in _SEEDS]
     return inputs, [forward(x) for x in inputs]
 
 
@@ -290,7 +292,7 @@ def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int | None, *,
         if output_names:
             options["output_names"] = output_names
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with warnings.catch_warnings(), _silenced():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, (x,), str(path), **options)
         except Exception as error:  # noqa: BLE001 - exporters raise many types
@@ -305,6 +307,26 @@ def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int | None, *,
     raise PlugsurgeonError(f"torch.onnx.export cannot export {type(model).__name__}: " + "; ".join(errors),
                            hint="the model's forward may take or return structures ONNX cannot hold: in Python, export the submodule "
                            "you need with ps.export_onnx(model.get_submodule('PATH'), FILE, input_shape=...)")
+
+
+@contextlib.contextmanager
+def _silenced():
+    """Nothing the exporters print reaches the user: Python's streams, and the process's own stdout, which the
+    TorchScript exporter writes to from C++ ("Torch IR graph at exception: ..." when it fails; it would break
+    ``--json`` output). The process's stderr stays: the CLI's spinner draws there."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            saved = os.dup(1)
+        except OSError:  # no stdout descriptor (an embedding host closed it): nothing to silence there
+            yield
+            return
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 1)
+                yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -67,7 +67,8 @@ def deploy(
     if output is not None:
         save(result.model, output, force=force)
         _say(f"saved to {output} (load with plugsurgeon.load({str(output)!r}))")
-        _say(f"export it with: plugsurgeon export {output} --onnx FILE")
+        _say("export it with:")
+        _print(f"  plugsurgeon export {output} --onnx FILE")  # whole, to copy: a command is not wrapped
     else:
         _say("nothing written: pass -o DIR to save the deployed model")
 

@@ -52,3 +52,18 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(ps.PlugsurgeonError, match="onnxruntime") as caught:
         ps.export_onnx(TinyResNet(), tmp_path / "x.onnx", input_shape=SHAPE)
     assert caught.value.hint == "pip install 'plugsurgeon[onnx]'"
+
+
+def test_deploy_and_export_name_their_steps(tmp_path):
+    from plugsurgeon import progress
+
+    seen: list[str] = []
+    with progress.reporting(seen.append):
+        deployed = ps.deploy(randomize_batchnorm(TinyResNet()), input_shape=SHAPE).model
+        ps.export_onnx(deployed, tmp_path / "m.onnx", input_shape=SHAPE)
+    # what the CLI's spinner shows, in order: each slow step says what it is doing
+    expected = ["deploying TinyResNet", "reparameterizing", "tracing", "folding 10 BatchNorm", "verifying",
+                "checking that TinyResNet is deployed", "running TinyResNet in PyTorch", "exporting TinyResNet to ONNX",
+                "checking the exported graph in onnxruntime"]
+    positions = [next((i for i, step in enumerate(seen) if want in step), -1) for want in expected]
+    assert -1 not in positions and positions == sorted(positions), seen
