@@ -70,7 +70,9 @@ def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: Fa
         # Parameters stay as they are on a real run: a forward does not write them. Buffers (BatchNorm
         # statistics) are cloned, so a train-mode check cannot move them.
         state = {name: t.detach().clone() for name, t in _named_state(module, with_parameters=False)}
-    args = tree_map(lambda v: torch.zeros(v.shape, dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else v, inputs)
+    # A real run reads its inputs (zeros); a fake one only their shapes (no memory is filled).
+    blank = torch.zeros if fake is None else torch.empty
+    args = tree_map(lambda v: blank(v.shape, dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else v, inputs)
     if fake is not None:
         args = tree_map(lambda v: fake.from_tensor(v) if isinstance(v, torch.Tensor) else v, args)
     with _modes_kept(module, training), attributes_preserved(module), hooks_suspended(module), fake or contextlib.nullcontext():
