@@ -234,6 +234,22 @@ def test_the_manifest_records_every_blur_argument():
     assert result.model.blur.pad_mode == "zeros"
 
 
+def test_a_saved_model_loads_with_both_edits_of_each_unit(tmp_path):
+    """Loading replays the recorded recipe and checks it makes the recorded edits: the blur and the stride-1 conv."""
+    from tests.nets import TinyResNet
+
+    recipe = ps.Recipe(name="t", steps=[{"plugin": "blur", "at": "downsample.unit", "args": {"filter_size": 3}},
+                                        {"plugin": "blurpool", "at": "downsample.pool", "args": {"max_window": 2}}])
+    model = randomize_batchnorm(ps.load_model("tests.nets:TinyResNet")).eval()
+    edited = ps.apply(model, recipe, input_shape=(1, 3, 32, 32)).model.eval()
+    ps.save(edited, tmp_path, source="tests.nets:TinyResNet")
+    loaded = ps.load(tmp_path, trust_source=True)
+    assert isinstance(loaded, TinyResNet) and loaded.layer2[0].conv1.stride == (1, 1) and loaded.layer2[0].blur.filter_size == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), edited(x))
+
+
 def test_pool_arguments_are_typed_and_bounded():
     with pytest.raises(ps.RecipeError, match="max_window"):
         ps.parse_recipe("name: t\nsteps:\n  - plugin: blurpool\n    at: downsample.pool\n    args: {max_window: 64}\n")
