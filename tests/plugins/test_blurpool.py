@@ -300,6 +300,7 @@ def test_an_anisotropic_stride_is_skipped_and_listed():
     assert any("skipped 'relu'" in n and "stride is not 2 along both axes" in n for n in result.report.notes), result.report.notes
 
 
+@pytest.mark.slow  # the mechanism is test_the_blur_follows_the_units_norm_and_activation[ConvBnThenConv]
 def test_shufflenet_blurs_after_the_bn_of_each_strided_depthwise_conv():
     """ShuffleNetV2's strided depthwise convs have a BN and no activation: the blur follows the BN (the unit's
     end), before the 1x1 conv. At 64 px; the stem (stage 1) keeps its stride."""
