@@ -69,7 +69,7 @@ def assert_same_function(ours: nn.Module, reference: nn.Module, modes=("eval", "
             assert relative(ours(x), reference(x)) < 1e-5, mode
 
 
-@pytest.mark.parametrize("filter_size", [4, 3])
+@pytest.mark.parametrize("filter_size", [4, pytest.param(3, marks=pytest.mark.slow)])  # per-layer sizes: test_reference_equivalence
 def test_resnet18_is_the_release(filter_size: int):
     ours, reference = edited_like_release("resnet18", with_filter_size(release_recipe(), filter_size), filter_size)
     assert_same_function(ours, reference)
