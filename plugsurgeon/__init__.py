@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "load_weights": "plugsurgeon.io",
     "save": "plugsurgeon.io",
     "load_model": "plugsurgeon.models",
+    "PluginArgs": "plugsurgeon.plugins.registry",
     "PluginSpec": "plugsurgeon.plugins.registry",
     "catalog": "plugsurgeon.plugins.registry",
     "get_plugin": "plugsurgeon.plugins.registry",
@@ -45,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     "deploy": "plugsurgeon.deployment.deploy",
     "DeployResult": "plugsurgeon.deployment.deploy",
     "export_onnx": "plugsurgeon.export",
-    "picture": "plugsurgeon.picture",
+    "picture": "plugsurgeon.drawing",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -67,6 +68,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.api import find_sites, trace
     from plugsurgeon.deployment.deploy import DeployResult, deploy
+    from plugsurgeon.drawing import picture
     from plugsurgeon.errors import (
         ModelLoadError,
         PlugsurgeonError,
@@ -79,8 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.export import export_onnx
     from plugsurgeon.io import load, load_weights, save
     from plugsurgeon.models import load_model
-    from plugsurgeon.picture import picture
-    from plugsurgeon.plugins.registry import PluginSpec, catalog, get_plugin, register_plugin
+    from plugsurgeon.plugins.registry import PluginArgs, PluginSpec, catalog, get_plugin, register_plugin
     from plugsurgeon.recipe import Recipe, Step, builtin_recipes, load_recipe, parse_recipe
     from plugsurgeon.sites.select import Where
     from plugsurgeon.sites.site import ROLES, Site

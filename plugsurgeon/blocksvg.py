@@ -65,7 +65,7 @@ _STYLE = """
 {s} .block.new rect {{ stroke-dasharray: 5 2; }}
 {s} text {{ fill: #1f2328; }}
 {s} .path {{ font-weight: bold; }}
-{s} .tags, .note {{ fill: #57606a; font-style: italic; }}
+{s} .tags, {s} .note {{ fill: #57606a; font-style: italic; }}
 {s} .change {{ fill: #0a3069; }}
 {s} .delta {{ fill: #1a7f37; font-weight: bold; }}
 {s} .delta.less {{ fill: #cf222e; }}

@@ -56,9 +56,9 @@ class SurgeryReport:
         return data
 
     def _repr_svg_(self) -> str | None:
-        """A notebook shows the report as its picture (plugsurgeon.picture); plain text when it has none."""
+        """A notebook shows the report as its picture (plugsurgeon.drawing.picture); plain text when it has none."""
         if self.blocks is None:
             return None
-        from plugsurgeon.picture import picture
+        from plugsurgeon.drawing import picture
 
         return str(picture(self))

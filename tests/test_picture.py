@@ -308,3 +308,15 @@ def test_recipes_applied_one_after_another_are_drawn_on_the_first_models_blocks(
         added = sum(params(second.model.get_submodule(p)) for p in inserted if p.startswith(owner + "."))
         assert delta(found[owner], "params") == added
         assert int(found[owner].get("data-params")) == params(model.get_submodule(owner))
+
+
+def test_ps_picture_stays_the_function_once_a_report_has_drawn_itself():
+    # The drawing module must not share the exported function's name: importing a submodule sets
+    # it as an attribute of the package, which would shadow ``ps.picture``.
+    import importlib
+
+    import plugsurgeon as ps
+
+    importlib.import_module(ps.picture.__module__)
+    assert callable(ps.picture) and ps.picture.__name__ == "picture"
+    assert ps.picture.__module__ != "plugsurgeon.picture"

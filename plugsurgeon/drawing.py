@@ -61,6 +61,10 @@ class Picture(str):
     def _repr_svg_(self) -> str:
         return str(self)
 
+    def __repr__(self) -> str:
+        # A notebook stores the plain-text form next to the SVG: it should not be the SVG again.
+        return f"<plugsurgeon picture: {len(self):,} characters of SVG; .save(path) writes it>"
+
 
 @dataclass(frozen=True)
 class Change:
