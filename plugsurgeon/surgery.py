@@ -79,7 +79,9 @@ class Plan:
     sites: list[Site] = field(default_factory=list)  # every site of the model: the report's picture groups blocks by them
 
     def report(self) -> SurgeryReport:
-        from plugsurgeon.blockgraph import report_blocks  # the picture's boxes, plain data; drawn only when asked
+        from plugsurgeon.blockgraph import (
+            report_blocks,  # the picture's boxes, plain data; drawn only when asked
+        )
 
         return SurgeryReport(
             model=type(self.model).__name__,
