@@ -3,6 +3,12 @@
 onnx and onnxruntime are the optional extra ``plugsurgeon[onnx]``, imported only here and only when
 called. The exporter is torch's default (torch.export based, which needs onnxscript); when it cannot
 export a model, the TorchScript exporter is tried and the report says so.
+
+A detector that returns torchvision's detections (one dict of boxes, labels, scores per image) is exported
+whole, from images to detections, by the TorchScript exporter first (torch.export cannot follow box
+selection, whose number of boxes depends on the data), and its detections are compared as sets
+(deployment.verify.match_detections). Every export is checked on two inputs: the one it was exported with,
+and another, which shows up a graph that recorded what the first one did.
 """
 
 from __future__ import annotations

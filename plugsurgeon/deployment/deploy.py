@@ -142,6 +142,18 @@ def _verification_error(report: DeployReport) -> VerificationError:
     worst = max(v.parts, key=lambda p: (not p.passed, p.max_rel_diff))
     where = "" if worst.part == "" else f" in '{worst.part}'"
     blocks = sorted({r.before for r in report.reparameterized})
+    if worst.problem:
+        # Not a numeric difference: deploy changed what the model returns. Our blocks return one module of the
+        # same function, so it is a third-party deploy method (an end-to-end YOLO's fuse() drops its one-to-many
+        # head, whose outputs only training reads).
+        foreign = sorted({f"{r.before}.{r.method}" for r in report.reparameterized if r.method != "reparameterize()" or r.in_place})
+        return VerificationError(
+            f"the deployed {report.model}{where} {worst.problem}: deploy changed what it returns, so the two cannot be compared "
+            "and nothing was deployed; the model you passed is unchanged",
+            hint=(f"{', '.join(foreign)}, called as its library calls it, changed the outputs: deploy the model with its "
+                  "library's own tools (Ultralytics: model.fuse(), model.export(format='onnx')), or report it"
+                  if foreign else "a block's reparameterize() changed what the model returns: report it"),
+        )
     return VerificationError(
         f"the deployed {report.model} differs from the original{where} by {worst.max_abs_diff:.3g} "
         f"(relative {worst.max_rel_diff:.3g}), over atol={v.atol:g} + rtol={v.rtol:g} x max|output|; the model you passed is unchanged",

@@ -57,6 +57,7 @@ class PartCheck:
     max_abs_diff: float
     max_rel_diff: float  # max |deployed - original| / max |original|
     passed: bool
+    problem: str = ""  # when the outputs cannot be compared value by value: what differs in their structure
 
 
 @dataclass

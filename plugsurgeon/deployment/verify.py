@@ -69,8 +69,13 @@ def compare(expected: list[Any], actual: list[Any], calls: Calls, *, atol: float
 def check_outputs(path: str, expected: list, actual: list, atol: float, rtol: float) -> PartCheck:
     expected = [t for t in expected if isinstance(t, torch.Tensor)]
     actual = [t for t in actual if isinstance(t, torch.Tensor)]
-    if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual, strict=True)):
-        return PartCheck(path, float("inf"), float("inf"), False)
+    if len(expected) != len(actual):
+        return PartCheck(path, float("inf"), float("inf"), False,
+                         problem=f"returns {len(actual)} tensors where the original returns {len(expected)}")
+    for index, (e, a) in enumerate(zip(expected, actual, strict=True)):
+        if e.shape != a.shape:
+            return PartCheck(path, float("inf"), float("inf"), False,
+                             problem=f"returns a {_shape(a)} tensor as output {index} where the original returns {_shape(e)}")
     worst_abs, worst_rel, passed = 0.0, 0.0, True
     for e, a in zip(expected, actual, strict=True):
         if e.numel() == 0:
@@ -180,6 +185,10 @@ def match_detections(expected: list[dict], actual: list[dict], image_size: float
                 if not diff <= check.extra * scale:  # NaN fails too
                     check.problems.append(f"image {index}: '{key}' of matched detections differ by {diff:.3g} (largest value {scale:.3g})")
     return check
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "scalar"
 
 
 def _fields(value: dict) -> str:

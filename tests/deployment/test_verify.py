@@ -120,3 +120,31 @@ def test_bad_arguments_are_user_errors():
         ps.deploy("resnet50")
     with pytest.raises(ps.PlugsurgeonError, match="non-negative"):
         ps.deploy(TinyResNet(), input_shape=SHAPE, atol=-1)
+
+
+class DropsAnOutputWhenFused(nn.Module):
+    """Like an end-to-end YOLO: eval returns the prediction and a training-only auxiliary output, and the
+    model's own in-place ``fuse()`` removes the auxiliary head, so the fused model returns less."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.aux = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+
+    def fuse(self):
+        del self.aux
+        self.aux = None
+        return self
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y if self.aux is None else (y, self.aux(y))
+
+
+def test_a_deploy_method_that_changes_what_the_model_returns_is_named_not_reported_as_a_difference():
+    model = DropsAnOutputWhenFused()
+    with pytest.raises(ps.VerificationError) as caught:
+        ps.deploy(model, input_shape=(1, 3, 8, 8))
+    message, hint = caught.value.message, caught.value.hint
+    assert "returns 1 tensors where the original returns 2" in message and "inf" not in message
+    assert "DropsAnOutputWhenFused.fuse()" in hint
+    assert model.aux is not None  # the caller's model still has its head
