@@ -36,6 +36,7 @@ def test_torchvision_models_fold_every_bn_and_match_the_unfused_eval_model(name)
     assert_same_function(copy.deepcopy(model), result.model, torch.randn(2, 3, 64, 64))
 
 
+@pytest.mark.slow  # a full-size Faster R-CNN; tests/deployment/test_export_detectors.py deploys a small one by default
 def test_detector_edited_in_place_deploys_part_by_part_and_keeps_its_class():
     """ACNet in the backbone and FPN of an untraceable detector: blocks reparameterized, every backbone
     BN folded, each traced part matching the eval-mode original, and the detector still a FasterRCNN."""
