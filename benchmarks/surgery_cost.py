@@ -10,6 +10,9 @@ fresh subprocess so that peaks do not mix.
     python benchmarks/surgery_cost.py --memory             # regnet_y_128gf (needs ~8 GB, minutes)
     python benchmarks/surgery_cost.py --profile resnet50   # where apply's time goes (cProfile)
 
+The last column reuses one ``ps.trace`` of the model (``ps.apply(model, recipe, traced=t)``): what
+trying several recipes on one model costs per recipe after the first.
+
 Targets (issue 9): apply <= 3x symbolic_trace, ratio within 20% from resnet18 to resnet152; peak
 memory <= 1.15x the model's bytes in place, <= 2.15x copying.
 """
@@ -50,12 +53,18 @@ def time_ratios(repeats: int) -> list[dict]:
         model = getattr(torchvision.models, name)()
         trace = _cpu(lambda m=model: torch.fx.symbolic_trace(m), repeats)
         apply = _cpu(lambda m=model: ps.apply(m, "cbam"), repeats)
-        rows.append({"model": name, "recipe": "cbam", "trace_s": trace, "apply_s": apply, "ratio": apply / trace})
+        traced = ps.trace(model)
+        reused = _cpu(lambda m=model, t=traced: ps.apply(m, "cbam", traced=t), repeats)
+        rows.append({"model": name, "recipe": "cbam", "trace_s": trace, "apply_s": apply, "ratio": apply / trace,
+                     "reused_ratio": reused / trace})
     detector = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
     # The detector does not trace whole; its backbone (the part surgery edits) is the reference.
     trace = _cpu(lambda: torch.fx.symbolic_trace(detector.backbone.body), repeats)
     apply = _cpu(lambda: ps.apply(detector, "se", input_shape=(1, 3, 512, 512)), repeats)
-    rows.append({"model": "fasterrcnn_resnet50_fpn", "recipe": "se", "trace_s": trace, "apply_s": apply, "ratio": apply / trace})
+    traced = ps.trace(detector, (1, 3, 512, 512))
+    reused = _cpu(lambda: ps.apply(detector, "se", traced=traced), repeats)
+    rows.append({"model": "fasterrcnn_resnet50_fpn", "recipe": "se", "trace_s": trace, "apply_s": apply, "ratio": apply / trace,
+                 "reused_ratio": reused / trace})
     return rows
 
 
@@ -119,9 +128,10 @@ def main() -> None:
         for row in memory_ratios():
             print(f"| {row['model']} | {row['inplace']} | {row['model_gb']:.2f} | {row['peak_gb']:.2f} | {row['ratio']:.2f}x |")
         return
-    print("| model | recipe | symbolic_trace CPU s | apply CPU s | ratio |\n|---|---|---|---|---|")
+    print("| model | recipe | symbolic_trace CPU s | apply CPU s | ratio | ratio, trace reused (`traced=`) |\n|---|---|---|---|---|---|")
     for row in time_ratios(args.repeats):
-        print(f"| {row['model']} | {row['recipe']} | {row['trace_s']:.3f} | {row['apply_s']:.3f} | {row['ratio']:.1f}x |")
+        print(f"| {row['model']} | {row['recipe']} | {row['trace_s']:.3f} | {row['apply_s']:.3f} | {row['ratio']:.1f}x "
+              f"| {row['reused_ratio']:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -110,8 +110,18 @@ class SurgeryResult:
 
 
 def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_INPUT_SHAPE, traced: Traced | None = None) -> Plan:
-    """Trace, find sites, build and check every plugin module; the model is not modified."""
+    """Trace, find sites, build and check every plugin module; the model is not modified.
+
+    ``traced``: a trace of this model made earlier (``ps.trace(model, input_shape)``), to try several
+    recipes on one model without tracing it again; its input shape is the one used."""
     recipe = load_recipe(recipe)
+    if traced is not None and tuple(input_shape) not in (DEFAULT_INPUT_SHAPE, traced.input_shape):
+        raise PlugsurgeonError(f"input shape {tuple(input_shape)} differs from the shape the trace was made at, {traced.input_shape}",
+                               hint="leave input_shape out when passing a trace, or trace at that shape")
+    if traced is not None and not traced.describes(model):
+        raise PlugsurgeonError(f"the trace passed as `traced` is not of this {type(model).__name__} as it is now "
+                               "(another model, or this one since edited in place)",
+                               hint="trace the model again: ps.trace(model, input_shape)")
     traced = traced or trace(model, input_shape)
     all_sites = locate(traced)
     dtype = _host_dtype(model)
@@ -550,7 +560,7 @@ def _part_problem(model: nn.Module, traced: Traced, part, owners, replacements) 
     edited_part = _owner_module(edited, part.path)
     # The traced graph's output stands for the original's only while the part keeps its own class.
     known = part.eval_structure if part.path not in owners else None
-    return compare(original_part, edited_part, part.example_inputs, traced.fake_mode, known)
+    return compare(original_part, edited_part, part.example_inputs, traced.fake_mode, known, part.outcomes)
 
 
 def apply_plan(planned: Plan) -> SurgeryResult:
@@ -574,20 +584,23 @@ def apply_plan(planned: Plan) -> SurgeryResult:
     return SurgeryResult(root, report, planned)
 
 
-def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_INPUT_SHAPE, inplace: bool = False, dry_run: bool = False) -> SurgeryResult:
+def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_INPUT_SHAPE, inplace: bool = False, dry_run: bool = False,
+          traced: Traced | None = None) -> SurgeryResult:
     """Apply a recipe. The caller's model is copied unless ``inplace``; a failure leaves it exactly as it was.
 
-    With ``dry_run`` the plan is made and reported and nothing is changed.
+    With ``dry_run`` the plan is made and reported and nothing is changed. ``traced``: a trace of
+    ``model`` as it is (``ps.trace``), reused instead of tracing again -- trying several recipes on one
+    model then traces it, and runs the original in the pre-commit check, once (see ``plan``).
     """
     if not isinstance(model, nn.Module):
         raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load_model('resnet50')")
     if dry_run:  # the same plan, edits and checks as a real call, only not committed
-        planned = plan(model, recipe, input_shape=input_shape)
+        planned = plan(model, recipe, input_shape=input_shape, traced=traced)
         check_edits(planned, *build_edits(planned))
         return SurgeryResult(model, planned.report(), planned)
     # Planning reads the caller's model and changes nothing: the copy is made only once the plan
     # holds (a recipe that matches nothing costs no copy), and it is the one copy surgery makes.
-    planned = plan(model, recipe, input_shape=input_shape)
+    planned = plan(model, recipe, input_shape=input_shape, traced=traced)
     # Everything that can fail runs before the commit: the step is recorded as plain JSON data.
     try:
         step = recipe_step(planned)  # the recipe, its input shape and the resolved edits (steps.py)

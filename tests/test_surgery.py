@@ -399,3 +399,34 @@ def test_a_copying_apply_shares_no_tensor_with_the_callers_model(plugin, at, whe
     callers = {t.data_ptr() for t in [*model.parameters(), *model.buffers()] if t.numel()}
     edited = [name for name, t in [*result.model.named_parameters(), *result.model.named_buffers()] if t.data_ptr() in callers]
     assert edited == []
+
+
+def test_one_trace_serves_several_recipes_and_a_stale_one_is_refused(monkeypatch):
+    from plugsurgeon import surgery
+    from plugsurgeon.graph import check
+
+    model = TinyResNet()
+    traced = ps.trace(model, SHAPE)
+    fresh = {name: ps.apply(model, name, input_shape=SHAPE) for name in ("se", "acnet")}
+
+    runs = []
+    real_run = check.run_outcome
+    monkeypatch.setattr(surgery, "trace", lambda *a, **k: pytest.fail("traced again"))
+    monkeypatch.setattr(check, "run_outcome", lambda *a, **k: runs.append(a[2]) or real_run(*a, **k))
+    for name, expected in fresh.items():
+        reused = ps.apply(model, name, traced=traced)
+        assert [(e.plugin, e.site, e.module) for e in reused.report.edits] == [(e.plugin, e.site, e.module) for e in expected.report.edits]
+        assert reused.model.state_dict().keys() == expected.model.state_dict().keys()
+    # Each check runs the edited model in train and eval mode; the original's train-mode run (its eval
+    # structure comes from the trace) is made for the first recipe only.
+    assert sorted(runs) == [False, False, True, True, True]
+    monkeypatch.undo()
+
+    ps.apply(model, "se", inplace=True, traced=traced)
+    with pytest.raises(ps.PlugsurgeonError, match="not of this TinyResNet as it is now"):
+        ps.apply(model, "cbam", traced=traced)
+    other = TinyResNet()
+    with pytest.raises(ps.PlugsurgeonError, match="not of this"):
+        ps.apply(other, "se", traced=ps.trace(model, SHAPE))
+    with pytest.raises(ps.PlugsurgeonError, match="differs from the shape"):
+        ps.apply(other, "se", traced=ps.trace(other, SHAPE), input_shape=(1, 3, 32, 32))

@@ -113,24 +113,37 @@ def train_batch(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def compare(original: nn.Module, edited: nn.Module, inputs: tuple[Any, ...], mode: FakeTensorMode | None = None,
-            eval_structure: tuple | None = None) -> str | None:
+            eval_structure: tuple | None = None, remembered: dict[bool, Outcome] | None = None) -> str | None:
     """None when ``edited`` runs wherever ``original`` runs, with the same output structure; else why not.
 
     ``mode``: a fake mode that already holds fake copies of the model's tensors (the trace's).
     ``eval_structure``: the original's eval-mode output structure on ``inputs`` if already known (shape
     propagation saw it); it saves the original's eval run whenever the edited model agrees with it,
-    and is never the reason for a refusal (a disagreement runs the original to decide)."""
+    and is never the reason for a refusal (a disagreement runs the original to decide).
+    ``remembered``: the original's outcomes per mode (True: train) from earlier calls on the same
+    model and inputs; filled with those this call computes."""
     shared = mode or FakeTensorMode(allow_non_fake_inputs=True)
     fakes: dict[int, torch.Tensor] = {}  # the real tensors stay alive meanwhile: their ids stay theirs
     for training in (True, False):
         args = train_batch(inputs) if training else inputs
         known = None if training else eval_structure
-        before = Outcome(known) if known is not None else run_outcome(original, args, training, shared, fakes)
+        if known is not None:
+            before = Outcome(known)
+        elif remembered is not None and training in remembered:
+            before = remembered[training]
+        else:
+            before = run_outcome(original, args, training, shared, fakes)
+            if remembered is not None:
+                remembered[training] = before
         if not before.ran:
             continue  # nothing to compare against in this mode
         after = run_outcome(edited, args, training, shared, fakes)
         if after.ran and after.structure != before.structure and known is not None:
-            before = run_outcome(original, args, training, shared, fakes)  # the known structure was a shortcut only
+            before = remembered.get(training) if remembered else None  # the known structure was a shortcut only
+            if before is None:
+                before = run_outcome(original, args, training, shared, fakes)
+                if remembered is not None:
+                    remembered[training] = before
             if not before.ran:
                 continue
         mode = "train" if training else "eval"

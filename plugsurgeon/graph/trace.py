@@ -465,6 +465,9 @@ class TracedPart:
     concrete_args: dict[str, Any] | None = None
     flops: int | None = None
     eval_structure: tuple | None = None  # the output's structure in eval mode (graph.shapes.output_structure)
+    # What the part gave when run whole on fake tensors, per mode (True: train), filled by the first
+    # pre-commit check: a later plan on the same trace (the model unchanged) does not run it again.
+    outcomes: dict[bool, Any] = field(default_factory=dict)
 
     def call_record(self, owner: str, call: int = 0) -> CallRecord | None:
         for record in self.calls:
@@ -516,6 +519,11 @@ class Traced:
     # The fake mode shapes were propagated in: it memoises the fake copy of every parameter, so
     # later fake runs of the same model (the pre-commit check) do not convert them again.
     fake_mode: FakeTensorMode | None = None
+    fingerprint: tuple = ()  # the model's modules and tensors when traced (model_fingerprint)
+
+    def describes(self, model: nn.Module) -> bool:
+        """True if this is a trace of ``model`` as it is now: the same modules holding the same tensors."""
+        return model is self.model and model_fingerprint(model) == self.fingerprint
 
     @property
     def flops(self) -> int | None:
@@ -546,7 +554,19 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> 
     input_shape = validate_input_shape(input_shape)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     progress.step(f"tracing {type(model).__name__} at {'x'.join(map(str, input_shape))}")
-    return _PartTracer(model, input_shape, dtype).run()
+    traced = _PartTracer(model, input_shape, dtype).run()
+    traced.fingerprint = model_fingerprint(model)
+    return traced
+
+
+def model_fingerprint(model: nn.Module) -> tuple:
+    """Which module objects sit at which paths, and which tensors (with their shapes and dtypes) they
+    hold: what an in-place edit or a loaded state dict of another shape changes. Configuration kept in
+    plain attributes (a conv's stride set by hand) is not seen."""
+    modules = tuple((path, id(m), type(m)) for path, m in model.named_modules(remove_duplicate=False))
+    tensors = tuple((name, id(t), tuple(t.shape), t.dtype) for name, t in
+                    [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
+    return modules, tensors
 
 
 def _spatial(shape) -> tuple[int, int] | None:
