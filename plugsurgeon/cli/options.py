@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -74,11 +77,36 @@ def check_output(output: Path, *, force: bool) -> None:
 
 
 def load_model(spec: str, *, trust_source: bool):
-    """ps.load_model, trusting a saved directory's import-path source only when --trust-source was given."""
+    """ps.load_model, trusting a saved directory's import-path source only when --trust-source was given.
+
+    Whatever building the model prints goes to stderr: a trusted factory's own output (Ultralytics
+    prints its layer table) would otherwise be mixed into `--json` on stdout."""
     import plugsurgeon as ps
 
-    # The keyword is passed only when set, so the default stays whatever the library's safe default is.
-    return ps.load_model(spec, trust_source=True) if trust_source else ps.load_model(spec)
+    with _stdout_to_stderr():
+        # The keyword is passed only when set, so the default stays whatever the library's safe default is.
+        return ps.load_model(spec, trust_source=True) if trust_source else ps.load_model(spec)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    # Both Python's stream and the process's descriptor 1: loggers hold the stream they were given at
+    # creation, and compiled code writes to the descriptor.
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout descriptor (an embedding host closed it): nothing to move
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def save(model, output: Path, *, force: bool) -> None:

@@ -257,3 +257,13 @@ def test_reader_leaving_the_pipe_is_not_a_bug():
     process.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141 and err == "", err
+
+
+def test_what_a_factory_prints_stays_out_of_json_output():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    entry = "from plugsurgeon.cli.app import main; main()"
+    ran = subprocess.run([sys.executable, "-c", entry, "sites", "tests.nets:chatty_tiny_resnet", "--trust-source",
+                          "--input-shape", "1,3,32,32", "--json"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert ran.returncode == 0, ran.stderr
+    json.loads(ran.stdout)
+    assert "building a TinyResNet" in ran.stderr and "from the descriptor" in ran.stderr
