@@ -124,26 +124,22 @@ def compare(original: nn.Module, edited: nn.Module, inputs: tuple[Any, ...], mod
     model and inputs; filled with those this call computes."""
     shared = mode or FakeTensorMode(allow_non_fake_inputs=True)
     fakes: dict[int, torch.Tensor] = {}  # the real tensors stay alive meanwhile: their ids stay theirs
+    remembered = {} if remembered is None else remembered
+
+    def original_outcome(args, training: bool) -> Outcome:
+        if training not in remembered:
+            remembered[training] = run_outcome(original, args, training, shared, fakes)
+        return remembered[training]
+
     for training in (True, False):
         args = train_batch(inputs) if training else inputs
         known = None if training else eval_structure
-        if known is not None:
-            before = Outcome(known)
-        elif remembered is not None and training in remembered:
-            before = remembered[training]
-        else:
-            before = run_outcome(original, args, training, shared, fakes)
-            if remembered is not None:
-                remembered[training] = before
+        before = Outcome(known) if known is not None else original_outcome(args, training)
         if not before.ran:
             continue  # nothing to compare against in this mode
         after = run_outcome(edited, args, training, shared, fakes)
         if after.ran and after.structure != before.structure and known is not None:
-            before = remembered.get(training) if remembered else None  # the known structure was a shortcut only
-            if before is None:
-                before = run_outcome(original, args, training, shared, fakes)
-                if remembered is not None:
-                    remembered[training] = before
+            before = original_outcome(args, training)  # the known structure was a shortcut only
             if not before.ran:
                 continue
         mode = "train" if training else "eval"
