@@ -190,30 +190,8 @@ def _surgery_picture(reports: list, title: str | None) -> Picture:
     changes = []
     for report in reports:
         for edit in report.edits:
-            if edit.mode == "replace":
-                changes.append(
-                    Change(
-                        "replaced",
-                        edit.module,
-                        "",
-                        edit.params_added,
-                        edit.flops_added,
-                        edit.site,
-                        edit.plugin,
-                    )
-                )
-            else:
-                changes.append(
-                    Change(
-                        "inserted",
-                        edit.module,
-                        "",
-                        edit.params_added,
-                        edit.flops_added,
-                        edit.site,
-                        edit.plugin,
-                    )
-                )
+            kind = "replaced" if edit.mode == "replace" else "inserted"
+            changes.append(Change(kind, edit.module, "", edit.params_added, edit.flops_added, edit.site, edit.plugin))
     first, last = reports[0], reports[-1]
     flops_before = first.flops_before
     added = [r.flops_added for r in reports]
