@@ -305,7 +305,7 @@ def _signature(spec: PluginSpec, site: Site, replaced: nn.Module | None, step: S
     if replaced is not None and not type(replaced).__module__.startswith("torch.nn.modules."):
         return None
     try:
-        kwargs = {**spec.infer(site, replaced), **spec.validate_args(step.args).kwargs()}
+        kwargs = spec.constructor_kwargs(site, replaced, step.args)
     except PlugsurgeonError:
         return None
     return (spec.name, repr(sorted(kwargs.items())), repr(calls), str(dtype), str(device), repr(replaced))

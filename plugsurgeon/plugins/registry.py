@@ -68,6 +68,10 @@ class PluginSpec:
             raise RecipeError(f"plugin '{self.name}': {describe_error(error, self.args)}",
                               hint=f"`plugsurgeon plugins show {self.name}` lists what it takes, with ranges") from None
 
+    def constructor_kwargs(self, site: Site, replaced: nn.Module | None, args: dict[str, Any] | PluginArgs) -> dict[str, Any]:
+        """What the factory is called with at ``site``: the structural arguments from the graph, then the step's."""
+        return {**self.infer(site, replaced), **self.validate_args(args).kwargs()}
+
     def build(self, site: Site, replaced: nn.Module | None, args: dict[str, Any] | PluginArgs, *,
               host: nn.Module | None = None, fake: bool = False,
               dtype: torch.dtype | None = None, device: torch.device | None = None) -> nn.Module:
@@ -85,7 +89,7 @@ class PluginSpec:
             values.check_site(site, replaced)
         except SiteError as error:
             raise SiteError(f"plugin '{self.name}': {error.message}", hint=error.hint) from None
-        kwargs = {**self.infer(site, replaced), **values.kwargs()}
+        kwargs = self.constructor_kwargs(site, replaced, values)
         if host is not None or fake:
             # Fake tensors, not the meta device: constructors that place their tensors where the
             # replaced conv's are (device=source.weight.device) would allocate for real on meta.
