@@ -10,8 +10,10 @@ fresh subprocess so that peaks do not mix.
     python benchmarks/surgery_cost.py --memory             # regnet_y_128gf (needs ~8 GB, minutes)
     python benchmarks/surgery_cost.py --profile resnet50   # where apply's time goes (cProfile)
 
-The last column reuses one ``ps.trace`` of the model (``ps.apply(model, recipe, traced=t)``): what
-trying several recipes on one model costs per recipe after the first.
+Further columns: apply reusing one ``ps.trace`` of the model (``ps.apply(model, recipe, traced=t)``,
+what trying several recipes on one model costs per recipe after the first); a dry run (the same plan
+and checks, no copy and no real modules); and two floors, what no shape-aware copying surgery can go
+below: one eval forward of the model on fake tensors, and ``copy.deepcopy`` of the model.
 
 Targets (issue 9): apply <= 3x symbolic_trace, ratio within 20% from resnet18 to resnet152; peak
 memory <= 1.15x the model's bytes in place, <= 2.15x copying.
@@ -20,6 +22,7 @@ memory <= 1.15x the model's bytes in place, <= 2.15x copying.
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import json
 import pstats
@@ -41,6 +44,18 @@ def _cpu(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _fake_forward(model, shape):
+    """One eval forward on fake tensors, state made blank in the mode: the least any shape-aware
+    surgery has to run (it is what shape propagation is, without the interpreter)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        state = {name: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype) for name, t in model.state_dict(keep_vars=True).items()}
+        return functional_call(model, state, (torch.empty(shape),))
+
+
 def time_ratios(repeats: int) -> list[dict]:
     import torch
     import torchvision
@@ -55,16 +70,21 @@ def time_ratios(repeats: int) -> list[dict]:
         apply = _cpu(lambda m=model: ps.apply(m, "cbam"), repeats)
         traced = ps.trace(model)
         reused = _cpu(lambda m=model, t=traced: ps.apply(m, "cbam", traced=t), repeats)
+        dry = _cpu(lambda m=model: ps.apply(m, "cbam", dry_run=True), repeats)  # no copy, no real modules
+        forward = _cpu(lambda m=model.eval(): _fake_forward(m, (1, 3, 224, 224)), repeats)
+        copying = _cpu(lambda m=model: copy.deepcopy(m), repeats)
         rows.append({"model": name, "recipe": "cbam", "trace_s": trace, "apply_s": apply, "ratio": apply / trace,
-                     "reused_ratio": reused / trace})
+                     "reused_ratio": reused / trace, "dry_ratio": dry / trace, "forward_ratio": forward / trace,
+                     "copy_ratio": copying / trace})
     detector = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
     # The detector does not trace whole; its backbone (the part surgery edits) is the reference.
     trace = _cpu(lambda: torch.fx.symbolic_trace(detector.backbone.body), repeats)
     apply = _cpu(lambda: ps.apply(detector, "se", input_shape=(1, 3, 512, 512)), repeats)
     traced = ps.trace(detector, (1, 3, 512, 512))
     reused = _cpu(lambda: ps.apply(detector, "se", traced=traced), repeats)
+    dry = _cpu(lambda: ps.apply(detector, "se", input_shape=(1, 3, 512, 512), dry_run=True), repeats)
     rows.append({"model": "fasterrcnn_resnet50_fpn", "recipe": "se", "trace_s": trace, "apply_s": apply, "ratio": apply / trace,
-                 "reused_ratio": reused / trace})
+                 "reused_ratio": reused / trace, "dry_ratio": dry / trace})
     return rows
 
 
@@ -128,10 +148,12 @@ def main() -> None:
         for row in memory_ratios():
             print(f"| {row['model']} | {row['inplace']} | {row['model_gb']:.2f} | {row['peak_gb']:.2f} | {row['ratio']:.2f}x |")
         return
-    print("| model | recipe | symbolic_trace CPU s | apply CPU s | ratio | ratio, trace reused (`traced=`) |\n|---|---|---|---|---|---|")
+    print("| model | recipe | symbolic_trace CPU s | apply CPU s | ratio | trace reused (`traced=`) | dry run "
+          "| floor: one fake forward | floor: the copy |\n|---|---|---|---|---|---|---|---|---|")
     for row in time_ratios(args.repeats):
+        floors = f"{row['forward_ratio']:.1f}x | {row['copy_ratio']:.1f}x" if "forward_ratio" in row else "| "
         print(f"| {row['model']} | {row['recipe']} | {row['trace_s']:.3f} | {row['apply_s']:.3f} | {row['ratio']:.1f}x "
-              f"| {row['reused_ratio']:.1f}x |")
+              f"| {row['reused_ratio']:.1f}x | {row['dry_ratio']:.1f}x | {floors} |")
 
 
 if __name__ == "__main__":

@@ -10,17 +10,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from plugsurgeon import progress
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
-from plugsurgeon.graph.check import compare
+from plugsurgeon.graph.check import carries_metadata, compare
 from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
 from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.inputs import resize_notes
 from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import shape_of
-from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, trace
+from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, own_statements, trace
 from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins._conv import stride_one
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
@@ -50,6 +51,9 @@ class PlannedEdit:
     args: dict = field(default_factory=dict)  # the step's plugin arguments, to build the real module at apply
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # The new module keeps shapes and dtype in train and eval mode (check.carries_metadata): with an
+    # owner that traces alone as inside the model, the edit needs no whole-model check.
+    proven: bool = False
 
     @property
     def module_path(self) -> str:
@@ -62,11 +66,22 @@ class PlannedEdit:
 
     def materialize(self, model: nn.Module) -> None:
         """Replace the plan's fake module (shapes only, no memory) by the real one it stands for."""
-        replaced = self.replaced(model)
-        module = self.spec.build(self.site, replaced, self.args, dtype=self.dtype, device=self.device)
-        if replaced is not None:
-            module.train(replaced.training)
-        self.module = module
+        where = f"step {self.step_index} ({self.spec.name}) at '{self.site.path}'"
+        self.module = _build(self.spec, self.site, self.replaced(model), self.args, where, dtype=self.dtype, device=self.device)
+
+
+def _build(spec: PluginSpec, site: Site, replaced: nn.Module | None, args: dict, where: str, **options) -> nn.Module:
+    """``spec.build``, with a constructor's own exception turned into the user's error it is, and a
+    replacement in the mode of the module it replaces."""
+    try:
+        module = spec.build(site, replaced, dict(args), **options)
+    except PlugsurgeonError:
+        raise
+    except Exception as error:  # noqa: BLE001 - constructors raise anything on bad arguments
+        raise RecipeError(f"{where}: cannot build the plugin: {error}", hint=f"`plugsurgeon plugins` shows what '{spec.name}' takes") from None
+    if replaced is not None:
+        module.train(replaced.training)
+    return module
 
 
 @dataclass
@@ -127,7 +142,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_I
     dtype = _host_dtype(model)
     edits: list[PlannedEdit] = []
     notes: list[str] = resize_notes(traced)  # a model that resizes its input: at which size the numbers are
-    checked: dict[tuple, int] = {}  # FLOPs of each checked (plugin, arguments, shapes) signature
+    checked: dict[tuple, _Checked] = {}  # what each (plugin, arguments, shapes) signature gave
     for index, step in enumerate(recipe.steps, start=1):
         spec = get_plugin(step.plugin)
         sites = _sites_for(step, spec, all_sites, index, recipe, model)
@@ -267,26 +282,27 @@ def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> 
     holds = replaced is not None and next(replaced.parameters(), None) is not None
     dtype = _host_dtype(replaced) if holds else dtype
     device = _host_device(replaced if holds else model)
-    try:
-        # Planning builds on fake tensors (shapes, FLOPs and checks without memory), refused beyond
-        # the model's budget; apply_plan builds the real modules of the edits it commits.
-        module = spec.build(site, replaced, dict(step.args), host=model, fake=True, dtype=dtype, device=device)
-    except PlugsurgeonError:
-        raise
-    except Exception as error:  # noqa: BLE001 - constructors raise anything on bad arguments
-        raise RecipeError(f"{where}: cannot build the plugin: {error}", hint=f"`plugsurgeon plugins` shows what '{spec.name}' takes") from None
-    if replaced is not None:
-        module.train(replaced.training)
     calls = _calls_to_check(part, node, site, spec)
     signature = _signature(spec, site, replaced, step, calls, dtype, device)
-    if signature is not None and signature in checked:
-        flops = checked[signature]
+    known = checked.get(signature) if signature is not None else None
+    if known is not None and spec.mode == "after":
+        # Planning's modules are fake (apply builds each edit's own): one planned at an earlier site
+        # of the same signature stands for this one, once the site is checked to fit.
+        spec.fitting_args(site, replaced, step.args)
+        module = known.module
     else:
-        flops = _check_runs(module, calls, dtype, where)
+        # Planning builds on fake tensors (shapes, FLOPs and checks without memory), refused beyond
+        # the model's budget; apply_plan builds the real modules of the edits it commits.
+        module = _build(spec, site, replaced, step.args, where, host=model, fake=True, dtype=dtype, device=device)
+    if known is None:
+        flops, dtype_kept = _check_runs(module, calls, dtype, where)
         if replaced is not None:
             flops -= sum(run_fake(replaced, inputs, dtype)[1] for inputs, _out in calls)
+        # A site whose conv gives up its stride changes the shapes between the conv and the plugin.
+        known = _Checked(module, flops, dtype_kept and site.destride is None and carries_metadata(module, calls, dtype, device))
         if signature is not None:
-            checked[signature] = flops
+            checked[signature] = known
+    flops, proven = known.flops, known.proven
     params_added = count_params(module)
     if replaced is not None:
         kept = {id(p) for p in module.parameters()} & {id(p) for p in replaced.parameters()}
@@ -294,7 +310,17 @@ def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> 
             p.numel() for p in replaced.parameters() if id(p) not in kept)
     attribute = site.target if spec.mode == "replace" else (step.name or spec.name)
     return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals,
-                       dict(step.args), dtype, device)
+                       dict(step.args), dtype, device, proven)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What planning learnt of one (plugin, arguments, shapes) signature: a fake module of it, its
+    FLOPs over the site's calls (less the replaced module's), and ``PlannedEdit.proven``."""
+
+    module: nn.Module
+    flops: int
+    proven: bool
 
 
 def _signature(spec: PluginSpec, site: Site, replaced: nn.Module | None, step: Step, calls, dtype, device) -> tuple | None:
@@ -325,9 +351,10 @@ def _calls_to_check(part, node, site: Site, spec: PluginSpec) -> list[tuple[list
     return [([shape_of(n.all_input_nodes[0])], shape_of(n)) for n in calls]
 
 
-def _check_runs(module: nn.Module, calls, dtype: torch.dtype, where: str) -> int:
-    """Run the new module on fake inputs of every call; returns the FLOPs of all calls together."""
-    total = 0
+def _check_runs(module: nn.Module, calls, dtype: torch.dtype, where: str) -> tuple[int, bool]:
+    """Run the new module on fake inputs of every call; returns the FLOPs of all calls together, and
+    whether every output kept the input dtype."""
+    total, dtype_kept = 0, True
     for inputs, expected in calls:
         try:
             output, flops = run_fake(module, inputs, dtype)
@@ -339,7 +366,8 @@ def _check_runs(module: nn.Module, calls, dtype: torch.dtype, where: str) -> int
             raise SiteError(f"{where}: the plugin turns {inputs[0]} into {got}, but the site needs {expected}",
                             hint="this plugin cannot go at this site; narrow the step with `where`")
         total += flops
-    return total
+        dtype_kept = dtype_kept and output.dtype == dtype
+    return total, dtype_kept
 
 
 def _with_destrides(model: nn.Module, traced: Traced, recipe: Recipe, edits: list[PlannedEdit], notes: list[str]) -> list[PlannedEdit]:
@@ -397,7 +425,7 @@ def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedEdit) -> Plann
     dtype = _host_dtype(conv)
     calls = [([shape_of(node.all_input_nodes[0])], edit.site.destride_shape)]
     where = f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}', running '{path}' at stride 1"
-    flops = _check_runs(twin, calls, dtype, where) - run_fake(conv, calls[0][0], dtype)[1]
+    flops = _check_runs(twin, calls, dtype, where)[0] - run_fake(conv, calls[0][0], dtype)[1]
     # A replace edit of the same step, so that the report, the manifest and a replay list it; its
     # module is rebuilt at apply from the conv alone (no arguments).
     spec = replace(edit.spec, mode="replace", factory=stride_one, classes=(nn.Conv2d,), infer=lambda _site, conv: {"conv": conv},
@@ -531,11 +559,11 @@ def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[
     """The edited model runs in train and eval mode wherever the original does, with the same output
     structure (each edited part on its recorded inputs); the failing edit is named."""
     model, traced = planned.model, planned.traced
-    progress.step("checking the edited model in train and eval mode")
     for part in traced.parts:
         paths = [p for p in (*owners, *replacements) if _within(p, part.path)]
-        if not paths:
+        if not paths or _proven_locally(planned, part, owners):
             continue
+        progress.step(f"checking '{part.path or type(model).__name__}' edited, in train and eval mode")
         problem = _part_problem(model, traced, part, owners, replacements)
         if problem is None:
             continue
@@ -544,6 +572,23 @@ def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[
         where = f"the edit at '{culprit}' (site {', '.join(sites)})" if culprit else f"the edits in '{part.path or type(model).__name__}'"
         raise SiteError(f"{where} breaks the model: {problem}",
                         hint="exclude the site with `where: {exclude: [...]}`; nothing was changed")
+
+
+def _proven_locally(planned: Plan, part, owners: dict[str, nn.Module]) -> bool:
+    """True when every edit in ``part`` is proven on its own (``PlannedEdit.proven``) and every owner
+    it edits traced alone exactly as inside the model: the edited graph is then the original one with
+    modules that keep shapes and dtypes spliced in, and running the whole part would find nothing."""
+    edits = [e for e in planned.edits if e.site.part == part.path]
+    if not all(e.proven for e in edits):
+        return False
+    for edit in edits:
+        if edit.spec.mode != "after":
+            continue
+        owner = owners.get(edit.owner)
+        _concrete, through = _owner_call(part, edit.scope)
+        if through or not isinstance(owner, fx.GraphModule) or own_statements(owner) != part.statements(edit.scope.owner, edit.scope.call):
+            return False
+    return True
 
 
 def _within(path: str, part_path: str) -> bool:

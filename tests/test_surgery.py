@@ -409,17 +409,18 @@ def test_one_trace_serves_several_recipes_and_a_stale_one_is_refused(monkeypatch
     traced = ps.trace(model, SHAPE)
     fresh = {name: ps.apply(model, name, input_shape=SHAPE) for name in ("se", "acnet")}
 
-    runs = []
+    whole_runs = []
     real_run = check.run_outcome
     monkeypatch.setattr(surgery, "trace", lambda *a, **k: pytest.fail("traced again"))
-    monkeypatch.setattr(check, "run_outcome", lambda *a, **k: runs.append(a[2]) or real_run(*a, **k))
+    monkeypatch.setattr(check, "run_outcome",
+                        lambda module, *a, **k: (whole_runs.append(module) if isinstance(module, TinyResNet) else None) or real_run(module, *a, **k))
     for name, expected in fresh.items():
         reused = ps.apply(model, name, traced=traced)
         assert [(e.plugin, e.site, e.module) for e in reused.report.edits] == [(e.plugin, e.site, e.module) for e in expected.report.edits]
         assert reused.model.state_dict().keys() == expected.model.state_dict().keys()
-    # Each check runs the edited model in train and eval mode; the original's train-mode run (its eval
-    # structure comes from the trace) is made for the first recipe only.
-    assert sorted(runs) == [False, False, True, True, True]
+    # Both recipes are proven edit by edit (shapes kept in train and eval mode, owners traced alone as
+    # inside the model): the model itself never runs again.
+    assert whole_runs == []
     monkeypatch.undo()
 
     ps.apply(model, "se", inplace=True, traced=traced)
@@ -430,3 +431,51 @@ def test_one_trace_serves_several_recipes_and_a_stale_one_is_refused(monkeypatch
         ps.apply(other, "se", traced=ps.trace(model, SHAPE))
     with pytest.raises(ps.PlugsurgeonError, match="differs from the shape"):
         ps.apply(other, "se", traced=ps.trace(other, SHAPE), input_shape=(1, 3, 32, 32))
+
+
+@pytest.fixture
+def mode_breaking_plugins():
+    """Plugins that keep the site's shape in eval mode (planning's own run) but not in train mode or
+    not its dtype: the edit is not proven alone, and the whole-model check must refuse it."""
+
+    class FailsInTraining(nn.Module):
+        def forward(self, x):
+            if self.training:
+                raise RuntimeError("simulated train-mode failure")
+            return x
+
+    class Doubles(nn.Module):
+        def forward(self, x):
+            return x.double()
+
+    for name, cls in (("train_fails", FailsInTraining), ("doubles", Doubles)):
+        registry.register_plugin(name, roles=("residual",), mode="after", infer=lambda s, m: {}, structural=(), identity_at_init=True,
+                                 paper="test, arXiv:0000.00000",
+                                 year=2000, summary="test")(cls)
+    yield
+    for name in ("train_fails", "doubles"):
+        registry._REGISTRY.pop(name)
+
+
+@pytest.mark.parametrize(("plugin", "reason"), [("train_fails", "fails in train mode.*simulated"), ("doubles", "output differs in structure")])
+def test_an_edit_not_proven_alone_is_judged_by_running_the_whole_model(mode_breaking_plugins, plugin, reason):
+    model = randomize_batchnorm(TinyResNet()).eval()
+    snap = snapshot(model)
+    with pytest.raises(ps.SiteError, match=f"breaks the model: .*{reason}"):
+        ps.apply(model, recipe({"plugin": plugin, "at": "residual.branch"}), input_shape=SHAPE, inplace=True)
+    assert_same(model, snap)
+
+
+def test_an_owner_that_traces_otherwise_alone_sends_its_part_to_the_whole_model_check(monkeypatch):
+    from plugsurgeon import surgery
+    from plugsurgeon.graph import check
+
+    whole_runs = []
+    real_run = check.run_outcome
+    monkeypatch.setattr(check, "run_outcome",
+                        lambda module, *a, **k: (whole_runs.append(module) if isinstance(module, TinyResNet) else None) or real_run(module, *a, **k))
+    ps.apply(TinyResNet(), "se", input_shape=SHAPE)
+    assert whole_runs == []
+    monkeypatch.setattr(surgery, "own_statements", lambda gm: {})  # as if the block's own trace lost its statements
+    ps.apply(TinyResNet(), "se", input_shape=SHAPE)
+    assert len(whole_runs) == 3  # the original in train mode, the edited model in train and eval mode

@@ -148,3 +148,24 @@ def compare(original: nn.Module, edited: nn.Module, inputs: tuple[Any, ...], mod
         if after.structure != before.structure:
             return f"the edited model's {mode}-mode output differs in structure from the original's"
     return None
+
+
+def carries_metadata(module: nn.Module, calls: list[tuple[list[tuple[int, ...]], tuple[int, ...]]], dtype: torch.dtype,
+                     device: torch.device | None = None) -> bool:
+    """True when ``module``, run in train mode at a batch of 2 on fake inputs of every call, returns
+    one tensor of that call's output shape (at batch 2) and of the input dtype.
+
+    With the eval-mode run of planning (same shapes, at the model's batch) this proves an edit
+    locally: a module put after a node of the same shape, or in place of a module giving the same
+    shape, leaves every other node of the model seeing what it saw before, in both modes, so the
+    whole-model check has nothing left to find. False sends the edit to that check (which then also
+    judges a module that fails where the original model fails too)."""
+    for shapes, expected in calls:
+        if not shapes or any(not shape or shape[0] != expected[0] for shape in shapes):
+            return False  # the batch does not run straight through: only the whole model can tell
+        inputs = tuple(torch.empty((2, *shape[1:]), dtype=dtype, device=device) for shape in shapes)
+        wanted = output_structure(torch.empty((2, *expected[1:]), dtype=dtype, device="meta"))
+        if run_outcome(module, inputs, training=True).structure != wanted:
+            return False
+    return True
+

@@ -445,6 +445,12 @@ def body_nodes(graph: fx.Graph) -> Iterator[fx.Node]:
     return (n for n in graph.nodes if LOCAL in n.meta)
 
 
+def own_statements(gm: fx.GraphModule) -> dict[int, tuple]:
+    """The statements of a module traced alone and shallowly (its children as leaves), numbered as
+    ``TracedPart.statements`` numbers them; nodes spliced in afterwards carry no number."""
+    return {node.meta[LOCAL]: (node.op, node.target) for node in body_nodes(gm.graph) if node.meta.get(OWNER) == ""}
+
+
 def relative_target(node: fx.Node, owner: str) -> Any:
     """The target of a node as the owner's own graph would name it."""
     if node.op in ("call_module", "get_attr") and owner:
@@ -507,6 +513,16 @@ class TracedPart:
     def absolute(self, relative_path: str) -> str:
         return ".".join(p for p in (self.path, relative_path) if p)
 
+    def statements(self, owner: str, call: int = 0) -> dict[int, tuple]:
+        """The statements of one call of ``owner``'s forward as the model trace saw them: index ->
+        (op, target as the owner names it); a non-leaf child's call is one ``call_module`` statement.
+        Compare with ``own_statements`` of the owner traced alone."""
+        found = {node.meta[LOCAL]: (node.op, relative_target(node, owner)) for node in body_nodes(self.gm.graph)
+                 if node.meta.get(OWNER) == owner and node.meta.get(OWNER_CALL, 0) == call}
+        prefix = owner + "." if owner else ""
+        found.update({record.slot: ("call_module", record.path[len(prefix):]) for record in self.calls if record.parent == (owner, call)})
+        return found
+
 
 @dataclass
 class Traced:
@@ -516,8 +532,8 @@ class Traced:
     parts: list[TracedPart]
     input_shape: tuple[int, ...]
     untraced: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    # The fake mode shapes were propagated in: it memoises the fake copy of every parameter, so
-    # later fake runs of the same model (the pre-commit check) do not convert them again.
+    # The fake mode shapes were propagated in; whole-model checks of the same trace share it (and the
+    # fake copies of the model's tensors it memoises once the first of them converts them).
     fake_mode: FakeTensorMode | None = None
     fingerprint: tuple = ()  # the model's modules and tensors when traced (model_fingerprint)
 

@@ -68,6 +68,15 @@ class PluginSpec:
             raise RecipeError(f"plugin '{self.name}': {describe_error(error, self.args)}",
                               hint=f"`plugsurgeon plugins show {self.name}` lists what it takes, with ranges") from None
 
+    def fitting_args(self, site: Site, replaced: nn.Module | None, args: dict[str, Any] | PluginArgs) -> PluginArgs:
+        """The validated arguments, once they are checked against the site (SiteError: unfit)."""
+        values = self.validate_args(args)
+        try:
+            values.check_site(site, replaced)
+        except SiteError as error:
+            raise SiteError(f"plugin '{self.name}': {error.message}", hint=error.hint) from None
+        return values
+
     def constructor_kwargs(self, site: Site, replaced: nn.Module | None, args: dict[str, Any] | PluginArgs) -> dict[str, Any]:
         """What the factory is called with at ``site``: the structural arguments from the graph, then the step's."""
         return {**self.infer(site, replaced), **self.validate_args(args).kwargs()}
@@ -84,11 +93,7 @@ class PluginSpec:
         no data, so apply must build the real one. ``dtype``/``device`` convert the tensors the
         module creates; tensors it keeps from ``replaced`` are never converted.
         """
-        values = self.validate_args(args)
-        try:
-            values.check_site(site, replaced)
-        except SiteError as error:
-            raise SiteError(f"plugin '{self.name}': {error.message}", hint=error.hint) from None
+        values = self.fitting_args(site, replaced, args)
         kwargs = self.constructor_kwargs(site, replaced, values)
         if host is not None or fake:
             # Fake tensors, not the meta device: constructors that place their tensors where the

@@ -40,3 +40,35 @@ def test_compare_finds_a_mode_that_breaks_and_a_changed_structure():
     assert "structure" in compare(nn.Identity(), TupleOut(), x)
     # A mode where the original itself fails is not held against the edit.
     assert compare(TrainOnlyFailure(), nn.Identity(), x) is None
+
+
+def test_carries_metadata_holds_only_for_modules_that_keep_shape_and_dtype_in_train_mode():
+    from plugsurgeon.graph.check import carries_metadata
+
+    class TrainOnlyFailure(nn.Module):
+        def forward(self, x):
+            if self.training:
+                raise RuntimeError("cannot train")
+            return x
+
+    class Halves(nn.Module):  # keeps the shape in eval mode only
+        def forward(self, x):
+            return x[:, : x.shape[1] // 2] if self.training else x
+
+    class Doubles(nn.Module):
+        def forward(self, x):
+            return x.double()
+
+    class MixesTheBatch(nn.Module):
+        def forward(self, x):
+            return x.mean(0, keepdim=True).expand_as(x)
+
+    same = [([(1, 8, 4, 4)], (1, 8, 4, 4))]
+    assert carries_metadata(nn.BatchNorm2d(8), same, torch.float32)  # train-mode BatchNorm at the widened batch
+    assert carries_metadata(MixesTheBatch(), same, torch.float32)  # still one map of the same shape
+    assert not carries_metadata(TrainOnlyFailure(), same, torch.float32)
+    assert not carries_metadata(Halves(), same, torch.float32)
+    assert not carries_metadata(Doubles(), same, torch.float32)
+    assert not carries_metadata(nn.Identity(), [([(1, 8)], (8,))], torch.float32)  # the batch does not run through
+    assert carries_metadata(nn.Conv2d(8, 4, 3, stride=2, padding=1), [([(1, 8, 8, 8)], (1, 4, 4, 4))], torch.float32)
+    assert not carries_metadata(nn.Conv2d(8, 4, 3, padding=1), [([(1, 8, 8, 8)], (1, 4, 4, 4))], torch.float32)
