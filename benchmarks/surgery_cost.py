@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
+import gc
 import json
 import pstats
 import statistics
@@ -38,6 +39,7 @@ def _cpu(fn, repeats: int) -> float:
     fn()  # warm: imports, dispatch caches
     times = []
     for _ in range(repeats):
+        gc.collect()  # a collection owed by the previous call would land in this one's time
         start = time.process_time()
         fn()
         times.append(time.process_time() - start)

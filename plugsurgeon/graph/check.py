@@ -1,10 +1,12 @@
 """Does an edited model still run, and give what the original gave?
 
-Before surgery returns (and in a dry run, which builds the same edits) the edited model runs in
-train and in eval mode next to the original, on fake tensors, and both outputs must have the same
-structure (pytree layout, shapes, dtypes). Nothing of the caller's model changes meanwhile: state is
-swapped for fake (or cloned) tensors with ``torch.func.functional_call``, training flags and plain
-attributes are put back.
+Before surgery returns (and in a dry run, which builds the same edits) the edited model must run in
+train and in eval mode wherever the original does, with the same output structure (pytree layout,
+shapes, dtypes). Most edits are proven one by one (``carries_metadata``, and surgery's check that
+the edited owner traces alone as inside the model); a part holding any other edit runs whole, in
+both modes, next to the original, on fake tensors (``compare``). Nothing of the caller's model
+changes meanwhile: state is swapped for fake (or cloned) tensors with ``torch.func.functional_call``,
+training flags and plain attributes are put back.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import select
+import statistics
 import subprocess
 import sys
 import threading
@@ -177,6 +178,7 @@ class Record:
     reason: str = ""
     edits: int = 0
     seconds: float = 0.0
+    apply_cpu: float | None = None  # CPU seconds of the ps.apply call alone (issue 9)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -341,7 +343,9 @@ def run_one(zoo: str, name: str, recipe: str = "se", size: int = 224) -> Record:
                 record.notes.append(f"{sizes[-1]}x{sizes[-1]} does not run ({_first_line(error)}); using {native}")
                 sizes.append(native)
         try:
+            started = time.process_time()
             result = ps.apply(model, recipe, input_shape=shape)
+            record.apply_cpu = round(time.process_time() - started, 2)
         except ps.PlugsurgeonError as error:
             record.status, record.reason = "refused", _first_line(error)
             try:
@@ -490,6 +494,10 @@ def markdown(records: list[Record], *, title: str = "") -> str:
                      f"; residual count ok: {sum(r.count == 'ok' for r in counted)}/{len(counted)}"
                      f" (below: {sum(r.count == 'below' for r in counted)}, above: {sum(r.count == 'above' for r in counted)})"
                      f"; wrong 'no residual sites' refusals: {sum(r.wrong_refusal for r in rows)}")
+        timed = sorted(r.apply_cpu for r in rows if r.apply_cpu is not None)
+        if timed:
+            lines += ["", f"`ps.apply` CPU seconds over the {len(timed)} applied models: median {statistics.median(timed):.2f}, "
+                          f"p90 {timed[min(len(timed) - 1, int(0.9 * len(timed)))]:.2f}, max {timed[-1]:.2f}"]
         lines += ["", "| family | models | applied | refused | failed | broken | other | count ok |", "|---|---|---|---|---|---|---|---|"]
         families: dict[str, list[Record]] = {}
         for r in rows:
