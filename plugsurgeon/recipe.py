@@ -141,10 +141,15 @@ def _reserved_names() -> frozenset[str]:
     return frozenset({*dir(torch.fx.GraphModule), *vars(instance)})
 
 
-def load_recipe(spec: str | Path | Recipe) -> Recipe:
-    """A Recipe, a path to a YAML file, or the name of a built-in recipe."""
+def load_recipe(spec: str | Path | Recipe | dict) -> Recipe:
+    """A Recipe, a mapping of the YAML's content, a path to a YAML file, or the name of a built-in recipe."""
     if isinstance(spec, Recipe):
         return spec
+    if isinstance(spec, dict):
+        return _validated(spec, "the recipe mapping")
+    if not isinstance(spec, (str, Path)):
+        raise RecipeError(f"a recipe is a name, a path, a mapping or a ps.Recipe, not {type(spec).__name__}",
+                          hint="for example ps.apply(model, 'cbam') or ps.apply(model, {'name': 'mine', 'steps': [...]})")
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists() or "/" in str(spec):
         if not path.is_file():
@@ -178,11 +183,15 @@ def parse_recipe(text: str, *, source: str = "<string>") -> Recipe:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise RecipeError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    return _validated(data, source)
+
+
+def _validated(data: object, source: str) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{source} must be a mapping with 'name' and 'steps', got {type(data).__name__}",
                           hint="`plugsurgeon recipes show cbam` prints a recipe in the format, ready to copy")
     try:
-        return Recipe(**data, source=source)
+        return Recipe.model_validate({**data, "source": source})
     except ValidationError as error:
         raise RecipeError(_describe(error, source), hint="`plugsurgeon recipes show cbam` prints a recipe in the format; `plugsurgeon plugins show PLUGIN` lists a plugin's arguments with ranges") from None
     except UnknownNameError as error:

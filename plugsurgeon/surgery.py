@@ -124,7 +124,7 @@ class SurgeryResult:
     plan: Plan
 
 
-def plan(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_INPUT_SHAPE, traced: Traced | None = None) -> Plan:
+def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape=DEFAULT_INPUT_SHAPE, traced: Traced | None = None) -> Plan:
     """Trace, find sites, build and check every plugin module; the model is not modified.
 
     ``traced``: a trace of this model made earlier (``ps.trace(model, input_shape)``), to try several
@@ -277,10 +277,12 @@ def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> 
         replaced = model.get_submodule(site.target)
     else:
         scope, extra_locals = _choose_scope(model, part, site, spec, where)
-    # The new module's dtype and device come from what it joins: the replaced module (a pool holds no
-    # tensors: then the model); only tensors the module makes are converted, never one it shares.
+    # The new module's dtype and device come from what it joins: the replaced module, or the map it
+    # reads (a bfloat16 block in a float model), else the model's; only tensors the module makes are
+    # converted, never one it shares.
     holds = replaced is not None and next(replaced.parameters(), None) is not None
-    dtype = _host_dtype(replaced) if holds else dtype
+    read = getattr(node.meta.get("tensor_meta"), "dtype", None)
+    dtype = _host_dtype(replaced) if holds else read if replaced is None and read is not None and read.is_floating_point else dtype
     device = _host_device(replaced if holds else model)
     calls = _calls_to_check(part, node, site, spec)
     signature = _signature(spec, site, replaced, step, calls, dtype, device)
@@ -302,7 +304,7 @@ def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> 
         known = _Checked(module, flops, dtype_kept and site.destride is None and carries_metadata(module, calls, dtype, device))
         if signature is not None:
             checked[signature] = known
-    flops, proven = known.flops, known.proven
+    flops, proven = known.flops, known.proven and _of_dtype(part, node, site, spec, dtype)
     params_added = count_params(module)
     if replaced is not None:
         kept = {id(p) for p in module.parameters()} & {id(p) for p in replaced.parameters()}
@@ -311,6 +313,17 @@ def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> 
     attribute = site.target if spec.mode == "replace" else (step.name or spec.name)
     return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals,
                        dict(step.args), dtype, device, proven)
+
+
+def _of_dtype(part, node, site: Site, spec: PluginSpec, dtype: torch.dtype) -> bool:
+    """Whether the model's tensors where the new module goes are of the dtype planning ran it in: a
+    half-precision block in a float model is not, and there planning's runs prove nothing."""
+    if spec.mode == "after":
+        nodes = [node, *(_node(part, name) for name in site.extra)] if spec.inputs == "site+extra" else [node]
+    else:
+        calls = [n for n in part.gm.graph.nodes if n.op == "call_module" and n.target == node.target]
+        nodes = [v for call in calls for v in (call, *call.all_input_nodes[:1])]
+    return all(getattr(n.meta.get("tensor_meta"), "dtype", None) == dtype for n in nodes)
 
 
 @dataclass(frozen=True)
@@ -629,7 +642,7 @@ def apply_plan(planned: Plan) -> SurgeryResult:
     return SurgeryResult(root, report, planned)
 
 
-def apply(model: nn.Module, recipe: str | Path | Recipe, *, input_shape=DEFAULT_INPUT_SHAPE, inplace: bool = False, dry_run: bool = False,
+def apply(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape=DEFAULT_INPUT_SHAPE, inplace: bool = False, dry_run: bool = False,
           traced: Traced | None = None) -> SurgeryResult:
     """Apply a recipe. The caller's model is copied unless ``inplace``; a failure leaves it exactly as it was.
 

@@ -198,3 +198,18 @@ def test_step_names_that_would_shadow_or_alias_are_refused(name, expected):
     with pytest.raises(ps.RecipeError) as error:
         ps.parse_recipe(f"name: x\nsteps:\n  - plugin: se\n    at: residual\n    name: \"{name}\"\n", source="mine.yaml")
     assert "field 'steps.0.name'" in str(error.value) and expected in str(error.value)
+
+
+def test_a_mapping_is_a_recipe_and_anything_else_is_refused_with_a_message():
+    import plugsurgeon as ps
+    from plugsurgeon.recipe import load_recipe
+
+    recipe = load_recipe({"name": "mine", "steps": [{"plugin": "se", "at": "residual.branch"}]})
+    assert recipe.name == "mine" and recipe.steps[0].plugin == "se"
+    with pytest.raises(ps.RecipeError, match="field 'steps'"):
+        load_recipe({"name": "mine", "steps": []})
+    with pytest.raises(ps.RecipeError, match="not int"):
+        load_recipe(42)
+    # A key the format does not have is refused by name, even one the parser uses itself.
+    with pytest.raises(ps.RecipeError):
+        load_recipe({"name": "mine", "steps": [{"plugin": "se", "at": "residual.branch"}], "bogus": 1})

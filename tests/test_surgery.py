@@ -479,3 +479,19 @@ def test_an_owner_that_traces_otherwise_alone_sends_its_part_to_the_whole_model_
     monkeypatch.setattr(surgery, "own_statements", lambda gm: {})  # as if the block's own trace lost its statements
     ps.apply(TinyResNet(), "se", input_shape=SHAPE)
     assert len(whole_runs) == 3  # the original in train mode, the edited model in train and eval mode
+
+
+def test_a_module_joins_the_dtype_of_the_map_it_reads():
+    class HalfBlocks(nn.Module):  # bfloat16 blocks in a float model: a float SE there could not run
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.blocks = TinyResNet().layer1.to(torch.bfloat16)
+
+        def forward(self, x):
+            return self.blocks(self.stem(x).to(torch.bfloat16)).float()
+
+    result = ps.apply(HalfBlocks(), recipe({"plugin": "se", "at": "residual.branch"}), input_shape=SHAPE)
+    assert [e.module for e in result.report.edits] == ["blocks.0.se", "blocks.1.se"]
+    assert {p.dtype for p in result.model.blocks[0].se.parameters()} == {torch.bfloat16}
+    assert result.model(torch.randn(2, 3, 64, 64)).dtype == torch.float32
