@@ -3,6 +3,7 @@ recording falls back to real compute where zeros would leave a module nothing to
 
 import torch
 from torch import nn
+from torchvision.ops import roi_align
 
 from plugsurgeon.graph.probe import structure_only
 from plugsurgeon.graph.shapes import record_module_inputs
@@ -17,10 +18,12 @@ def test_heavy_ops_give_zeros_of_their_shape_and_the_rest_computes():
         projected = linear(torch.randn(4, 5))
         product = torch.randn(3, 4, 5) @ torch.randn(3, 5, 6)
         shifted = x + 1  # not heavy: real values
+        pooled = roi_align(torch.randn(1, 4, 16, 16), [torch.tensor([[0.0, 0.0, 8.0, 8.0], [2.0, 2.0, 9.0, 12.0]])], 7)
     assert features.shape == (2, 8, 5, 5) and not features.any()
     assert projected.shape == (4, 7) and not projected.any()
     assert product.shape == (3, 4, 6) and not product.any()
     assert torch.equal(shifted, x + 1)
+    assert pooled.shape == (2, 4, 7, 7) and not pooled.any()  # two boxes, from the real box list
 
 
 class _SelectsByValue(nn.Module):
