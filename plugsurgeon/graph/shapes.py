@@ -194,10 +194,9 @@ def record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, t
     proposal filtering), so this forward runs for real, in eval mode, without gradients -- with its
     convolutions, matrix products and region pooling answering zeros of their shape
     (``probe.structure_only``), which takes a fifth of the time or less at a detector's 800 px. Where
-    that run fails, or leaves some module
-    an empty input (zero features can select zero boxes: Mask R-CNN's mask head would be traced on
-    none), the forward runs again with real compute. The recorded tensors are replaced by empty
-    tensors of the same shape and dtype.
+    that run fails, or leaves some module an empty input (zero features can select zero boxes: Mask
+    R-CNN's mask head would be traced on none), the forward runs again with real compute. The
+    recorded tensors are replaced by empty tensors of the same shape and dtype.
     """
     from plugsurgeon.graph.probe import structure_only
 
