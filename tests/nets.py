@@ -104,6 +104,22 @@ class UntraceableNet(nn.Module):
         return features
 
 
+class TrainOnlyFailure(nn.Module):
+    """Runs in eval mode only: an edit or an original that breaks in train mode."""
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("simulated train-mode failure")
+        return x
+
+
+class ToFloat64(nn.Module):
+    """Keeps the shape, changes the dtype."""
+
+    def forward(self, x):
+        return x.double()
+
+
 class SharedConvNet(nn.Module):
     """One conv called twice, each time followed by a different BatchNorm."""
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import plugsurgeon as ps
 from plugsurgeon.plugins import registry
-from tests.nets import SharedConvNet, TinyFPN, TinyResNet, randomize_batchnorm
+from tests.nets import SharedConvNet, TinyFPN, TinyResNet, ToFloat64, TrainOnlyFailure, randomize_batchnorm
 
 SHAPE = (1, 3, 64, 64)
 
@@ -438,20 +438,9 @@ def mode_breaking_plugins():
     """Plugins that keep the site's shape in eval mode (planning's own run) but not in train mode or
     not its dtype: the edit is not proven alone, and the whole-model check must refuse it."""
 
-    class FailsInTraining(nn.Module):
-        def forward(self, x):
-            if self.training:
-                raise RuntimeError("simulated train-mode failure")
-            return x
-
-    class Doubles(nn.Module):
-        def forward(self, x):
-            return x.double()
-
-    for name, cls in (("train_fails", FailsInTraining), ("doubles", Doubles)):
+    for name, cls in (("train_fails", TrainOnlyFailure), ("doubles", ToFloat64)):
         registry.register_plugin(name, roles=("residual",), mode="after", infer=lambda s, m: {}, structural=(), identity_at_init=True,
-                                 paper="test, arXiv:0000.00000",
-                                 year=2000, summary="test")(cls)
+                                 paper="test, arXiv:0000.00000", year=2000, summary="test")(cls)
     yield
     for name in ("train_fails", "doubles"):
         registry._REGISTRY.pop(name)

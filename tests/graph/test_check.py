@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from plugsurgeon.graph.check import compare, run_outcome
-from tests.nets import TinyResNet, randomize_batchnorm
+from tests.nets import TinyResNet, ToFloat64, TrainOnlyFailure, randomize_batchnorm
 
 
 def _state(model):
@@ -24,12 +24,6 @@ def test_running_a_train_mode_check_changes_no_buffer_flag_or_attribute():
 
 
 def test_compare_finds_a_mode_that_breaks_and_a_changed_structure():
-    class TrainOnlyFailure(nn.Module):
-        def forward(self, x):
-            if self.training:
-                raise RuntimeError("cannot train")
-            return x
-
     class TupleOut(nn.Module):
         def forward(self, x):
             return x, x
@@ -45,19 +39,9 @@ def test_compare_finds_a_mode_that_breaks_and_a_changed_structure():
 def test_carries_metadata_holds_only_for_modules_that_keep_shape_and_dtype_in_train_mode():
     from plugsurgeon.graph.check import carries_metadata
 
-    class TrainOnlyFailure(nn.Module):
-        def forward(self, x):
-            if self.training:
-                raise RuntimeError("cannot train")
-            return x
-
     class Halves(nn.Module):  # keeps the shape in eval mode only
         def forward(self, x):
             return x[:, : x.shape[1] // 2] if self.training else x
-
-    class Doubles(nn.Module):
-        def forward(self, x):
-            return x.double()
 
     class MixesTheBatch(nn.Module):
         def forward(self, x):
@@ -68,7 +52,7 @@ def test_carries_metadata_holds_only_for_modules_that_keep_shape_and_dtype_in_tr
     assert carries_metadata(MixesTheBatch(), same, torch.float32)  # still one map of the same shape
     assert not carries_metadata(TrainOnlyFailure(), same, torch.float32)
     assert not carries_metadata(Halves(), same, torch.float32)
-    assert not carries_metadata(Doubles(), same, torch.float32)
+    assert not carries_metadata(ToFloat64(), same, torch.float32)
     assert not carries_metadata(nn.Identity(), [([(1, 8)], (8,))], torch.float32)  # the batch does not run through
     assert carries_metadata(nn.Conv2d(8, 4, 3, stride=2, padding=1), [([(1, 8, 8, 8)], (1, 4, 4, 4))], torch.float32)
     assert not carries_metadata(nn.Conv2d(8, 4, 3, padding=1), [([(1, 8, 8, 8)], (1, 4, 4, 4))], torch.float32)
