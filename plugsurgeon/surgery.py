@@ -282,7 +282,10 @@ def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> 
     # converted, never one it shares.
     holds = replaced is not None and next(replaced.parameters(), None) is not None
     read = getattr(node.meta.get("tensor_meta"), "dtype", None)
-    dtype = _host_dtype(replaced) if holds else read if replaced is None and read is not None and read.is_floating_point else dtype
+    if holds:
+        dtype = _host_dtype(replaced)
+    elif replaced is None and read is not None and read.is_floating_point:
+        dtype = read
     device = _host_device(replaced if holds else model)
     calls = _calls_to_check(part, node, site, spec)
     signature = _signature(spec, site, replaced, step, calls, dtype, device)
@@ -594,12 +597,11 @@ def _proven_locally(planned: Plan, part, owners: dict[str, nn.Module]) -> bool:
     edits = [e for e in planned.edits if e.site.part == part.path]
     if not all(e.proven for e in edits):
         return False
-    for edit in edits:
-        if edit.spec.mode != "after":
-            continue
-        owner = owners.get(edit.owner)
-        _concrete, through = _owner_call(part, edit.scope)
-        if through or not isinstance(owner, fx.GraphModule) or own_statements(owner) != part.statements(edit.scope.owner, edit.scope.call):
+    scopes = {e.owner: e.scope for e in edits if e.spec.mode == "after"}  # one call per owner (_choose_scope)
+    for path, scope in scopes.items():
+        owner = owners.get(path)
+        if (_structured_children(part, scope.owner, scope.call) or not isinstance(owner, fx.GraphModule)
+                or own_statements(owner) != part.statements(scope.owner, scope.call)):
             return False
     return True
 
