@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "apply": "plugsurgeon.surgery",
     "apply_plan": "plugsurgeon.surgery",
     "plan": "plugsurgeon.surgery",
+    "edited_source": "plugsurgeon.graph.edited",
     "find_sites": "plugsurgeon.api",
     "trace": "plugsurgeon.api",
     "deploy": "plugsurgeon.deployment.deploy",
@@ -67,6 +68,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.api import find_sites, trace
+    from plugsurgeon.graph.edited import edited_source
     from plugsurgeon.deployment.deploy import DeployResult, deploy
     from plugsurgeon.drawing import picture
     from plugsurgeon.errors import (

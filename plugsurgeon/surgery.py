@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from plugsurgeon import progress
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
 from plugsurgeon.graph.check import carries_metadata, compare
 from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
+from plugsurgeon.graph.edited import edited_graph
 from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.inputs import resize_notes
 from plugsurgeon.graph.modes import differs_between_modes
@@ -167,8 +167,6 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape=DE
     _name_new_modules(model, edits)
     if not edits:
         raise SiteError(f"recipe '{recipe.name}' matched no site in {type(model).__name__}", hint="`plugsurgeon sites MODEL` lists the sites it has")
-    if any(e.owner == "" and e.spec.mode == "after" for e in edits):
-        notes.append(f"sites in the model's own forward: the edited model is an fx GraphModule, not a {type(model).__name__}")
     return Plan(model, traced, recipe, edits, notes, all_sites)
 
 
@@ -599,9 +597,9 @@ def _proven_locally(planned: Plan, part, owners: dict[str, nn.Module]) -> bool:
         return False
     scopes = {e.owner: e.scope for e in edits if e.spec.mode == "after"}  # one call per owner (_choose_scope)
     for path, scope in scopes.items():
-        owner = owners.get(path)
-        if (_structured_children(part, scope.owner, scope.call) or not isinstance(owner, fx.GraphModule)
-                or own_statements(owner) != part.statements(scope.owner, scope.call)):
+        graph = edited_graph(owners[path]) if path in owners else None
+        if (_structured_children(part, scope.owner, scope.call) or graph is None
+                or own_statements(graph) != part.statements(scope.owner, scope.call)):
             return False
     return True
 

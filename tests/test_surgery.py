@@ -37,7 +37,10 @@ def test_names_stay_and_vanilla_checkpoints_load():
     assert missing and all(".cbam." in k or ".ver" in k or ".hor" in k for k in missing)
     assert result.report.renamed_keys == []
     assert [e.module for e in result.report.edits][:2] == ["layer1.0.cbam", "layer1.1.cbam"]
-    assert type(edited) is TinyResNet  # classes stay where they can: only owners become GraphModules
+    assert type(edited) is TinyResNet  # untouched modules keep their exact class
+    block = edited.layer1[0]
+    assert isinstance(block, type(model.layer1[0])) and type(block).__name__ == type(model.layer1[0]).__name__
+    assert ps.edited_source(block) is not None and ps.edited_source(edited.layer1) is None
 
 
 def test_input_model_untouched_and_inplace_edits():
@@ -115,7 +118,7 @@ def test_steps_at_the_same_anchor_are_ordered_and_reported():
     result = ps.apply(TinyResNet(), recipe({"plugin": "se", "at": "residual.branch", "where": {"first": 1}},
                                            {"plugin": "cbam", "at": "residual.branch", "where": {"first": 1}}), input_shape=SHAPE)
     assert any("se (step 1) then cbam (step 2)" in note for note in result.report.notes)
-    code = result.model.layer1[0].code
+    code = ps.edited_source(result.model.layer1[0])
     assert code.index("self.se(") < code.index("self.cbam(")
 
 
@@ -386,7 +389,9 @@ def test_an_edited_module_keeps_the_plain_attributes_its_callers_read():
 
     result = ps.apply(Looping(), recipe({"plugin": "se", "at": "residual.output"}), input_shape=SHAPE)
     edited = result.model.layers[0]
-    assert isinstance(edited, torch.fx.GraphModule) and (edited.f, edited.i, edited.type) == (-1, 1, "Layer")
+    assert isinstance(edited, Layer) and (edited.f, edited.i, edited.type) == (-1, 1, "Layer")
+    copied = copy.deepcopy(result.model).layers[0]  # frameworks copy models (EMA, checkpoints): attributes stay
+    assert isinstance(copied, Layer) and (copied.f, copied.i, copied.type) == (-1, 1, "Layer")
 
 
 @pytest.mark.parametrize("plugin, at, where", [("se", "residual.branch", {}), ("acnet", "conv", {"kernel": 3}), ("blur", "downsample.unit", {})])

@@ -1,7 +1,7 @@
 """The only code that mutates graphs and models.
 
-Edits are built first (``build_owner``: a new GraphModule for one owner, referencing the owner's
-children, never touching the model) and committed last (``commit``: plain attribute sets, which
+Edits are built first (``build_owner``: a new instance of the owner's class running the edited
+graph, referencing the owner's children, never touching the model: see ``edited``) and committed last (``commit``: plain attribute sets, which
 cannot fail half-way). That is what lets surgery promise an untouched model on any failure.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.fx as fx
 from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError
+from plugsurgeon.graph.edited import as_edited_instance
 from plugsurgeon.graph.trace import (
     LOCAL,
     OWNER,
@@ -41,7 +41,7 @@ class EditError(PlugsurgeonError):
 
 
 def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], concrete_args=None,
-                trace_through: frozenset[str] = frozenset()) -> fx.GraphModule:
+                trace_through: frozenset[str] = frozenset()) -> nn.Module:
     """Trace ``owner`` shallowly and splice ``insertions`` in; the owner itself is not modified.
 
     Insertions at the same node chain in list order (the first sits closest to the node). Every
@@ -87,13 +87,11 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
         anchor.replace_all_uses_with(last, delete_user_cb=lambda user: user not in new_nodes)
     graph.lint()
     gm.recompile()
-    _keep_unreferenced_state(owner, gm)
     # Only the new modules take the owner's mode: its children keep theirs (a frozen BatchNorm
     # stays in eval mode inside a training model).
-    gm.training = owner.training
     for insertion in insertions:
         insertion.module.train(owner.training)
-    return gm
+    return as_edited_instance(owner, gm, {insertion.name: insertion.module for insertion in insertions})
 
 
 def _resolve(by_local, local, owner_path, expected_op, expected_target, owner) -> fx.Node:
@@ -104,28 +102,6 @@ def _resolve(by_local, local, owner_path, expected_op, expected_target, owner) -
             hint="its forward probably depends on how it is called; exclude this site with `where: {exclude: [...]}`",
         )
     return node
-
-
-def _keep_unreferenced_state(owner: nn.Module, gm: fx.GraphModule) -> None:
-    """GraphModule copies only what the graph uses; keep every child, parameter and buffer the owner had
-    so that state_dict keys do not change (unused heads, auxiliary classifiers), and the plain attributes
-    other code reads from the module at that path (Ultralytics' model loop reads each layer's ``f`` and ``i``)."""
-    for name, value in owner.__dict__.items():
-        if name.startswith("_") or name == "training" or name in gm.__dict__ or isinstance(value, (nn.Module, torch.Tensor)):
-            continue
-        if getattr(type(gm), name, None) is not getattr(nn.Module, name, None):  # GraphModule's own (graph, code, ...)
-            continue
-        gm.__dict__[name] = value
-    for name, child in owner.named_children():
-        if not hasattr(gm, name):
-            gm.add_module(name, child)
-    for name, param in owner.named_parameters(recurse=False):
-        if not hasattr(gm, name):
-            gm.register_parameter(name, param)
-    for name, buffer in owner.named_buffers(recurse=False):
-        if not hasattr(gm, name):
-            persistent = name not in getattr(owner, "_non_persistent_buffers_set", set())
-            gm.register_buffer(name, buffer, persistent=persistent)
 
 
 def carry_hooks(replaced: nn.Module, replacement: nn.Module) -> None:

@@ -445,10 +445,10 @@ def body_nodes(graph: fx.Graph) -> Iterator[fx.Node]:
     return (n for n in graph.nodes if LOCAL in n.meta)
 
 
-def own_statements(gm: fx.GraphModule) -> dict[int, tuple]:
+def own_statements(graph: fx.Graph) -> dict[int, tuple]:
     """The statements of a module traced alone and shallowly (its children as leaves), numbered as
     ``TracedPart.statements`` numbers them; nodes spliced in afterwards carry no number."""
-    return {node.meta[LOCAL]: (node.op, node.target) for node in body_nodes(gm.graph) if node.meta.get(OWNER) == ""}
+    return {node.meta[LOCAL]: (node.op, node.target) for node in body_nodes(graph) if node.meta.get(OWNER) == ""}
 
 
 def relative_target(node: fx.Node, owner: str) -> Any:
