@@ -48,7 +48,6 @@ __all__ = ["register"]
 # timm reads "name.tag" as an architecture and a pretrained tag, and "source:id" as a hub or folder.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _UNEXPECTED = "Unexpected keys ("  # how timm's load_pretrained logs the tensors a non-strict load left out
-_MODULE = timm_models.__name__.rsplit(".", 1)[-1]  # what timm.list_models(module=...) knows it by
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,9 @@ class _Edited:
     tag: str | None
     recipe: Recipe
     input_shape: tuple[int, ...]
+
+
+_registered: dict[str, _Edited] = {}
 
 
 def register(name: str, *, base: str, recipe: str | Path | Recipe | dict, input_shape: tuple[int, ...] = (1, 3, 224, 224),
@@ -87,13 +89,20 @@ def register(name: str, *, base: str, recipe: str | Path | Recipe | dict, input_
     if name == arch:
         raise PlugsurgeonError(f"'{name}' is its own base: the edited architecture needs a name of its own",
                                hint=f"for example '{arch}_{_recipe_label(recipe)}'")
-    ours = timm.models.is_model_in_modules(name, _MODULE)
+    ours = name in _registered
     if timm.models.is_model(name) and not ours:
         raise PlugsurgeonError(f"'{name}' is one of timm's own architectures; registering an edit under it would replace it for everyone",
                                hint=f"pick another name, e.g. '{name}_{_recipe_label(recipe)}'")
     if ours and not replace:
         raise PlugsurgeonError(f"'{name}' is already registered with timm as an edited architecture",
                                hint="pass replace=True to replace it, or pick another name")
+    chain, step = [name, arch], _registered.get(arch)
+    while step is not None:  # a base that is itself an edit: building it must not come back here
+        chain.append(step.base)
+        if step.base == name:
+            raise PlugsurgeonError(f"'{name}' would be built from itself: {' <- '.join(chain)}",
+                                   hint="register it on a base that is not built from it")
+        step = _registered.get(step.base)
     edited = _Edited(name, arch, tag, load_recipe(recipe), tuple(int(n) for n in input_shape))
     if len(edited.input_shape) != 4:
         raise PlugsurgeonError(f"input_shape {edited.input_shape} is not (batch, channels, height, width)",
@@ -105,6 +114,7 @@ def register(name: str, *, base: str, recipe: str | Path | Recipe | dict, input_
         timm_models.default_cfgs[name] = cfgs
     entrypoint = _entrypoint(edited)
     setattr(timm_models, name, entrypoint)
+    _registered[name] = edited
     with warnings.catch_warnings():  # replacing was asked for (or the name is new): timm's overwrite warning says nothing new
         warnings.filterwarnings("ignore", message="Overwriting", category=UserWarning)
         timm.models.register_model(entrypoint)
@@ -112,6 +122,8 @@ def register(name: str, *, base: str, recipe: str | Path | Recipe | dict, input_
 
 
 def _recipe_label(recipe: Any) -> str:
+    if isinstance(recipe, Recipe):
+        return recipe.name
     return Path(recipe).stem if isinstance(recipe, (str, Path)) else "edited"
 
 

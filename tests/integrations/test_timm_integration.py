@@ -99,7 +99,7 @@ def test_a_training_step_with_timms_optimizer_and_ema_trains_the_plugins(name):
     optimizer = create_optimizer_v2(model, "adamw", lr=1e-2, weight_decay=0.05)
     ema = ModelEmaV3(model, decay=0.5)
     plugins = {k: v.detach().clone() for k, v in model.named_parameters() if ".cbam." in k}
-    x, y = torch.randn(4, *SHAPE[1:]), torch.randint(0, 5, (4,))
+    x, y = torch.randn(2, *SHAPE[1:]), torch.randint(0, 5, (2,))
     loss_fn = LabelSmoothingCrossEntropy(smoothing=0.1)
     model.train()
     for _ in range(2):
@@ -114,7 +114,7 @@ def test_a_training_step_with_timms_optimizer_and_ema_trains_the_plugins(name):
     ema_state, trained = ema.module.state_dict(), model.state_dict()
     assert any(not torch.equal(ema_state[k], plugins[k]) for k in plugins)  # the EMA follows the plugins too
     assert all(not torch.equal(ema_state[k], trained[k]) for k in plugins)
-    assert ema.module.eval()(x).shape == (4, 5)
+    assert ema.module.eval()(x).shape == (2, 5)
 
 
 def test_an_edited_checkpoint_loads_through_checkpoint_path_and_pretrained_says_so(name, tmp_path):
@@ -152,6 +152,9 @@ def test_registering_refuses_what_would_go_wrong_later(name, tmp_path):
         ps_timm.register("resnet34", base="resnet18", recipe="cbam", replace=True)
     with pytest.raises(ps.PlugsurgeonError, match="its own base"):
         ps_timm.register("resnet18", base="resnet18", recipe="cbam")
+    chained = ps_timm.register("pstest_resnet18_cbam_se", base=name, recipe="se", input_shape=SHAPE, replace=True)
+    with pytest.raises(ps.PlugsurgeonError, match="built from itself"):
+        ps_timm.register(name, base=chained, recipe="se", replace=True)
     with pytest.raises(ps.PlugsurgeonError, match="cannot be a timm model name"):
         ps_timm.register("resnet18.cbam", base="resnet18", recipe="cbam")
 
