@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from torch import nn
 
 from plugsurgeon.errors import ModelLoadError, PlugsurgeonError, UnknownNameError
+from plugsurgeon.module_config import MAX_RECORDS, ModuleConfig, apply_config, read_config
 from plugsurgeon.provenance import get_provenance, set_provenance
 from plugsurgeon.steps import MAX_STEPS, StepRecord, describe
 
@@ -64,6 +65,10 @@ class Manifest(BaseModel):
     weights: Annotated[str, StringConstraints(min_length=1, max_length=255)] = WEIGHTS
     versions: dict[Annotated[str, StringConstraints(max_length=32)], Annotated[str, StringConstraints(max_length=64)]] = Field(
         default_factory=dict, max_length=16)
+    # What the model holds outside its tensors that its source does not rebuild (a detector's resize
+    # size and thresholds). Absent in manifests written before it was recorded: those load with the
+    # builder's defaults, as they always did.
+    config: list[ModuleConfig] = Field(default_factory=list, max_length=MAX_RECORDS)
 
 
 # Directories being loaded in this context: a trusted factory that loads its own directory again
@@ -98,13 +103,14 @@ def save(model: nn.Module, directory: str | Path, *, source: str | None = None, 
     directory = Path(directory)
     _check_target(directory, force)
     steps = [dict(step) for step in provenance.get("steps", [])]
+    config = read_config(model)
     if any(step.get("kind") == "recipe" and "edits" not in step for step in steps):
         # Steps recorded without their edits are resolved by redoing them on a fresh build, which
         # must give the model being saved.
-        rebuilt, steps = resolve(source, steps)
+        rebuilt, steps = resolve(source, steps, config=config)
         _check_rebuilt(rebuilt, model)
     try:
-        manifest = Manifest(format=FORMAT, source=source, steps=steps, versions=_versions(model, source))
+        manifest = Manifest(format=FORMAT, source=source, steps=steps, versions=_versions(model, source), config=config)
         text = json.dumps(manifest.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
     except (ValidationError, ValueError) as error:
         detail = describe(error) if isinstance(error, ValidationError) else str(error)
@@ -178,13 +184,29 @@ def load(directory: str | Path, *, trust_source: bool = False) -> nn.Module:
             model = build_source(manifest.source, trusted=trust_source, directory=directory)
         except UnknownNameError as error:  # a manifest's mistake is a load error, whatever the name was
             raise ModelLoadError(f"'{directory / MANIFEST}' names a model that cannot be built: {error.message}{note}", hint=error.hint) from None
+        # Before the steps: they are planned at the size the configured transform resizes to.
+        apply_config(model, manifest.config, where=f"'{directory / MANIFEST}'")
         for index, step in enumerate(manifest.steps, start=1):
             model = replay(model, step, where=f"step {index} of '{directory / MANIFEST}'", note=note)
+        _check_config(model, manifest, directory, note)
         _copy_into(model, _read_saved_weights(weights, header, model, note), weights, note)
     finally:
         _LOADING.reset(token)
     set_provenance(model, {"source": manifest.source, "steps": [step.model_dump(mode="json") for step in manifest.steps]})
     return model.eval()
+
+
+def _check_config(model: nn.Module, manifest: Manifest, directory: Path, note: str) -> None:
+    """The loaded model holds exactly the recorded configuration: no configured module missing,
+    none the manifest leaves at the builder's defaults. Manifests from before ``config`` was
+    recorded carry no claim to check."""
+    if "config" not in manifest.model_fields_set:
+        return
+    found = read_config(model)
+    if found != manifest.config:
+        differ = sorted({r.path or "(model)" for r in found if r not in manifest.config} | {r.path or "(model)" for r in manifest.config if r not in found})
+        raise ModelLoadError(f"'{directory / MANIFEST}' records another configuration than the rebuilt model holds (at {', '.join(differ[:3])}){note}",
+                             hint="the manifest was edited by hand, or the model's builder changed since it was written")
 
 
 def read_manifest(directory: str | Path) -> Manifest:

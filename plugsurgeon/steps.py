@@ -11,6 +11,7 @@ decided by the structure it is given, and any difference shows up as weights tha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -178,16 +179,19 @@ def _show(edits: list[EditRecord]) -> str:
     return shown + (f" and {len(edits) - 3} more" if len(edits) > 3 else "")
 
 
-def resolve(source: str, steps: list[dict[str, Any]]) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Rebuild ``source`` and redo ``steps``, filling in the edits of recipe steps recorded without
-    them; returns the rebuilt model and the complete records. For saving models whose steps were
-    recorded without their edits: the caller named (and so trusts) the source."""
+def resolve(source: str, steps: list[dict[str, Any]], *, config: Sequence[Any] = ()) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Rebuild ``source``, set its recorded configuration (``module_config`` records) and redo ``steps``,
+    filling in the edits of recipe steps recorded without them; returns the rebuilt model and the
+    complete records. For saving models whose steps were recorded without their edits: the caller
+    named (and so trusts) the source."""
     from plugsurgeon.models import build_source
+    from plugsurgeon.module_config import apply_config
     from plugsurgeon.provenance import set_provenance
     from plugsurgeon.recipe import Recipe
     from plugsurgeon.surgery import apply_plan, plan
 
     model = build_source(source, trusted=True)
+    apply_config(model, list(config), where=f"the configuration of this {type(model).__name__}")
     complete = []
     for index, step in enumerate(steps, start=1):
         if step.get("kind") == "recipe" and "edits" not in step:
