@@ -49,15 +49,20 @@ _EXPORTS: dict[str, str] = {
     "export_onnx": "plugsurgeon.export",
     "picture": "plugsurgeon.drawing",
 }
+# Framework integrations, as submodules (ps.timm.register(...), ps.ultralytics.train(...)); left out of
+# __all__, since each imports its framework, an optional extra.
+_INTEGRATIONS = {"timm": "plugsurgeon.integrations.timm", "ultralytics": "plugsurgeon.integrations.ultralytics"}
 
 __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name in _INTEGRATIONS:
+        value = importlib.import_module(_INTEGRATIONS[name])
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
         raise AttributeError(f"module 'plugsurgeon' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
