@@ -30,15 +30,26 @@ from ultralytics.nn.tasks import DetectionModel as PlainDetectionModel  # noqa: 
 from plugsurgeon.integrations import ultralytics as psu  # noqa: E402
 
 IMGSZ = 64
-YAML = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml"}
+YAML = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml", "classify": "yolov8n-cls.yaml"}
+MODEL = {"detect": psu.DetectionModel, "segment": psu.SegmentationModel, "pose": psu.PoseModel, "classify": psu.ClassificationModel}
 NAMES = {0: "red", 1: "blue"}
 
 
 def write_dataset(root, task: str, images: int = 4, seed: int = 0) -> str:
-    """A YOLO-format dataset: coloured boxes on noise, box labels (detect) or polygon labels (segment)."""
+    """A YOLO-format dataset: coloured boxes on noise, with box labels (detect), polygons (segment) or
+    boxes and 4 keypoints (pose); for classify, a folder per class. Returns what ``data=`` takes."""
     rng = np.random.default_rng(seed)
     from PIL import Image
 
+    if task == "classify":
+        for split in ("train", "val"):
+            for cls, colour in ((0, (255, 0, 0)), (1, (0, 0, 255))):
+                (root / split / NAMES[cls]).mkdir(parents=True)
+                for i in range(images // 2):
+                    image = rng.integers(0, 255, (IMGSZ, IMGSZ, 3), dtype=np.uint8)
+                    image[16:48, 16:48] = colour
+                    Image.fromarray(image).save(root / split / NAMES[cls] / f"{i}.png")
+        return str(root)
     (root / "images" / "train").mkdir(parents=True)
     (root / "labels" / "train").mkdir(parents=True)
     for i in range(images):
@@ -53,19 +64,23 @@ def write_dataset(root, task: str, images: int = 4, seed: int = 0) -> str:
             if task == "segment":
                 polygon = (x - w / 2, y - h / 2, x + w / 2, y - h / 2, x + w / 2, y + h / 2, x - w / 2, y + h / 2)
                 lines.append(f"{cls} " + " ".join(f"{v:.5f}" for v in polygon))
+            elif task == "pose":  # the box's corners, visible
+                corners = ((x - w / 2, y - h / 2), (x + w / 2, y - h / 2), (x + w / 2, y + h / 2), (x - w / 2, y + h / 2))
+                lines.append(f"{cls} {x:.5f} {y:.5f} {w:.5f} {h:.5f} " + " ".join(f"{a:.5f} {b:.5f} 2" for a, b in corners))
             else:
                 lines.append(f"{cls} {x:.5f} {y:.5f} {w:.5f} {h:.5f}")
         Image.fromarray(image).save(root / "images" / "train" / f"{i}.png")
         (root / "labels" / "train" / f"{i}.txt").write_text("\n".join(lines) + "\n")
     names = "".join(f"  {k}: {v}\n" for k, v in NAMES.items())
-    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames:\n{names}")
+    keypoints = "kpt_shape: [4, 3]\nflip_idx: [1, 0, 3, 2]\n" if task == "pose" else ""
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/train\n{keypoints}names:\n{names}")
     return str(root / "data.yaml")
 
 
 def settings(tmp_path, data: str, name: str, **more) -> dict:
     """One epoch (no warmup, so the first step already moves every weight), tiny, offline, nothing plotted."""
-    return dict(data=data, epochs=1, imgsz=IMGSZ, batch=4, workers=0, plots=False, amp=False, verbose=False,
-                project=str(tmp_path / "runs"), name=name, exist_ok=True, deterministic=False, **more)
+    return {"data": data, "epochs": 1, "imgsz": IMGSZ, "batch": 4, "workers": 0, "plots": False, "amp": False, "verbose": False,
+            "project": str(tmp_path / "runs"), "name": name, "exist_ok": True, "deterministic": False, **more}
 
 
 def plugin_classes(recipe: str) -> tuple[type[nn.Module], ...]:
@@ -100,9 +115,11 @@ def checkpoint_model(path) -> nn.Module:
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The eval outputs an ONNX export has, in order: predictions (and a segmenter's mask prototypes)."""
+    """The eval outputs an ONNX export has, in order: predictions (and a segmenter's mask prototypes);
+    a classifier's probabilities."""
     with torch.no_grad():
-        first = model.eval()(x)[0]
+        out = model.eval()(x)
+    first = out if isinstance(out, torch.Tensor) else out[0]
     return list(first) if isinstance(first, (tuple, list)) else [first]
 
 
@@ -141,22 +158,32 @@ def randomize_norms(model: nn.Module, recipe: str | None = None) -> None:
                     tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
 
 
+# "given": how the recipe reaches the trainer: named to train(), or already applied to the YOLO's model
+# (the way the issue found it dropped: ps.apply(yolo.model, ...) on a YAML-built YOLO, then train).
 CASES = [
     pytest.param("detect", "cbam", id="detect-cbam"),
+    pytest.param("detect", "cbam-applied", id="detect-cbam-applied", marks=pytest.mark.slow),
     pytest.param("detect", "acnet", id="detect-acnet", marks=pytest.mark.slow),
     pytest.param("segment", "cbam", id="segment-cbam", marks=pytest.mark.slow),
     pytest.param("segment", "acnet", id="segment-acnet", marks=pytest.mark.slow),
+    pytest.param("pose", "acnet", id="pose-acnet", marks=pytest.mark.slow),
+    pytest.param("classify", "cbam", id="classify-cbam", marks=pytest.mark.slow),
 ]
 
 
 @pytest.mark.parametrize(("task", "recipe"), CASES)
 def test_the_edit_survives_training_fine_tuning_and_export(tmp_path, task, recipe):
+    recipe, applied = recipe.removesuffix("-applied"), recipe.endswith("-applied")
     data = write_dataset(tmp_path / "data", task)
 
     # Train: the edit is in the trainer's model, its EMA, last.pt and the YOLO's model afterwards.
     yolo = YOLO(YAML[task])
     at_start = snapshot_at_start(yolo, recipe)
-    psu.train(yolo, recipe, **settings(tmp_path, data, "train"))
+    if applied:
+        ps.apply(yolo.model, recipe, inplace=True, input_shape=(1, 3, IMGSZ, IMGSZ))
+        psu.train(yolo, **settings(tmp_path, data, "train"))
+    else:
+        psu.train(yolo, recipe, **settings(tmp_path, data, "train"))
     trainer = yolo.trainer
     n = count(trainer.model, recipe)
     assert n > 0
@@ -164,7 +191,7 @@ def test_the_edit_survives_training_fine_tuning_and_export(tmp_path, task, recip
     last = trainer.last
     assert count(checkpoint_model(last), recipe) == n
     assert count(yolo.model, recipe) == n
-    assert isinstance(yolo.model, psu.DetectionModel if task == "detect" else psu.SegmentationModel)
+    assert isinstance(yolo.model, MODEL[task])
 
     # Training moved every plugin's weights (a single tensor may have had no gradient: a ReLU'd bias in a
     # 2-unit bottleneck can be dead on four images).
@@ -209,7 +236,7 @@ def test_the_edit_survives_training_fine_tuning_and_export(tmp_path, task, recip
     assert metrics is not None
     predictor = YOLO(str(last))
     (result,) = predictor.predict(x, imgsz=IMGSZ, verbose=False)
-    assert result.boxes is not None
+    assert (result.probs if task == "classify" else result.boxes) is not None
 
     # A model fused in place has lost the tensors the edited network trains: refused, with what to do.
     with pytest.raises(ps.ModelLoadError, match="fused"):
