@@ -15,7 +15,13 @@ Compatibility rule (format ``plugsurgeon/2``):
 - torch, torchvision and timm versions may differ. The rebuild is checked instead: the replayed
   edits must equal the recorded ones and every tensor must have the recorded name and shape, so a
   builder that changed between versions is refused, with the differing versions named, while an
-  unchanged one loads. The new modules compute with this version's plugin code.
+  unchanged one loads. The new modules compute with this version's plugin code;
+- ``config`` records what the model holds outside its tensors that its source does not rebuild (a
+  torchvision detector's resize size and detection thresholds: plugsurgeon.module_config). It is
+  set before the edits are redone and must read back the same after. A manifest written before
+  ``config`` existed has none and loads at the builder's defaults, as it did then: that is right for
+  every model built by ``load_model``, which plugsurgeon never reconfigures, and refusing them
+  would refuse those too for the sake of models whose configuration no file recorded.
 """
 
 from __future__ import annotations

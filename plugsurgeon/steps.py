@@ -191,7 +191,7 @@ def resolve(source: str, steps: list[dict[str, Any]], *, config: Sequence[Any] =
     from plugsurgeon.surgery import apply_plan, plan
 
     model = build_source(source, trusted=True)
-    apply_config(model, list(config), where=f"the configuration of this {type(model).__name__}")
+    apply_config(model, list(config), where="the model being saved")
     complete = []
     for index, step in enumerate(steps, start=1):
         if step.get("kind") == "recipe" and "edits" not in step:
