@@ -100,20 +100,26 @@ class Outcome:
 def reparameterize_all(model: nn.Module) -> Outcome:
     """Every train-time block of ``model`` (modified in place) to its inference form, top-down.
 
-    Returns the root (a new module when the root itself is replaced), what was converted and what
-    was left alone. A module shared by several paths is converted once and replaced at all of them.
+    Our own blocks convert first, everywhere: a third-party model-wide pass (Ultralytics' ``fuse()``
+    folds each ``Conv``'s BN into whatever its ``conv`` is) would otherwise reach an ACBlock first and
+    fold into its square kernel alone. Returns the root (a new module when the root itself is
+    replaced), what was converted and what was left alone. A module shared by several paths is
+    converted once and replaced at all of them.
     """
-    walk = _Walk()
-    walk.visit(model, "")
-    root = model
-    for module, paths in walk.replacements.values():
-        for path in paths:
-            if path == "":
-                root = module
-            else:
-                root.set_submodule(path, module)
-    root.eval()
-    return Outcome(root, walk.done, walk.left_alone)
+    outcome = Outcome(model)
+    for own in (True, False):
+        walk = _Walk(own=own)
+        walk.visit(outcome.root, "")
+        for module, paths in walk.replacements.values():
+            for path in paths:
+                if path == "":
+                    outcome.root = module
+                else:
+                    outcome.root.set_submodule(path, module)
+        outcome.reparameterized += walk.done
+        outcome.left_alone += walk.left_alone
+    outcome.root.eval()
+    return outcome
 
 
 def find_reparameterizable(model: nn.Module) -> dict[int, list[str]]:
@@ -122,10 +128,14 @@ def find_reparameterizable(model: nn.Module) -> dict[int, list[str]]:
     Third-party methods are tried on a copy: one with nothing left to do (a timm block already
     reparameterized) is not reported, whatever its name says. Our own blocks always convert.
     """
-    walk = _Walk(trial=True)
-    walk.visit(copy.deepcopy(model), "")
+    trial = copy.deepcopy(model)
+    done = []
+    for own in (True, False):
+        walk = _Walk(own=own, trial=True)
+        walk.visit(trial, "")
+        done += walk.done
     found: dict[int, list[str]] = {}
-    for item in walk.done:
+    for item in done:
         try:
             module = model.get_submodule(item.path)
         except AttributeError:  # created by an ancestor's in-place conversion, which is reported itself
@@ -137,11 +147,13 @@ def find_reparameterizable(model: nn.Module) -> dict[int, list[str]]:
 class _Walk:
     """timm's ``reparameterize_model`` walk, with our protocol for our blocks and a report.
 
-    ``trial``: our blocks are recorded without being called (they always convert); third-party
-    methods still run, so only run a trial on a copy.
+    ``own``: this walk converts our blocks only (third-party ones are walked into), else third-party
+    blocks only (ours are left as they are). ``trial``: our blocks are recorded without being called
+    (they always convert); third-party methods still run, so only run a trial on a copy.
     """
 
-    def __init__(self, trial: bool = False) -> None:
+    def __init__(self, *, own: bool, trial: bool = False) -> None:
+        self.own = own
         self.trial = trial
         self.seen: set[int] = set()
         self.replacements: dict[int, tuple[nn.Module, list[str]]] = {}
@@ -172,12 +184,14 @@ class _Walk:
         """(the module that replaces this one or None, whether its children get their turn, what was done)."""
         name = type(module).__name__
         if is_reparameterizable(module):
+            if not self.own:
+                return None, False, None
             if self.trial:
                 return None, False, Reparameterized(path, name, "?")
             result = _own(module, path)
             return result, False, Reparameterized(path, name, type(result).__name__)
         convention = convention_of(module)
-        if convention is None:
+        if convention is None or self.own:
             return None, True, None
         if convention.alone:
             self.left_alone.append(LeftAlone(path, name, f"{convention.method}()", convention.alone))

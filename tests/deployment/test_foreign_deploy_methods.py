@@ -279,3 +279,72 @@ def test_a_deployed_timm_model_saves_and_loads_by_replaying_its_own_methods(tmp_
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), deployed(x))
+
+
+class ConvUnit(nn.Module):
+    """Ultralytics' Conv: conv, BN, activation; its model's fuse() folds the BN into whatever ``conv`` is."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+    def forward_fuse(self, x):
+        return self.act(self.conv(x))
+
+
+class FoldsIntoAnyConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(ConvUnit(4), ConvUnit(4))
+
+    def forward(self, x):
+        return self.body(x)
+
+    def fuse(self, verbose=True):  # as ultralytics.utils.torch_utils.fuse_conv_and_bn: the conv's weight scaled in place
+        for unit in self.modules():
+            if isinstance(unit, ConvUnit) and hasattr(unit, "bn"):
+                bn = unit.bn
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                bias = unit.conv.bias if unit.conv.bias is not None else torch.zeros_like(bn.bias)
+                unit.conv.weight.data = unit.conv.weight * scale.view(-1, 1, 1, 1)
+                unit.conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+                delattr(unit, "bn")
+                unit.forward = unit.forward_fuse
+        return self
+
+
+def _trained_acnet(model: nn.Module, shape) -> nn.Module:
+    edited = ps.apply(model, {"name": "acnet", "steps": [{"plugin": "acnet", "at": "conv", "where": {"kernel": 3}}]},
+                      input_shape=shape).model
+    with torch.no_grad():  # as after training: the asymmetric branches are no longer zero
+        for block in edited.modules():
+            if type(block).__name__ == "ACBlock":
+                for bn in (block.ver_bn, block.hor_bn):
+                    bn.weight.uniform_(0.5, 1.5)
+    return randomize_batchnorm(edited, seed=3).eval()
+
+
+def test_our_blocks_convert_before_a_model_wide_fuse_reaches_them():
+    """The model's fuse() would fold its BN into an ACBlock's square kernel alone (the branches left
+    unscaled): our blocks become plain convs first, then the model's fuse folds into those."""
+    edited = _trained_acnet(FoldsIntoAnyConv(), SHAPE)
+    result = ps.deploy(edited, input_shape=SHAPE)
+    assert [r.path for r in result.report.reparameterized] == ["body.0.conv", "body.1.conv", ""]
+    assert result.report.verification.passed
+    assert all(type(m.conv) is nn.Conv2d and not hasattr(m, "bn") for m in result.model.body)
+    assert_same_function(edited, result.model, torch.randn(2, *SHAPE[1:]))
+
+
+@pytest.mark.slow
+def test_ultralytics_model_with_acnet_deploys(monkeypatch):
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    edited = _trained_acnet(randomize_batchnorm(tasks.DetectionModel("yolov8n.yaml", verbose=False)), (1, 3, 64, 64))
+    result = ps.deploy(edited, input_shape=(1, 3, 64, 64))
+    assert result.report.verification.passed and no_norms_left(result.model)
+    assert not any(type(m).__name__ == "ACBlock" for m in result.model.modules())
