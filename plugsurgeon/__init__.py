@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "catalog": "plugsurgeon.plugins.registry",
     "get_plugin": "plugsurgeon.plugins.registry",
     "register_plugin": "plugsurgeon.plugins.registry",
+    "safe_globals": "plugsurgeon.plugins.safe",
     "Recipe": "plugsurgeon.recipe",
     "Step": "plugsurgeon.recipe",
     "builtin_recipes": "plugsurgeon.recipe",
@@ -74,6 +75,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.api import find_sites, trace
     from plugsurgeon.graph.edited import edited_source
+    from plugsurgeon.plugins.safe import safe_globals
     from plugsurgeon.deployment.deploy import DeployResult, deploy
     from plugsurgeon.drawing import picture
     from plugsurgeon.errors import (
