@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -47,8 +47,8 @@ from plugsurgeon.errors import ModelLoadError, PlugsurgeonError, RecipeError
 from plugsurgeon.provenance import get_provenance, set_provenance
 from plugsurgeon.recipe import Recipe, load_recipe
 
-__all__ = ["TASKS", "train", "trainer", "fuse_safe", "reparameterize_blocks",
-           "DetectionModel", "SegmentationModel", "PoseModel", "ClassificationModel", "OBBModel"]
+__all__ = ["TASKS", "train", "trainer", "fuse_safe", "reparameterize_blocks", "recorded_steps",
+           "DetectionModel", "SegmentationModel", "PoseModel", "ClassificationModel", "OBBModel", "RTDETRDetectionModel"]
 
 # The trainer Ultralytics uses for each task (YOLO.task_map's "trainer").
 TASKS: dict[str, type] = {
@@ -69,20 +69,42 @@ def reparameterize_blocks(model: nn.Module) -> int:
     ``fuse()``, which knows them. A block shared by several paths is converted once."""
     from plugsurgeon.deployment.reparameterize import is_reparameterizable
 
-    done: dict[int, nn.Module] = {}
+    found: list[tuple[nn.Module, str, str, nn.Module]] = []  # (parent, attribute, path, block)
 
     def visit(parent: nn.Module, prefix: str) -> None:
-        for name, child in list(parent.named_children()):
+        for name, child in parent.named_children():
             path = f"{prefix}.{name}" if prefix else name
             if is_reparameterizable(child):
-                if id(child) not in done:
-                    done[id(child)] = _inference_form(child, path)
-                setattr(parent, name, done[id(child)])
+                found.append((parent, name, path, child))
             else:
                 visit(child, path)
 
     visit(model, "")
+    uses: dict[int, int] = {}
+    for *_, block in found:
+        uses[id(block)] = uses.get(id(block), 0) + 1
+    done: dict[int, nn.Module] = {}
+    for parent, name, path, block in found:
+        if id(block) not in done:
+            done[id(block)] = _inference_form(block, path)
+            if uses[id(block)] == 1:
+                _bias_into_norm(parent, name, done[id(block)])
+        setattr(parent, name, done[id(block)])
     return len(done)
+
+
+def _bias_into_norm(parent: nn.Module, name: str, conv: nn.Module) -> None:
+    """Ultralytics' conv layers hold a bias-free ``conv`` and the ``bn`` after it, and RepConv's
+    own fold reads only ``conv.weight``: the bias a reparameterized block gained (its branch BNs'
+    shifts) would be dropped there. It moves into that BN's running mean instead, exactly:
+    BN(y + b) with mean m is BN(y) with mean m - b."""
+    norm = getattr(parent, "bn", None)
+    bias = getattr(conv, "bias", None)
+    if name != "conv" or not isinstance(norm, nn.BatchNorm2d) or norm.running_mean is None or not isinstance(bias, torch.Tensor):
+        return
+    with torch.no_grad():
+        norm.running_mean.sub_(bias.to(norm.running_mean.dtype))
+    conv.bias = None
 
 
 def _inference_form(block: nn.Module, path: str) -> nn.Module:
@@ -131,12 +153,17 @@ class OBBModel(_ReparameterizesBeforeFusing, _tasks.OBBModel):
     """An edited Ultralytics ``OBBModel``: fuses its train-time blocks exactly."""
 
 
+class RTDETRDetectionModel(_ReparameterizesBeforeFusing, _tasks.RTDETRDetectionModel):
+    """An edited Ultralytics ``RTDETRDetectionModel``: fuses its train-time blocks exactly."""
+
+
 _FUSE_SAFE: dict[type, type] = {
     _tasks.DetectionModel: DetectionModel,
     _tasks.SegmentationModel: SegmentationModel,
     _tasks.PoseModel: PoseModel,
     _tasks.ClassificationModel: ClassificationModel,
     _tasks.OBBModel: OBBModel,
+    _tasks.RTDETRDetectionModel: RTDETRDetectionModel,
 }
 
 
@@ -169,7 +196,10 @@ def fuse_safe(model: nn.Module) -> nn.Module:
 
 # --- the trainer -------------------------------------------------------------------------------
 
-def trainer(recipe: str | Path | Recipe | dict | None, *, task: str = "detect",
+Task = Literal["detect", "segment", "pose", "classify", "obb"]
+
+
+def trainer(recipe: str | Path | Recipe | dict | None, *, task: Task = "detect",
             input_shape: Sequence[int] | None = None) -> type:
     """A subclass of the task's Ultralytics trainer whose ``get_model`` keeps plugsurgeon's edit.
 
@@ -180,7 +210,11 @@ def trainer(recipe: str | Path | Recipe | dict | None, *, task: str = "detect",
     ``input_shape`` (default ``(1, channels, imgsz, imgsz)`` from the run's arguments). With
     ``recipe=None`` it only keeps edits and refuses an unedited model.
     """
-    return _trainer_class(task, None if recipe is None else load_recipe(recipe), (), input_shape)
+    base = TASKS.get(task)
+    if base is None:
+        raise PlugsurgeonError(f"no Ultralytics trainer is supported for task '{task}'",
+                               hint=f"the supported tasks are {', '.join(TASKS)}")
+    return _trainer_class(base, None if recipe is None else load_recipe(recipe), (), input_shape)
 
 
 def train(yolo: Any, recipe: str | Path | Recipe | dict | None = None, *, input_shape: Sequence[int] | None = None,
@@ -190,21 +224,27 @@ def train(yolo: Any, recipe: str | Path | Recipe | dict | None = None, *, input_
     ``recipe`` may be left out when ``yolo.model`` is already edited (``ps.apply(yolo.model, ...,
     inplace=True)``, or a ``YOLO("last.pt")`` trained here): its recorded steps are replayed.
     Afterwards ``yolo.model`` is the trained, edited model, loaded from the run's best checkpoint as
-    Ultralytics does. A YOLO built from a YAML trains from a fresh build, as in Ultralytics.
+    Ultralytics does. A YOLO built from a YAML trains from a fresh build, as in Ultralytics. The
+    trainer extends the one the YOLO object itself would use (its ``task_map``), so model families
+    with their own trainer (RT-DETR) keep it.
     """
     if "trainer" in train_kwargs:
         raise PlugsurgeonError("train() makes the trainer itself and was also given `trainer=`",
                                hint="pass the recipe to train(), or call yolo.train(trainer=plugsurgeon.integrations.ultralytics.trainer(recipe))")
     model = getattr(yolo, "model", None)
-    if not isinstance(model, nn.Module) or not hasattr(yolo, "task"):
-        raise PlugsurgeonError(f"expected an Ultralytics YOLO with a PyTorch model, got {type(yolo).__name__}",
+    try:
+        base = yolo.task_map[yolo.task]["trainer"]
+    except (AttributeError, KeyError, NotImplementedError):
+        base = None
+    if not isinstance(model, nn.Module) or base is None:
+        raise PlugsurgeonError(f"expected an Ultralytics YOLO with a PyTorch model and a trainer for its task, got {type(yolo).__name__}",
                                hint="from ultralytics import YOLO; train(YOLO('yolov8n.yaml'), 'cbam', data=...)")
     steps = recorded_steps(model)
     loaded = None if recipe is None else load_recipe(recipe)
     if loaded is None and not steps:
         raise RecipeError(f"{type(model).__name__} carries no plugsurgeon edit and no recipe was given",
                           hint="name the recipe: train(yolo, 'cbam', data=...)")
-    return yolo.train(trainer=_trainer_class(yolo.task, loaded, steps, input_shape), **train_kwargs)
+    return yolo.train(trainer=_trainer_class(base, loaded, steps, input_shape), **train_kwargs)
 
 
 def recorded_steps(model: Any) -> list[dict[str, Any]]:
@@ -214,11 +254,7 @@ def recorded_steps(model: Any) -> list[dict[str, Any]]:
     return [dict(step) for step in get_provenance(model).get("steps", [])]
 
 
-def _trainer_class(task: str, recipe: Recipe | None, steps: Sequence[dict[str, Any]], input_shape: Sequence[int] | None) -> type:
-    base = TASKS.get(task)
-    if base is None:
-        raise PlugsurgeonError(f"no Ultralytics trainer is supported for task '{task}'",
-                               hint=f"the supported tasks are {', '.join(TASKS)}")
+def _trainer_class(base: type, recipe: Recipe | None, steps: Sequence[dict[str, Any]], input_shape: Sequence[int] | None) -> type:
     if input_shape is not None:
         input_shape = tuple(int(n) for n in input_shape)
     name = f"Plugsurgeon{base.__name__}"  # Ultralytics adds its training callbacks to classes named *Trainer*
@@ -240,8 +276,10 @@ class _KeepsEdits:
             self._check_recipe_recorded(steps)
             model = self._rebuild(cfg, weights, steps, verbose)
         elif self._ps_recipe is None:
-            raise RecipeError("this trainer only keeps plugsurgeon edits, and the model to train carries none",
-                              hint="make the trainer with a recipe: trainer('cbam', task=...)")
+            raise RecipeError("this trainer only keeps plugsurgeon edits, and was given no edited model to train "
+                              "(a YOLO built from a YAML, or trained with pretrained=False, passes none)",
+                              hint="make the trainer with a recipe, trainer('cbam', task=...); or train(yolo, data=...), "
+                                   "which replays the edits the YOLO's model records")
         else:
             from plugsurgeon.surgery import apply
 

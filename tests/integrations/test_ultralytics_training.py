@@ -273,10 +273,18 @@ def test_resume_keeps_the_edit(tmp_path):
     assert count(resumed.model, "cbam") == n
 
 
-def test_fuse_folds_train_time_blocks_exactly():
+# A two-level detector with RepC3 blocks: RepConv's own fold reads only its conv's weight, so an ACBlock's
+# folded bias must reach it through the BN (RT-DETR's RepC3 neck; cheaper to build here).
+REPCONV = {"nc": 2, "backbone": [[-1, 1, "Conv", [16, 3, 2]], [-1, 1, "RepC3", [16]], [-1, 1, "Conv", [32, 3, 2]],
+                                 [-1, 1, "RepC3", [32]]],
+           "head": [[[1, 3], 1, "Detect", ["nc"]]]}
+
+
+@pytest.mark.parametrize("cfg", [YAML["detect"], REPCONV], ids=["yolov8n", "repc3"])
+def test_fuse_folds_train_time_blocks_exactly(cfg):
     """Without training: Ultralytics' fuse() alone folds BN into an ACBlock's square kernel only; the model
     made fuse-safe reparameterizes the blocks first and fuses to exactly what it computed."""
-    model = PlainDetectionModel(YAML["detect"], nc=2, verbose=False)
+    model = PlainDetectionModel(copy.deepcopy(cfg), nc=2, verbose=False)
     ps.apply(model, "acnet", inplace=True, input_shape=(1, 3, IMGSZ, IMGSZ))
     randomize_norms(model)
     x = torch.rand(2, 3, IMGSZ, IMGSZ)
