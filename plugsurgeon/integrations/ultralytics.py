@@ -188,7 +188,7 @@ def fuse_safe(model: nn.Module) -> nn.Module:
     if blocks and callable(getattr(model, "fuse", None)):
         raise PlugsurgeonError(
             f"a {cls.__name__} holding train-time blocks ({blocks[0]}{' and more' if len(blocks) > 1 else ''}) cannot be made safe "
-            "for Ultralytics' fuse(), which would fold its BNs into the blocks' square kernels only",
+            "for Ultralytics' fuse(), which would fold its BNs as if the blocks were plain convolutions",
             hint="call plugsurgeon.integrations.ultralytics.reparameterize_blocks(model) before predict/val/export, "
                  "or deploy it with ps.deploy")
     return model
