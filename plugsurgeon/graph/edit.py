@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError
-from plugsurgeon.graph.edited import as_edited_instance
+from plugsurgeon.graph.edited import as_edited_instance, original_class
 from plugsurgeon.graph.trace import (
     LOCAL,
     OWNER,
@@ -91,7 +91,71 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
     # stays in eval mode inside a training model).
     for insertion in insertions:
         insertion.module.train(owner.training)
-    return as_edited_instance(owner, gm, {insertion.name: insertion.module for insertion in insertions})
+    new_modules = {insertion.name: insertion.module for insertion in insertions}
+    return as_edited_instance(owner, gm, new_modules, _edited_alternatives(owner, gm, concrete_args, trace_through))
+
+
+# Other forwards a framework switches a module to, with the children it drops: Ultralytics' fuse() folds
+# each Conv's BN into its conv, deletes the BN and sets ``m.forward = m.forward_fuse`` (Conv,
+# ConvTranspose; RepConv and RepVGGDW merge their branches the same way).
+ALTERNATIVE_FORWARDS = ("forward_fuse",)
+
+
+def _edited_alternatives(owner: nn.Module, gm: fx.GraphModule, concrete_args, trace_through: frozenset[str]) -> dict[str, fx.Graph]:
+    """The edited graph of each alternative forward of ``owner``'s class, where one follows from the edit.
+
+    The alternative's graph is taken to be the edited forward's without the calls to the children the
+    alternative no longer calls (each such call passing its input through), and is kept only when,
+    the inserted modules aside, it has exactly the statements of the alternative traced alone: then
+    the framework's switch keeps the edit. Otherwise the edited class refuses the switch (``edited``).
+    """
+    base = original_class(owner)
+    alternatives = {}
+    for method in ALTERNATIVE_FORWARDS:
+        if not callable(getattr(base, method, None)):
+            continue
+        try:
+            original = _trace_as(owner, base, base.forward, concrete_args, trace_through)
+            alternative = _trace_as(owner, base, getattr(base, method), concrete_args, trace_through)
+        except ModuleTraceError:
+            continue
+        called_before, called_after = _called(original), _called(alternative)
+        inserted = _called(gm.graph) - called_before
+        derived = _without_calls(gm.graph, called_before - called_after)
+        if derived is not None and _statements(derived, skip=inserted) == _statements(alternative, skip=frozenset()):
+            alternatives[method] = derived
+    return alternatives
+
+
+def _trace_as(owner: nn.Module, base: type, method, concrete_args, trace_through: frozenset[str]) -> fx.Graph:
+    """``owner`` traced shallowly as if ``method`` were its forward (a view of it; ``owner`` is untouched)."""
+    view = object.__new__(type(base.__name__, (base,), {"forward": method}))
+    view.__dict__.update(owner.__dict__)
+    return trace_module(view, concrete_args, shallow=True, trace_through=trace_through)[0].graph
+
+
+def _called(graph: fx.Graph) -> frozenset[str]:
+    return frozenset(n.target for n in graph.nodes if n.op == "call_module")
+
+
+def _statements(graph: fx.Graph, *, skip: frozenset[str]) -> list[tuple]:
+    return [(n.op, n.target) for n in graph.nodes
+            if n.op not in ("placeholder", "output") and not (n.op == "call_module" and n.target in skip)]
+
+
+def _without_calls(graph: fx.Graph, dropped: frozenset[str]) -> fx.Graph | None:
+    """A copy of ``graph`` in which each call to a ``dropped`` child passes its one input through."""
+    copied = fx.Graph()
+    output = copied.graph_copy(graph, {})
+    copied.output(output)
+    for node in list(copied.nodes):
+        if node.op == "call_module" and node.target in dropped:
+            if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
+                return None
+            node.replace_all_uses_with(node.args[0])
+            copied.erase_node(node)
+    copied.lint()
+    return copied
 
 
 def _resolve(by_local, local, owner_path, expected_op, expected_target, owner) -> fx.Node:

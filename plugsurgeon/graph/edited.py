@@ -45,17 +45,25 @@ class ModuleRef:
 
 @dataclass(frozen=True)
 class EditedForward:
-    """What an edited class is made of: its base class and the forward's source with the names it reads."""
+    """What an edited class is made of: its base class and each generated method's source with the names it reads.
+
+    ``methods`` holds ``forward``, and the edited form of an alternative forward the module's framework
+    switches to (Ultralytics' fuse() sets ``m.forward = m.forward_fuse``) when one could be derived.
+    """
 
     base: type
-    source: str
-    names: dict[str, Any]
+    methods: dict[str, tuple[str, dict[str, Any]]]
     codegen: dict[str, Any] = field(default_factory=dict)
     graph: fx.Graph | None = field(default=None, compare=False)  # in the process that made it, for checks
 
+    @property
+    def source(self) -> str:
+        return self.methods["forward"][0]
+
     def picklable(self) -> tuple:
-        names = {k: ModuleRef(v.__name__) if isinstance(v, types.ModuleType) else v for k, v in self.names.items()}
-        return self.base, self.source, names, self.codegen
+        methods = {name: (source, {k: ModuleRef(v.__name__) if isinstance(v, types.ModuleType) else v for k, v in names.items()})
+                   for name, (source, names) in self.methods.items()}
+        return self.base, methods, self.codegen
 
 
 def is_edited(module: nn.Module) -> bool:
@@ -83,15 +91,21 @@ def edited_graph(module: nn.Module) -> fx.Graph | None:
     return edit.graph if isinstance(edit, EditedForward) else None
 
 
-def as_edited_instance(owner: nn.Module, gm: fx.GraphModule, new_modules: dict[str, nn.Module]) -> nn.Module:
+def as_edited_instance(owner: nn.Module, gm: fx.GraphModule, new_modules: dict[str, nn.Module],
+                       alternatives: dict[str, fx.Graph] | None = None) -> nn.Module:
     """A new instance of (a subclass of) ``owner``'s class computing ``gm``'s graph; ``owner`` is untouched.
 
     The instance shares ``owner``'s children, tensors, plain attributes and hook tables (so the caller's
     hook handles still work), with child and tensor tables of its own holding ``new_modules`` too.
+    ``alternatives``: edited graphs of other forward methods of the class (``forward_fuse``).
     """
-    python_code = gm.graph.python_code(root_module="self")
+    graphs = {"forward": gm.graph, **(alternatives or {})}
+    methods = {}
+    for name, graph in graphs.items():
+        python_code = graph.python_code(root_module="self")
+        methods[name] = (python_code.src, dict(python_code.globals))
     codegen = {name: gm.__dict__[name] for name in _CODEGEN_ATTRIBUTES if name in gm.__dict__}
-    forward = EditedForward(original_class(owner), python_code.src, dict(python_code.globals), codegen, gm.graph)
+    forward = EditedForward(original_class(owner), methods, codegen, gm.graph)
     edited = object.__new__(_edited_class(forward))
     edited.__dict__.update(owner.__dict__)
     for table in ("_modules", "_parameters", "_buffers"):
@@ -108,22 +122,43 @@ def as_edited_instance(owner: nn.Module, gm: fx.GraphModule, new_modules: dict[s
 
 def _edited_class(forward: EditedForward) -> type:
     base = forward.base
-    namespace = dict(forward.names)
-    filename = f"<plugsurgeon: edited {base.__module__}.{base.__qualname__} #{next(_serial)}>"
-    # Registered so tracebacks, torch.compile and fx's re-tracing can show the generated lines.
-    linecache.cache[filename] = (len(forward.source), None, forward.source.splitlines(keepends=True), filename)
-    exec(compile(forward.source, filename, "exec"), namespace)  # noqa: S102 - fx's own generated code
+    generated = {}
+    for method, (source, names) in forward.methods.items():
+        namespace = dict(names)
+        filename = f"<plugsurgeon: edited {base.__module__}.{base.__qualname__}.{method} #{next(_serial)}>"
+        # Registered so tracebacks, torch.compile and fx's re-tracing can show the generated lines.
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+        exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - fx's own generated code
+        generated[method] = namespace["forward"]
     attributes = {
-        "forward": namespace["forward"],
+        **generated,
         _EDIT: forward,
         "__module__": base.__module__,
         "__qualname__": base.__qualname__,
         "__doc__": base.__doc__,
         "__reduce_ex__": _reduce_ex,
         "__deepcopy__": _deepcopy,
+        "__setattr__": _setattr,
         **forward.codegen,
     }
     return type(base.__name__, (base,), attributes)
+
+
+def _setattr(self: nn.Module, name: str, value: Any) -> None:
+    """A framework that switches an edited module to another method of its original class (Ultralytics'
+    fuse() sets ``m.forward = m.forward_fuse``) would drop the edit silently: refused instead, naming
+    what to do. The edited form of such a method, when surgery could derive it, is the class's own."""
+    function = getattr(value, "__func__", None)
+    if name == "forward" and function is not None and getattr(value, "__self__", None) is self:
+        edit = getattr(type(self), _EDIT)
+        if getattr(edit.base, function.__name__, None) is function and function.__name__ not in edit.methods:
+            from plugsurgeon.errors import PlugsurgeonError
+
+            raise PlugsurgeonError(
+                f"'{type(self).__name__}.{function.__name__}' would replace the forward plugsurgeon edited, dropping the "
+                "modules it inserted into this block",
+                hint="deploy with ps.deploy(model), which reparameterizes and folds the edited model exactly")
+    super(type(self), self).__setattr__(name, value)
 
 
 def _state(module: nn.Module) -> Any:
@@ -149,18 +184,20 @@ def _deepcopy(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
 
 # Unpickled classes, shared by every instance with the same forward (a model's 16 edited blocks
 # usually have one source): keyed by base and source, matched on the identity of what the code reads.
-_rebuilt: dict[tuple[type, str], list[tuple[dict[str, Any], dict[str, Any], type]]] = {}
+_rebuilt: dict[tuple, list[tuple[dict[str, dict[str, Any]], dict[str, Any], type]]] = {}
 
 
-def _rebuild(base: type, source: str, names: dict[str, Any], codegen: dict[str, Any]) -> nn.Module:
-    """Unpickling: compile the stored forward again (the instance's state follows through ``__setstate__``)."""
-    resolved = {k: importlib.import_module(v.name) if isinstance(v, ModuleRef) else v for k, v in names.items()}
-    candidates = _rebuilt.setdefault((base, source), [])
+def _rebuild(base: type, methods: dict[str, tuple[str, dict[str, Any]]], codegen: dict[str, Any]) -> nn.Module:
+    """Unpickling: compile the stored methods again (the instance's state follows through ``__setstate__``)."""
+    resolved = {method: (source, {k: importlib.import_module(v.name) if isinstance(v, ModuleRef) else v for k, v in names.items()})
+                for method, (source, names) in methods.items()}
+    names = {method: names for method, (_, names) in resolved.items()}
+    candidates = _rebuilt.setdefault((base, *sorted((m, source) for m, (source, _) in resolved.items())), [])
     for known_names, known_codegen, cls in candidates:
-        if _same(known_names, resolved) and _same(known_codegen, codegen):
+        if known_names.keys() == names.keys() and all(_same(known_names[m], names[m]) for m in names) and _same(known_codegen, codegen):
             return object.__new__(cls)
-    cls = _edited_class(EditedForward(base, source, resolved, codegen))
-    candidates.append((resolved, codegen, cls))
+    cls = _edited_class(EditedForward(base, resolved, codegen))
+    candidates.append((names, codegen, cls))
     return object.__new__(cls)
 
 

@@ -80,6 +80,9 @@ CASES = {
     "yolov8n": Case(_yolo("yolov8n.yaml"), CBAM, (1, 3, 64, 64), ECA_ON_TOP),
     "yolov8n-stage": Case(_yolo("yolov8n.yaml"), _steps({"plugin": "se", "at": "stage"}), (1, 3, 64, 64),
                           _steps({"plugin": "eca", "at": "stage"})),
+    # Edits inside Ultralytics Conv blocks, which its fuse() switches to forward_fuse.
+    "yolov8n-neck": Case(_yolo("yolov8n.yaml"), _steps({"plugin": "gc", "at": "neck.level"}), (1, 3, 64, 64),
+                         _steps({"plugin": "eca", "at": "neck.level"})),
     "yolo11n": Case(_yolo("yolo11n.yaml"), CBAM, (1, 3, 64, 64), ECA_ON_TOP),
     "yolov8n-cls": Case(_yolo("yolov8n-cls.yaml"), CBAM, (1, 3, 64, 64), ECA_ON_TOP),
     # Edits that land directly on a top-level Ultralytics layer (its model loop reads each layer's f and i).
@@ -102,6 +105,12 @@ def _edit(case: Case, seed: int = 0) -> Edited:
     base = randomize_batchnorm(case.build().eval(), seed)
     result = ps.apply(base, case.recipe, input_shape=case.input_shape)
     model = result.model.eval()
+    # Plugins are identity at init: moved off it, so a copy that lost one (or skipped it) shows in the numbers.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for edit in result.report.edits:
+            for tensor in model.get_submodule(edit.module).parameters():
+                tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.1)
     x = torch.randn(case.input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = case.call(model, x)
@@ -121,10 +130,13 @@ def edited() -> EditedCases:
     return EditedCases()
 
 
-def assert_same_function(case: Case, model: nn.Module, x: torch.Tensor, expected, *, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+def assert_same_function(case: Case, model: nn.Module, x: torch.Tensor, expected, *, atol: float = 1e-5, rtol: float = 1e-4,
+                         first_only: bool = False) -> None:
     model.eval()
     with torch.no_grad():
         got = case.call(model, x)
+    if first_only:
+        got = tree_leaves(got)[0]
     got_leaves, expected_leaves = tree_leaves(got), tree_leaves(expected)
     assert len(got_leaves) == len(expected_leaves)
     for g, e in zip(got_leaves, expected_leaves, strict=True):
@@ -150,7 +162,7 @@ def assert_classes_kept(original: nn.Module, model: nn.Module) -> None:
 
 # The default suite lives every operation through on one classifier and the YOLO whose copies broke;
 # the other zoo representatives run under -m slow.
-DEFAULT = ("torchvision-resnet18", "yolo26n")
+DEFAULT = ("torchvision-resnet18", "yolo26n", "yolov8n-neck")
 NAMES = [name if name in DEFAULT else pytest.param(name, marks=pytest.mark.slow) for name in CASES]
 
 
@@ -202,6 +214,23 @@ def test_ema_copies(edited, name):
     yolo_ema.update(item.model)
     assert_edit_kept(item, yolo_ema.ema)
     assert_same_function(item.case, yolo_ema.ema, item.x, item.expected, atol=1e-4)
+
+
+ULTRALYTICS = [name if name in DEFAULT else pytest.param(name, marks=pytest.mark.slow)
+               for name in CASES if name.startswith("yolo")]
+
+
+@pytest.mark.parametrize("name", ULTRALYTICS)
+def test_ultralytics_own_fuse_keeps_the_edit(edited, name):
+    """predict(), val() and export() fuse the model first: an edited Conv switches to the edited form
+    of its forward_fuse, so the fused model still runs the inserted modules."""
+    item = edited[name]
+    fused = copy.deepcopy(item.model).fuse(verbose=False)
+    assert fused.is_fused()
+    assert_edit_kept(item, fused)
+    # The predictions (an end-to-end head's fuse() drops its one-to-many branch from what else it returns).
+    predictions = tree_leaves(item.expected)[0]
+    assert_same_function(item.case, fused, item.x, predictions, atol=1e-4, rtol=1e-3, first_only=True)
 
 
 @pytest.fixture(scope="module")
