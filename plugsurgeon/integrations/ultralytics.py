@@ -47,7 +47,7 @@ from plugsurgeon.errors import ModelLoadError, PlugsurgeonError, RecipeError
 from plugsurgeon.provenance import get_provenance, set_provenance
 from plugsurgeon.recipe import Recipe, load_recipe
 
-__all__ = ["TASKS", "train", "trainer", "fuse_safe", "reparameterize_blocks", "recorded_steps",
+__all__ = ["TASKS", "apply", "train", "trainer", "fuse_safe", "reparameterize_blocks", "recorded_steps",
            "DetectionModel", "SegmentationModel", "PoseModel", "ClassificationModel", "OBBModel", "RTDETRDetectionModel"]
 
 # The trainer Ultralytics uses for each task (YOLO.task_map's "trainer").
@@ -192,6 +192,28 @@ def fuse_safe(model: nn.Module) -> nn.Module:
             hint="call plugsurgeon.integrations.ultralytics.reparameterize_blocks(model) before predict/val/export, "
                  "or deploy it with ps.deploy")
     return model
+
+
+def apply(yolo: Any, recipe: str | Path | Recipe | dict, *, input_shape: Sequence[int] | None = None, **options: Any):
+    """``ps.apply`` on a YOLO object's model, in place, made safe for Ultralytics' ``fuse()``; returns the
+    SurgeryResult. ``input_shape`` defaults to ``(1, channels, 640, 640)``, Ultralytics' default size.
+
+    The YOLO object then predicts, validates and exports the edited model; train it with ``train(yolo)``,
+    which replays the edit inside Ultralytics' trainer (its default trainer would rebuild the plain network).
+    """
+    import plugsurgeon as ps
+
+    model = getattr(yolo, "model", None)
+    if not isinstance(model, nn.Module):
+        raise PlugsurgeonError(f"expected an Ultralytics YOLO with a PyTorch model, got {type(yolo).__name__}",
+                               hint="from ultralytics import YOLO; apply(YOLO('yolov8n.yaml'), 'cbam')")
+    if input_shape is None:
+        input_shape = (1, int(getattr(model, "yaml", {}).get("channels", 3)), 640, 640)
+    result = ps.apply(model, recipe, input_shape=tuple(input_shape), inplace=True, **options)
+    if not options.get("dry_run"):
+        yolo.model = fuse_safe(result.model)
+        result.model = yolo.model
+    return result
 
 
 # --- the trainer -------------------------------------------------------------------------------

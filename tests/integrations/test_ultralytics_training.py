@@ -299,6 +299,21 @@ def test_fuse_folds_train_time_blocks_exactly(cfg):
     assert relative_error(outputs(fused, x)[0], reference) < 1e-4
 
 
+def test_apply_edits_the_yolo_object_and_its_predict_fuses_exactly():
+    """psu.apply edits YOLO.model in place and makes it fuse-safe: predict() fuses a trained-looking ACNet
+    model to what it computed (Ultralytics' fuse alone would not), and the edit survives the fuse."""
+    yolo = YOLO(YAML["detect"])
+    result = psu.apply(yolo, "acnet", input_shape=(1, 3, IMGSZ, IMGSZ))
+    assert result.model is yolo.model and isinstance(yolo.model, psu.DetectionModel) and result.report.applied
+    randomize_norms(yolo.model)
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    reference = outputs(copy.deepcopy(yolo.model), x)[0]
+    yolo.predict(x, imgsz=IMGSZ, verbose=False)  # the predictor's backend runs a fused copy of yolo.model
+    fused = yolo.predictor.model.model
+    assert fused.is_fused() and count(fused, "acnet") == 0
+    assert relative_error(outputs(fused, x)[0], reference) < 1e-4
+
+
 def test_mistakes_are_refused_with_a_hint(tmp_path):
     with pytest.raises(ps.RecipeError, match="no plugsurgeon edit") as plain:
         psu.train(YOLO(YAML["detect"]), data="unused.yaml")
