@@ -23,6 +23,7 @@ import copy
 import importlib
 import itertools
 import linecache
+import math
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,6 +207,8 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):  # fx's code reads `nan`
+        return True
     try:
         return bool(type(a) is type(b) and a == b)
     except Exception:  # noqa: BLE001 - an object whose == is not a plain truth value is not the same

@@ -400,7 +400,8 @@ class ModuleTraceError(Exception):
 def trace_module(module: nn.Module, concrete_args: dict[str, Any] | None = None, *, shallow: bool = False,
                  trace_through: frozenset[str] = frozenset(), opaque: frozenset[int] = frozenset()) -> tuple[fx.GraphModule, PlugsurgeonTracer]:
     tracer = PlugsurgeonTracer(shallow=shallow, trace_through=trace_through, opaque=opaque)
-    with warnings.catch_warnings(), attributes_preserved(module):
+    # The caller's hooks on modules traced through would run on Proxies (and record them).
+    with warnings.catch_warnings(), attributes_preserved(module), hooks_suspended(module):
         # fx warns that it cannot assert on specialised container inputs; surgery keeps the structure.
         warnings.simplefilter("ignore", UserWarning)
         try:
