@@ -74,8 +74,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.api import find_sites, trace
-    from plugsurgeon.graph.edited import edited_source
-    from plugsurgeon.plugins.safe import safe_globals
     from plugsurgeon.deployment.deploy import DeployResult, deploy
     from plugsurgeon.drawing import picture
     from plugsurgeon.errors import (
@@ -88,9 +86,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         VerificationError,
     )
     from plugsurgeon.export import export_onnx
+    from plugsurgeon.graph.edited import edited_source
     from plugsurgeon.io import load, load_weights, save
     from plugsurgeon.models import load_model
     from plugsurgeon.plugins.registry import PluginArgs, PluginSpec, catalog, get_plugin, register_plugin
+    from plugsurgeon.plugins.safe import safe_globals
     from plugsurgeon.recipe import Recipe, Step, builtin_recipes, load_recipe, parse_recipe
     from plugsurgeon.sites.select import Where
     from plugsurgeon.sites.site import ROLES, Site
