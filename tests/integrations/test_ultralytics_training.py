@@ -299,6 +299,19 @@ def test_fuse_folds_train_time_blocks_exactly(cfg):
     assert relative_error(outputs(fused, x)[0], reference) < 1e-4
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("yaml", ["yolov10n.yaml", "yolo26n.yaml"])
+def test_detectors_edited_on_their_top_level_layers_train(tmp_path, yaml):
+    """CBAM lands directly on top-level layers of these YOLOs; the trainer's EMA and checkpoints copy them."""
+    data = write_dataset(tmp_path / "data", "detect")
+    yolo = YOLO(yaml)
+    psu.train(yolo, "cbam", **settings(tmp_path, data, "train"))
+    n = count(yolo.trainer.model, "cbam")
+    assert n > 0 and count(yolo.trainer.ema.ema, "cbam") == n and count(checkpoint_model(yolo.trainer.last), "cbam") == n
+    (result,) = YOLO(str(yolo.trainer.last)).predict(torch.rand(1, 3, IMGSZ, IMGSZ), imgsz=IMGSZ, verbose=False)
+    assert result.boxes is not None
+
+
 def test_apply_edits_the_yolo_object_and_its_predict_fuses_exactly():
     """psu.apply edits YOLO.model in place and makes it fuse-safe: predict() fuses a trained-looking ACNet
     model to what it computed (Ultralytics' fuse alone would not), and the edit survives the fuse."""
