@@ -19,36 +19,36 @@ _EXPORTS: dict[str, str] = {
     "TraceError": "plugsurgeon.errors",
     "UnknownNameError": "plugsurgeon.errors",
     "VerificationError": "plugsurgeon.errors",
-    "load": "plugsurgeon.io",
-    "load_weights": "plugsurgeon.io",
-    "save": "plugsurgeon.io",
-    "load_model": "plugsurgeon.models",
+    "load": "plugsurgeon.store.saved",
+    "load_weights": "plugsurgeon.store.saved",
+    "save": "plugsurgeon.store.saved",
+    "load_model": "plugsurgeon.store.loader",
     "PluginArgs": "plugsurgeon.plugins.registry",
     "PluginSpec": "plugsurgeon.plugins.registry",
     "catalog": "plugsurgeon.plugins.registry",
     "get_plugin": "plugsurgeon.plugins.registry",
     "register_plugin": "plugsurgeon.plugins.registry",
     "safe_globals": "plugsurgeon.plugins.safe",
-    "Recipe": "plugsurgeon.recipe",
-    "Step": "plugsurgeon.recipe",
-    "builtin_recipes": "plugsurgeon.recipe",
-    "load_recipe": "plugsurgeon.recipe",
-    "parse_recipe": "plugsurgeon.recipe",
+    "Recipe": "plugsurgeon.surgery.recipe",
+    "Step": "plugsurgeon.surgery.recipe",
+    "builtin_recipes": "plugsurgeon.surgery.recipe",
+    "load_recipe": "plugsurgeon.surgery.recipe",
+    "parse_recipe": "plugsurgeon.surgery.recipe",
     "Where": "plugsurgeon.sites.select",
     "ROLES": "plugsurgeon.sites.site",
     "Site": "plugsurgeon.sites.site",
-    "Plan": "plugsurgeon.surgery",
-    "SurgeryResult": "plugsurgeon.surgery",
-    "apply": "plugsurgeon.surgery",
-    "apply_plan": "plugsurgeon.surgery",
-    "plan": "plugsurgeon.surgery",
+    "Plan": "plugsurgeon.surgery.plan",
+    "SurgeryResult": "plugsurgeon.surgery.commit",
+    "apply": "plugsurgeon.surgery.commit",
+    "apply_plan": "plugsurgeon.surgery.commit",
+    "plan": "plugsurgeon.surgery.plan",
     "edited_source": "plugsurgeon.graph.edited",
-    "find_sites": "plugsurgeon.api",
-    "trace": "plugsurgeon.api",
+    "find_sites": "plugsurgeon.sites.find",
+    "trace": "plugsurgeon.graph.trace",
     "deploy": "plugsurgeon.deployment.deploy",
     "DeployResult": "plugsurgeon.deployment.deploy",
-    "export_onnx": "plugsurgeon.export",
-    "picture": "plugsurgeon.drawing",
+    "export_onnx": "plugsurgeon.export.onnx",
+    "picture": "plugsurgeon.drawing.draw",
 }
 # Framework integrations, as submodules (ps.timm.register(...), ps.ultralytics.train(...)); left out of
 # __all__, since each imports its framework, an optional extra.
@@ -73,9 +73,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from plugsurgeon.api import find_sites, trace
     from plugsurgeon.deployment.deploy import DeployResult, deploy
-    from plugsurgeon.drawing import picture
+    from plugsurgeon.drawing.draw import picture
     from plugsurgeon.errors import (
         ModelLoadError,
         PlugsurgeonError,
@@ -85,13 +84,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         UnknownNameError,
         VerificationError,
     )
-    from plugsurgeon.export import export_onnx
+    from plugsurgeon.export.onnx import export_onnx
     from plugsurgeon.graph.edited import edited_source
-    from plugsurgeon.io import load, load_weights, save
-    from plugsurgeon.models import load_model
+    from plugsurgeon.graph.trace import trace
     from plugsurgeon.plugins.registry import PluginArgs, PluginSpec, catalog, get_plugin, register_plugin
     from plugsurgeon.plugins.safe import safe_globals
-    from plugsurgeon.recipe import Recipe, Step, builtin_recipes, load_recipe, parse_recipe
+    from plugsurgeon.sites.find import find_sites
     from plugsurgeon.sites.select import Where
     from plugsurgeon.sites.site import ROLES, Site
-    from plugsurgeon.surgery import Plan, SurgeryResult, apply, apply_plan, plan
+    from plugsurgeon.store.loader import load_model
+    from plugsurgeon.store.saved import load, load_weights, save
+    from plugsurgeon.surgery.commit import SurgeryResult, apply, apply_plan
+    from plugsurgeon.surgery.plan import Plan, plan
+    from plugsurgeon.surgery.recipe import Recipe, Step, builtin_recipes, load_recipe, parse_recipe

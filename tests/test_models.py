@@ -37,21 +37,21 @@ def test_bad_model_specs(spec, message):
     [("resnet18", "torchvision"), ("torchvision:resnet18", "torchvision"), ("timm:resnet18", "timm"), ("tests.nets:TinyResNet", "factory")],
 )
 def test_parse_source(source, kind):
-    from plugsurgeon.models import parse_source
+    from plugsurgeon.store.sources import parse_source
 
     assert parse_source(source)[0] == kind
 
 
 @pytest.mark.parametrize("source", ["timm:hf-hub:org/model", "torchvision:../x", "../x:make", "pkg.mod:", ":make", "a b", "/abs/dir", ""])
 def test_malformed_sources(source):
-    from plugsurgeon.models import parse_source
+    from plugsurgeon.store.sources import parse_source
 
     with pytest.raises(ps.PlugsurgeonError):
         parse_source(source)
 
 
 def test_import_paths_run_only_when_trusted():
-    from plugsurgeon.models import build_source
+    from plugsurgeon.store.sources import build_source
 
     with pytest.raises(ps.ModelLoadError, match="trust_source=True"):
         build_source("tests.nets:TinyResNet", trusted=False)

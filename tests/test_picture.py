@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 import plugsurgeon as ps
-from plugsurgeon.blocklayout import layout
+from plugsurgeon.drawing.layout import layout
 from tests.nets import TinyFPN, TinyResNet, randomize_batchnorm
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -256,7 +256,7 @@ def test_deploy_marks_the_blocks_it_fused():
 def test_what_cannot_be_drawn_says_so():
     with pytest.raises(ps.PlugsurgeonError, match="cannot draw a int"):
         ps.picture(42)
-    from plugsurgeon.report import SurgeryReport
+    from plugsurgeon.surgery.report import SurgeryReport
 
     bare = SurgeryReport("M", "r", (1, 3, 8, 8), [], [])
     assert bare._repr_svg_() is None  # a notebook falls back to the text
@@ -319,4 +319,4 @@ def test_ps_picture_stays_the_function_once_a_report_has_drawn_itself():
 
     importlib.import_module(ps.picture.__module__)
     assert callable(ps.picture) and ps.picture.__name__ == "picture"
-    assert ps.picture.__module__ != "plugsurgeon.picture"
+    assert ps.picture.__module__ != "plugsurgeon.drawing"

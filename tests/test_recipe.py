@@ -202,7 +202,7 @@ def test_step_names_that_would_shadow_or_alias_are_refused(name, expected):
 
 def test_a_mapping_is_a_recipe_and_anything_else_is_refused_with_a_message():
     import plugsurgeon as ps
-    from plugsurgeon.recipe import load_recipe
+    from plugsurgeon.surgery.recipe import load_recipe
 
     recipe = load_recipe({"name": "mine", "steps": [{"plugin": "se", "at": "residual.branch"}]})
     assert recipe.name == "mine" and recipe.steps[0].plugin == "se"

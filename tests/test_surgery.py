@@ -95,7 +95,7 @@ def test_failure_leaves_the_model_exactly_as_it_was(exploding_plugin, inplace):
 
 
 def test_failure_while_building_owners_leaves_model_untouched(monkeypatch):
-    from plugsurgeon import surgery
+    from plugsurgeon.surgery import commit as surgery  # where edits are built and proven
 
     model = TinyResNet()
     snap = snapshot(model)
@@ -239,7 +239,7 @@ def test_foreign_patterns_take_attention_in_the_block_that_holds_the_add():
 
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_an_edit_that_breaks_the_model_is_refused_before_commit(monkeypatch, dry_run):
-    from plugsurgeon import surgery
+    from plugsurgeon.surgery import commit as surgery  # where edits are built and proven
 
     original = surgery.build_owner
 
@@ -407,8 +407,8 @@ def test_a_copying_apply_shares_no_tensor_with_the_callers_model(plugin, at, whe
 
 
 def test_one_trace_serves_several_recipes_and_a_stale_one_is_refused(monkeypatch):
-    from plugsurgeon import surgery
     from plugsurgeon.graph import check
+    from plugsurgeon.surgery import plan as surgery  # where the model is traced
 
     model = TinyResNet()
     traced = ps.trace(model, SHAPE)
@@ -461,8 +461,8 @@ def test_an_edit_not_proven_alone_is_judged_by_running_the_whole_model(mode_brea
 
 
 def test_an_owner_that_traces_otherwise_alone_sends_its_part_to_the_whole_model_check(monkeypatch):
-    from plugsurgeon import surgery
     from plugsurgeon.graph import check
+    from plugsurgeon.surgery import commit as surgery  # where edits are built and proven
 
     whole_runs = []
     real_run = check.run_outcome

@@ -99,7 +99,7 @@ def export(
 
 
 def _recorded_shape(net) -> tuple[int, ...]:
-    from plugsurgeon.provenance import get_provenance
+    from plugsurgeon.surgery.record import get_provenance
 
     for step in reversed(get_provenance(net).get("steps", [])):
         if step.get("kind") == "deploy" and step.get("input_shape"):

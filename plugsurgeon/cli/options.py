@@ -60,7 +60,7 @@ def check_output(output: Path, *, force: bool) -> None:
     import os
 
     from plugsurgeon.errors import PlugsurgeonError
-    from plugsurgeon.io import MANIFEST, WEIGHTS
+    from plugsurgeon.store.saved import MANIFEST, WEIGHTS
 
     if not os.path.lexists(output):
         return

@@ -20,7 +20,7 @@ from plugsurgeon.deployment.verify import compare, probe_calls, run
 from plugsurgeon.errors import PlugsurgeonError, VerificationError
 from plugsurgeon.graph.shapes import validate_input_shape
 from plugsurgeon.graph.trace import Traced, trace
-from plugsurgeon.provenance import record_step
+from plugsurgeon.surgery.record import record_step
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 

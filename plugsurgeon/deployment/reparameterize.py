@@ -26,6 +26,7 @@ from torch import nn
 
 from plugsurgeon.deployment.report import LeftAlone, Reparameterized
 from plugsurgeon.errors import PlugsurgeonError
+from plugsurgeon.plugins.registry import is_plugin
 
 OWN_METHOD = "reparameterize"
 
@@ -60,8 +61,6 @@ CONVENTIONS = (
 
 def is_own_block(module: nn.Module) -> bool:
     """A plugsurgeon catalog class, which follows our protocol."""
-    from plugsurgeon.plugins.registry import is_plugin
-
     return type(module).__module__.startswith("plugsurgeon.") or is_plugin(module)
 
 

@@ -22,8 +22,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
+from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended
 from plugsurgeon.graph.shapes import needs_values, output_structure
-from plugsurgeon.graph.trace import attributes_preserved, hooks_suspended
 
 
 @dataclass(frozen=True)

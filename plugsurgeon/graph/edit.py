@@ -14,6 +14,7 @@ from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError
 from plugsurgeon.graph.edited import as_edited_instance, original_class
+from plugsurgeon.graph.guards import HOOK_TABLES
 from plugsurgeon.graph.trace import (
     LOCAL,
     OWNER,
@@ -173,8 +174,6 @@ def carry_hooks(replaced: nn.Module, replacement: nn.Module) -> None:
 
     The hook tables are copied: the handles the caller holds still refer to the old module's tables.
     """
-    from plugsurgeon.graph.trace import HOOK_TABLES
-
     for name in HOOK_TABLES:
         table = replaced.__dict__.get(name)
         if table:

@@ -9,13 +9,14 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from plugsurgeon.graph.guards import hooks_suspended
+
 
 def run_fake(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32) -> tuple[Any, int]:
     """Call ``module`` on fake inputs of ``shapes`` in eval mode; returns (output, FLOPs).
 
     Eval mode keeps BatchNorm from writing fake statistics into real buffers.
     """
-    from plugsurgeon.graph.trace import hooks_suspended
 
     flags = [(m, m.training) for m in module.modules()]
     module.eval()

@@ -17,6 +17,11 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from plugsurgeon.errors import PlugsurgeonError, TraceError
+from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended
+from plugsurgeon.graph.probe import structure_only
+
+# The input a model is traced at when the caller names none: an ImageNet-sized RGB image.
+DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
 
 def validate_input_shape(shape: Any) -> tuple[int, ...]:
@@ -56,7 +61,6 @@ def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where:
     real on zeros instead, in eval mode, without gradients, and without keeping any change to the
     model. A failure names the input shape that broke it.
     """
-    from plugsurgeon.graph.trace import attributes_preserved, hooks_suspended
 
     try:
         with hooks_suspended(gm):
@@ -78,7 +82,6 @@ def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where:
 
 
 def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode | None) -> tuple[int, tuple]:
-    from plugsurgeon.graph.trace import attributes_preserved
 
     # Built outside any fake mode, ShapeProp runs the model's own modules: given a fake mode it would
     # deep-copy the whole model into fake tensors first, which costs more than the run itself. The
@@ -198,8 +201,6 @@ def record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, t
     R-CNN's mask head would be traced on none), the forward runs again with real compute. The
     recorded tensors are replaced by empty tensors of the same shape and dtype.
     """
-    from plugsurgeon.graph.probe import structure_only
-
     try:
         with structure_only():
             records = _record_module_inputs(model, example)
@@ -221,7 +222,6 @@ def _record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, 
 
         return record
 
-    from plugsurgeon.graph.trace import attributes_preserved, hooks_suspended
 
     flags = [(m, m.training) for m in model.modules()]  # every flag: frozen BatchNorms stay frozen
     # The caller's hooks are set aside; ours go into the emptied tables and leave with them.

@@ -12,7 +12,6 @@ that trace, found top-down, with input structures recorded by hooks on one eval 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import warnings
 from collections.abc import Iterator
@@ -27,6 +26,14 @@ from torch.utils._pytree import tree_map
 
 from plugsurgeon import progress
 from plugsurgeon.errors import TraceError
+from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended
+from plugsurgeon.graph.shapes import (
+    DEFAULT_INPUT_SHAPE,
+    fake_inputs_like,
+    propagate_shapes,
+    record_module_inputs,
+    validate_input_shape,
+)
 
 OWNER = "ps_owner"  # node.meta key: path (relative to the traced root) of the innermost module call
 OWNER_CALL = "ps_owner_call"  # which call of that module, when it runs more than once
@@ -321,48 +328,6 @@ def _is_variadic(parameter: inspect.Parameter) -> bool:
     return parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
-@contextlib.contextmanager
-def attributes_preserved(model: nn.Module):
-    """Undo attribute writes that a forward makes while traced (torchvision's AnchorGenerator caches
-    its anchors on itself; a failed trace would leave Proxies in the user's model)."""
-    saved = []
-    for module in model.modules():
-        state = {k: v for k, v in vars(module).items() if k not in ("_parameters", "_buffers", "_modules")}
-        saved.append((module, state))
-    try:
-        yield
-    finally:
-        for module, state in saved:
-            for key in [k for k in vars(module) if k not in state and k not in ("_parameters", "_buffers", "_modules")]:
-                del module.__dict__[key]
-            for key, value in state.items():
-                if module.__dict__.get(key, _MISSING) is not value:
-                    module.__dict__[key] = value
-
-
-_MISSING = object()
-HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
-                "_forward_hooks_always_called", "_backward_hooks", "_backward_pre_hooks")
-
-
-@contextlib.contextmanager
-def hooks_suspended(model: nn.Module):
-    """The caller's hooks do not run while surgery looks at the model: they were written for real
-    values and may read them (they would fail on fake tensors) or record them (our runs are not theirs).
-    The hook tables are set aside whole and put back as they were."""
-    saved = []
-    for module in model.modules():
-        tables = {name: module.__dict__[name] for name in HOOK_TABLES if name in module.__dict__}
-        saved.append((module, tables))
-        for name, table in tables.items():
-            module.__dict__[name] = type(table)()
-    try:
-        yield
-    finally:
-        for module, tables in saved:
-            module.__dict__.update(tables)
-
-
 def _without_variadics(module: nn.Module) -> nn.Module:
     """``module`` itself, or a view of it whose forward takes only the named parameters.
 
@@ -559,15 +524,13 @@ class Traced:
         raise KeyError(path)
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> Traced:
+def trace(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> Traced:
     """Trace ``model`` and propagate shapes on fake tensors.
 
     What fx cannot follow is left out as small as possible: a submodule whose own forward does not
     trace becomes a leaf of the model's graph and its insides are traced in parts; a model whose own
     forward does not trace (torchvision's detectors) is traced in parts from the top.
     """
-    from plugsurgeon.graph.shapes import validate_input_shape
-
     input_shape = validate_input_shape(input_shape)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     progress.step(f"tracing {type(model).__name__} at {'x'.join(map(str, input_shape))}")
@@ -604,8 +567,6 @@ class _PartTracer:
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
 
     def inputs(self) -> dict[str, tuple[tuple, dict]]:
-        from plugsurgeon.graph.shapes import record_module_inputs
-
         if self._inputs is None:
             progress.step(f"running {type(self.model).__name__} once to record the inputs of its traceable parts")
             self._inputs = record_module_inputs(self.model, torch.zeros(self.input_shape, dtype=self.dtype))
@@ -628,8 +589,6 @@ class _PartTracer:
         return Traced(self.model, self.parts, self.input_shape, self.untraced, self.fake_mode)
 
     def visit(self, path: str, module: nn.Module) -> None:
-        from plugsurgeon.graph.shapes import fake_inputs_like, propagate_shapes
-
         if is_leaf_type(module):
             return
         if path == "":

@@ -41,7 +41,7 @@ from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError, UnknownNameError, did_you_mean
 from plugsurgeon.integrations import timm_models
-from plugsurgeon.recipe import Recipe, load_recipe
+from plugsurgeon.surgery.recipe import Recipe, load_recipe
 
 __all__ = ["register"]
 
@@ -156,7 +156,8 @@ def _entrypoint(edited: _Edited):
 
 
 def _create(edited: _Edited, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
-    from plugsurgeon.surgery import apply  # surgery imports torch.fx machinery: only when a model is built
+    # Surgery imports torch.fx machinery: only when a model is built, not when timm lists its models.
+    from plugsurgeon.surgery.commit import apply
 
     if edited.tag and not kwargs.get("pretrained_cfg"):  # "name.tag" reaches here as pretrained_cfg="tag"
         kwargs["pretrained_cfg"] = edited.tag

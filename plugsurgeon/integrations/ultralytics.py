@@ -43,9 +43,12 @@ except ImportError as _missing:  # pragma: no cover - depends on the environment
     raise PlugsurgeonError(f"plugsurgeon's Ultralytics integration needs the ultralytics package ({_missing})",
                            hint="pip install 'ultralytics>=8.4'") from None
 
+from plugsurgeon.deployment.reparameterize import is_reparameterizable
 from plugsurgeon.errors import ModelLoadError, PlugsurgeonError, RecipeError
-from plugsurgeon.provenance import get_provenance, set_provenance
-from plugsurgeon.recipe import Recipe, load_recipe
+from plugsurgeon.store.replay import replay
+from plugsurgeon.surgery.commit import apply as apply_recipe
+from plugsurgeon.surgery.recipe import Recipe, load_recipe
+from plugsurgeon.surgery.record import get_provenance, set_provenance
 
 __all__ = ["TASKS", "apply", "train", "trainer", "fuse_safe", "reparameterize_blocks", "recorded_steps",
            "DetectionModel", "SegmentationModel", "PoseModel", "ClassificationModel", "OBBModel", "RTDETRDetectionModel"]
@@ -67,8 +70,6 @@ def reparameterize_blocks(model: nn.Module) -> int:
     ``reparameterize()`` returns the module it equals in eval mode, e.g. ACBlock) by that module;
     returns how many were replaced. Ultralytics' own blocks (RepConv, RepVGGDW) are left to its
     ``fuse()``, which knows them. A block shared by several paths is converted once."""
-    from plugsurgeon.deployment.reparameterize import is_reparameterizable
-
     found: list[tuple[nn.Module, str, str, nn.Module]] = []  # (parent, attribute, path, block)
 
     def visit(parent: nn.Module, prefix: str) -> None:
@@ -176,8 +177,6 @@ def fuse_safe(model: nn.Module) -> nn.Module:
     class is returned as it is when it holds no train-time block, and refused when it does: its
     ``fuse()`` would export something else than it computes.
     """
-    from plugsurgeon.deployment.reparameterize import is_reparameterizable
-
     cls = type(model)
     if cls in _FUSE_SAFE.values():
         return model
@@ -201,15 +200,13 @@ def apply(yolo: Any, recipe: str | Path | Recipe | dict, *, input_shape: Sequenc
     The YOLO object then predicts, validates and exports the edited model; train it with ``train(yolo)``,
     which replays the edit inside Ultralytics' trainer (its default trainer would rebuild the plain network).
     """
-    import plugsurgeon as ps
-
     model = getattr(yolo, "model", None)
     if not isinstance(model, nn.Module):
         raise PlugsurgeonError(f"expected an Ultralytics YOLO with a PyTorch model, got {type(yolo).__name__}",
                                hint="from ultralytics import YOLO; apply(YOLO('yolov8n.yaml'), 'cbam')")
     if input_shape is None:
         input_shape = (1, int(getattr(model, "yaml", {}).get("channels", 3)), 640, 640)
-    result = ps.apply(model, recipe, input_shape=tuple(input_shape), inplace=True, **options)
+    result = apply_recipe(model, recipe, input_shape=tuple(input_shape), inplace=True, **options)
     if not options.get("dry_run"):
         yolo.model = fuse_safe(result.model)
         result.model = yolo.model
@@ -303,16 +300,12 @@ class _KeepsEdits:
                               hint="make the trainer with a recipe, trainer('cbam', task=...); or train(yolo, data=...), "
                                    "which replays the edits the YOLO's model records")
         else:
-            from plugsurgeon.surgery import apply
-
             model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-            model = apply(model, self._ps_recipe, inplace=True, input_shape=self._edit_shape()).model
+            model = apply_recipe(model, self._ps_recipe, inplace=True, input_shape=self._edit_shape()).model
         return fuse_safe(model)
 
     def _rebuild(self, cfg, weights, steps: list[dict[str, Any]], verbose: bool) -> nn.Module:
         """The plain network from ``cfg`` with ``steps`` replayed, holding ``weights``' tensors."""
-        from plugsurgeon.steps import replay
-
         edited = bool(recorded_steps(weights))
         if edited and _is_fused(weights):
             raise ModelLoadError(f"the {type(weights).__name__} to train was fused for inference (YOLO.fuse()), so its BNs "

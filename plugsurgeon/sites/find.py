@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from torch import nn
+
 from plugsurgeon.errors import UnknownNameError, did_you_mean
-from plugsurgeon.graph.trace import Traced, flat_tensors
+from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE
+from plugsurgeon.graph.trace import Traced, flat_tensors, trace
 from plugsurgeon.sites.graphview import GraphView
 from plugsurgeon.sites.locators import LOCATORS, backbone_candidate, stage_sites
+from plugsurgeon.sites.select import Where, select
 from plugsurgeon.sites.site import ALIASES, ROLES, Site, known_role, role_matches
 
 _MODEL_WIDE = ("backbone", "stage")  # one extractor per model: decided across the traced parts
@@ -39,8 +45,6 @@ def locate(traced: Traced, kind: str | None = None) -> list[Site]:
     sites.sort(key=lambda item: (item[0], item[1].order, item[1].role))
     found = [s for _i, s in sites]
     if where:
-        from plugsurgeon.sites.select import Where, select
-
         found = select(found, Where(**where))
     return found
 
@@ -91,3 +95,27 @@ def _maps_fed(view: GraphView) -> int:
 def _fed_the_image(view: GraphView) -> bool:
     maps = [t for t in flat_tensors(view.part.example_inputs) if t.dim() == 4]
     return len(maps) == 1 and tuple(maps[0].shape[-2:]) == tuple(view.part.input_spatial or ())
+
+
+def find_sites(model: nn.Module | Traced, kind: str | None = None, *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> list[Site]:
+    """Every insertion point of ``kind`` in ``model``, in graph order.
+
+    Args:
+        model: a model, or a trace of one (``ps.trace``) to reuse.
+        kind: a role (``residual.branch``), a family of roles (``downsample``) or an alias (``conv3x3``);
+            None for every site.
+        input_shape: the input the model is traced at (ignored for a trace).
+
+    Returns:
+        The sites (role, path, channels, spatial size, stride, stage...).
+
+    Raises:
+        TraceError: the model does not run on inputs of that shape.
+        SiteError: ``kind`` is not a role, family or alias.
+
+    Example:
+        >>> ps.find_sites(torchvision.models.resnet50(), "residual.branch")[0].path
+        'layer1.0.bn3'
+    """
+    traced = model if isinstance(model, Traced) else trace(model, input_shape)
+    return locate(traced, kind)

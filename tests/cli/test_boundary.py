@@ -173,7 +173,7 @@ def test_report_text_is_never_markup():
     from rich.console import Console
 
     from plugsurgeon.cli import render
-    from plugsurgeon.report import EditReport, SurgeryReport
+    from plugsurgeon.surgery.report import EditReport, SurgeryReport
 
     report = SurgeryReport(
         model="Net[/]", recipe="[bold]r", input_shape=(1, 3, 8, 8), traced=["[/]"], untraced=[("head[/]", "why [x]")],

@@ -16,7 +16,7 @@ from torch import nn
 
 from plugsurgeon.cli import listings, render
 from plugsurgeon.cli.app import run
-from plugsurgeon.report import EditReport, SurgeryReport
+from plugsurgeon.surgery.report import EditReport, SurgeryReport
 from tests.nets import TinyResNet
 
 ROOT = Path(__file__).resolve().parents[2]

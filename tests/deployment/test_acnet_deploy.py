@@ -14,7 +14,7 @@ import torch
 import plugsurgeon as ps
 from plugsurgeon.deployment.reparameterize import is_reparameterizable
 from plugsurgeon.plugins.acnet import ACBlock
-from plugsurgeon.provenance import get_provenance
+from plugsurgeon.surgery.record import get_provenance
 from tests.deployment.helpers import (
     assert_same_function,
     assert_state_equal,

@@ -262,7 +262,7 @@ def test_ultralytics_detection_model_deploys_through_its_own_fuse(monkeypatch):
 
 
 def test_export_sees_pending_third_party_blocks_and_not_converted_ones():
-    from plugsurgeon.export import unfused_parts
+    from plugsurgeon.export.onnx import unfused_parts
 
     model = nn.Sequential(TimmStyle(), nn.ReLU())
     assert any("train-time block" in u and "0" in u for u in unfused_parts(model, SHAPE))

@@ -21,7 +21,7 @@ from torch import nn
 
 import plugsurgeon as ps
 from plugsurgeon.plugins.blurpool import BlurPool2d, from_antialiased_cnns
-from plugsurgeon.steps import recipe_step
+from plugsurgeon.surgery.record import recipe_step
 from tests.nets import randomize_batchnorm
 from tests.plugins._reference_pairs import scramble
 

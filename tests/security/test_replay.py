@@ -42,7 +42,7 @@ def test_a_missing_edit_is_refused(edited_dir):
 
 
 def test_edits_record_every_argument_they_were_built_with(edited_dir):
-    from plugsurgeon.io import read_manifest as manifest_of
+    from plugsurgeon.store.saved import read_manifest as manifest_of
 
     args = {edit.args["reduction"] for edit in manifest_of(edited_dir).steps[0].edits}
     assert args == {16} and "min_hidden" in manifest_of(edited_dir).steps[0].edits[0].args  # defaults too

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import plugsurgeon as ps
-from plugsurgeon.provenance import get_provenance, set_provenance
+from plugsurgeon.surgery.record import get_provenance, set_provenance
 from tests.nets import TinyResNet
 from tests.security.conftest import snapshot
 
@@ -90,7 +90,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, small, monkeypatch):
 
 
 def test_round_trip_records_edits_and_versions(edited_dir):
-    from plugsurgeon.io import read_manifest
+    from plugsurgeon.store.saved import read_manifest
 
     manifest = read_manifest(edited_dir)
     assert manifest.format == "plugsurgeon/2" and set(manifest.versions) == {"plugsurgeon", "torch", "torchvision"}
@@ -109,7 +109,7 @@ def test_round_trip_records_edits_and_versions(edited_dir):
 
 def test_steps_recorded_without_their_edits_are_resolved_at_save(tmp_path):
     """A recipe step recorded without edits is redone on a fresh build, which must give the model saved."""
-    from plugsurgeon.io import read_manifest
+    from plugsurgeon.store.saved import read_manifest
 
     result = ps.apply(TinyResNet(), "se", input_shape=(1, 3, 32, 32))
     provenance = get_provenance(result.model)

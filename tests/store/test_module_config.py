@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 import plugsurgeon as ps
-from plugsurgeon.module_config import read_config
+from plugsurgeon.store.config import read_config
 
 # (builder, recipe, configuration the builder takes, SSD's fixed size set after building)
 FAMILIES = {
@@ -77,7 +77,7 @@ def test_every_family_records_what_it_was_built_with(name):
     """The records of a configured build, set on a default build, make it read back the same (on the
     meta device: no weights are made)."""
     configured, plain = build(name, device="meta"), default(name, device="meta")
-    from plugsurgeon.module_config import apply_config
+    from plugsurgeon.store.config import apply_config
 
     records = read_config(configured)
     kinds = {record.kind.removeprefix("torchvision.") for record in records}

@@ -28,10 +28,13 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from plugsurgeon import progress
+from plugsurgeon.deployment.fold import is_norm, plan_folds
+from plugsurgeon.deployment.reparameterize import find_reparameterizable
 from plugsurgeon.deployment.report import DetectionCheck
 from plugsurgeon.deployment.verify import check_outputs, is_detections, match_detections
 from plugsurgeon.errors import PlugsurgeonError, VerificationError
 from plugsurgeon.graph.shapes import validate_input_shape
+from plugsurgeon.graph.trace import trace
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot hold more than 2 GB in one file
@@ -249,10 +252,6 @@ def _size(path: Path) -> int:
 
 def unfused_parts(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
     """What deploy would still change: reparameterizable blocks and foldable BatchNorms (as readable phrases)."""
-    from plugsurgeon.deployment.fold import is_norm, plan_folds
-    from plugsurgeon.deployment.reparameterize import find_reparameterizable
-    from plugsurgeon.graph.trace import trace
-
     found = []
     blocks = [paths[0] or "(root)" for paths in find_reparameterizable(model).values()]
     if blocks:

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
-from plugsurgeon.blocklayout import Layout, Rect
+from plugsurgeon.drawing.layout import Layout, Rect
 
 FONT = 11  # px
 CHAR = 0.62 * FONT  # advance of one monospace character (DejaVu Sans Mono: 0.602 em), with a margin

@@ -17,7 +17,7 @@ Compatibility rule (format ``plugsurgeon/2``):
   builder that changed between versions is refused, with the differing versions named, while an
   unchanged one loads. The new modules compute with this version's plugin code;
 - ``config`` records what the model holds outside its tensors that its source does not rebuild (a
-  torchvision detector's resize size and detection thresholds: plugsurgeon.module_config). It is
+  torchvision detector's resize size and detection thresholds: plugsurgeon.store.config). It is
   set before the edits are redone and must read back the same after. A manifest written before
   ``config`` existed has none and loads at the builder's defaults, as it did then: that is right for
   every model built by ``load_model``, which plugsurgeon never reconfigures, and refusing them
@@ -43,9 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from torch import nn
 
 from plugsurgeon.errors import ModelLoadError, PlugsurgeonError, UnknownNameError
-from plugsurgeon.module_config import MAX_RECORDS, ModuleConfig, apply_config, read_config
-from plugsurgeon.provenance import get_provenance, set_provenance
-from plugsurgeon.steps import MAX_STEPS, StepRecord, describe
+from plugsurgeon.store.config import MAX_RECORDS, ModuleConfig, apply_config, read_config
+from plugsurgeon.store.replay import replay, resolve
+from plugsurgeon.store.sources import build_source, parse_source
+from plugsurgeon.surgery.record import MAX_STEPS, StepRecord, describe, get_provenance, set_provenance
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -92,9 +93,6 @@ def save(model: nn.Module, directory: str | Path, *, source: str | None = None, 
     and the two files are written whole or not at all.
     """
     from safetensors.torch import save_model
-
-    from plugsurgeon.models import parse_source
-    from plugsurgeon.steps import resolve
 
     if not isinstance(model, nn.Module):
         raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="save the model, not its state_dict")
@@ -172,9 +170,6 @@ def load(directory: str | Path, *, trust_source: bool = False) -> nn.Module:
     code inside the directory itself is refused either way. See the module docstring for which
     version differences are accepted.
     """
-    from plugsurgeon.models import build_source
-    from plugsurgeon.steps import replay
-
     directory = Path(directory)
     root = _model_directory(directory)
     if root in _LOADING.get():

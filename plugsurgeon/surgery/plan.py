@@ -1,11 +1,10 @@
-"""Plan, then apply: every check runs before the first change, and the commit cannot fail half-way."""
+"""Planning: every site matched, every plugin module built on fake tensors and checked, before anything changes."""
 
 from __future__ import annotations
 
-import copy
-import json
 import keyword
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,26 +13,21 @@ from torch import nn
 
 from plugsurgeon import progress
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
-from plugsurgeon.graph.check import carries_metadata, compare
-from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
-from plugsurgeon.graph.edited import edited_graph
+from plugsurgeon.graph.check import carries_metadata
 from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.inputs import resize_notes
 from plugsurgeon.graph.modes import differs_between_modes
-from plugsurgeon.graph.shapes import shape_of
-from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, own_statements, trace
+from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE, shape_of
+from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, trace
 from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins._conv import stride_one
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
-from plugsurgeon.provenance import record_step
-from plugsurgeon.recipe import Recipe, Step, load_recipe
-from plugsurgeon.report import EditReport, SurgeryReport
+from plugsurgeon.sites.blocks import report_blocks  # the picture's boxes, plain data
 from plugsurgeon.sites.find import locate
 from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
-from plugsurgeon.steps import recipe_step
-
-DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
+from plugsurgeon.surgery.recipe import Recipe, Step, load_recipe
+from plugsurgeon.surgery.report import EditReport, SurgeryReport
 
 
 @dataclass
@@ -94,10 +88,6 @@ class Plan:
     sites: list[Site] = field(default_factory=list)  # every site of the model: the report's picture groups blocks by them
 
     def report(self) -> SurgeryReport:
-        from plugsurgeon.blockgraph import (
-            report_blocks,  # the picture's boxes, plain data; drawn only when asked
-        )
-
         return SurgeryReport(
             model=type(self.model).__name__,
             recipe=self.recipe.name,
@@ -117,27 +107,22 @@ class Plan:
         )
 
 
-@dataclass
-class SurgeryResult:
-    model: nn.Module
-    report: SurgeryReport
-    plan: Plan
-
-
-def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape=DEFAULT_INPUT_SHAPE, traced: Traced | None = None) -> Plan:
+def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: Sequence[int] | None = None,
+         traced: Traced | None = None) -> Plan:
     """Trace, find sites, build and check every plugin module; the model is not modified.
 
-    ``traced``: a trace of this model made earlier (``ps.trace(model, input_shape)``), to try several
-    recipes on one model without tracing it again; its input shape is the one used."""
+    ``input_shape``: the input the model is traced at (default ``(1, 3, 224, 224)``). ``traced``: a
+    trace of this model made earlier (``ps.trace(model, input_shape)``), to try several recipes on one
+    model without tracing it again; its input shape is the one used, and another one given is refused."""
     recipe = load_recipe(recipe)
-    if traced is not None and tuple(input_shape) not in (DEFAULT_INPUT_SHAPE, traced.input_shape):
+    if traced is not None and input_shape is not None and tuple(input_shape) != traced.input_shape:
         raise PlugsurgeonError(f"input shape {tuple(input_shape)} differs from the shape the trace was made at, {traced.input_shape}",
                                hint="leave input_shape out when passing a trace, or trace at that shape")
     if traced is not None and not traced.describes(model):
         raise PlugsurgeonError(f"the trace passed as `traced` is not of this {type(model).__name__} as it is now "
                                "(another model, or this one since edited in place)",
                                hint="trace the model again: ps.trace(model, input_shape)")
-    traced = traced or trace(model, input_shape)
+    traced = traced or trace(model, tuple(input_shape or DEFAULT_INPUT_SHAPE))
     all_sites = locate(traced)
     dtype = _host_dtype(model)
     edits: list[PlannedEdit] = []
@@ -255,7 +240,7 @@ def _choose_scope(model: nn.Module, part, site: Site, spec: PluginSpec, where: s
                 hint="exclude the site with `where: {exclude: [...]}`, or choose a site of a module that runs once"))
         elif _differs_between_modes(model, part, scope):
             refusals.append(SiteError(
-                f"{where}: the forward of '{owner_path or type(model).__name__}' ({type(_owner_module(model, owner_path)).__name__}) "
+                f"{where}: the forward of '{owner_path or type(model).__name__}' ({type(owner_module(model, owner_path)).__name__}) "
                 "differs between train and eval mode (it branches on self.training), so an edited copy would keep only one of its two graphs",
                 hint="exclude this site with `where: {exclude: [...]}`, or target sites inside its blocks"))
         else:
@@ -449,18 +434,18 @@ def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedEdit) -> Plann
                        dtype=dtype, device=edit.device)
 
 
-def _owner_module(model: nn.Module, owner_path: str) -> nn.Module:
+def owner_module(model: nn.Module, owner_path: str) -> nn.Module:
     return model.get_submodule(owner_path) if owner_path else model
 
 
-def _owner_call(part, scope: Scope):
+def owner_call(part, scope: Scope):
     """(concrete args, children to trace through) of the owner's call, as the model trace saw it."""
     record = part.call_record(scope.owner, scope.call) if scope.owner else None
     concrete = record.concrete_args if record is not None else part.concrete_args
-    return concrete, _structured_children(part, scope.owner, scope.call)
+    return concrete, structured_children(part, scope.owner, scope.call)
 
 
-def _structured_children(part, owner: str, call: int) -> frozenset[str]:
+def structured_children(part, owner: str, call: int) -> frozenset[str]:
     """Direct children whose call returned a structure (a tuple the owner unpacks, like torchvision's
     FPN ``extra_blocks``): the owner's own trace must follow them, as a leaf would be opaque."""
     prefix = owner + "." if owner else ""
@@ -473,8 +458,8 @@ def _structured_children(part, owner: str, call: int) -> frozenset[str]:
 
 
 def _differs_between_modes(model: nn.Module, part, scope: Scope) -> bool:
-    owner = _owner_module(model, part.absolute(scope.owner))
-    concrete, through = _owner_call(part, scope)
+    owner = owner_module(model, part.absolute(scope.owner))
+    concrete, through = owner_call(part, scope)
     try:
         return differs_between_modes(owner, concrete, through)
     except ModuleTraceError:
@@ -538,150 +523,6 @@ def _name_new_modules(model: nn.Module, edits: list[PlannedEdit]) -> None:
             name, suffix = f"{base}_{suffix}", suffix + 1
         taken[edit.owner].add(name)
         edit.attribute = name
-
-
-def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-    """Every edited owner and replacement module, built without touching ``planned.model``."""
-    model, traced = planned.model, planned.traced
-    groups: dict[str, list[PlannedEdit]] = defaultdict(list)
-    for edit in planned.edits:
-        if edit.spec.mode == "after":
-            groups[edit.owner].append(edit)
-    owners: dict[str, nn.Module] = {}
-    for owner_path, edits in groups.items():
-        part = traced.part(edits[0].site.part)
-        concrete, through = _owner_call(part, edits[0].scope)
-        insertions = [
-            Insertion(e.scope.local, e.attribute, e.module, e.scope.op, e.scope.target, e.extra_locals)
-            for e in sorted(edits, key=lambda e: e.step_index)
-        ]
-        try:
-            owners[owner_path] = build_owner(_owner_module(model, owner_path), owner_path, insertions, concrete, through)
-        except PlugsurgeonError:
-            raise
-        except Exception as error:  # noqa: BLE001 - fx raises many types
-            raise SiteError(f"cannot edit '{owner_path or type(model).__name__}' (sites {[e.site.path for e in edits]}): "
-                            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}",
-                            hint="exclude these sites with `where: {exclude: [...]}`") from None
-    replacements = {e.attribute: e.module for e in planned.edits if e.spec.mode == "replace"}
-    for path, module in replacements.items():
-        carry_hooks(model.get_submodule(path), module)
-    return owners, replacements
-
-
-def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[str, nn.Module]) -> None:
-    """The edited model runs in train and eval mode wherever the original does, with the same output
-    structure (each edited part on its recorded inputs); the failing edit is named."""
-    model, traced = planned.model, planned.traced
-    for part in traced.parts:
-        paths = [p for p in (*owners, *replacements) if _within(p, part.path)]
-        if not paths or _proven_locally(planned, part, owners):
-            continue
-        progress.step(f"checking '{part.path or type(model).__name__}' edited, in train and eval mode")
-        problem = _part_problem(model, traced, part, owners, replacements)
-        if problem is None:
-            continue
-        culprit = next((p for p in paths if _part_problem(model, traced, part, *_only(p, owners, replacements)) is not None), None)
-        sites = [e.site.path for e in planned.edits if e.module_path == culprit or (culprit and e.owner == culprit)] if culprit else []
-        where = f"the edit at '{culprit}' (site {', '.join(sites)})" if culprit else f"the edits in '{part.path or type(model).__name__}'"
-        raise SiteError(f"{where} breaks the model: {problem}",
-                        hint="exclude the site with `where: {exclude: [...]}`; nothing was changed")
-
-
-def _proven_locally(planned: Plan, part, owners: dict[str, nn.Module]) -> bool:
-    """True when every edit in ``part`` is proven on its own (``PlannedEdit.proven``) and every owner
-    it edits traced alone exactly as inside the model: the edited graph is then the original one with
-    modules that keep shapes and dtypes spliced in, and running the whole part would find nothing."""
-    edits = [e for e in planned.edits if e.site.part == part.path]
-    if not all(e.proven for e in edits):
-        return False
-    scopes = {e.owner: e.scope for e in edits if e.spec.mode == "after"}  # one call per owner (_choose_scope)
-    for path, scope in scopes.items():
-        graph = edited_graph(owners[path]) if path in owners else None
-        if (_structured_children(part, scope.owner, scope.call) or graph is None
-                or own_statements(graph) != part.statements(scope.owner, scope.call)):
-            return False
-    return True
-
-
-def _within(path: str, part_path: str) -> bool:
-    return part_path == "" or path == part_path or path.startswith(part_path + ".")
-
-
-def _only(path, owners, replacements):
-    return ({path: owners[path]} if path in owners else {}), ({path: replacements[path]} if path in replacements else {})
-
-
-def _part_problem(model: nn.Module, traced: Traced, part, owners, replacements) -> str | None:
-    edited = overlay(model, owners, replacements)
-    original_part = _owner_module(model, part.path)
-    edited_part = _owner_module(edited, part.path)
-    # The traced graph's output stands for the original's only while the part keeps its own class.
-    known = part.eval_structure if part.path not in owners else None
-    return compare(original_part, edited_part, part.example_inputs, traced.fake_mode, known, part.outcomes)
-
-
-def apply_plan(planned: Plan) -> SurgeryResult:
-    """Commit a plan into ``planned.model``. All new modules are built and checked before the first attribute is set."""
-    model = planned.model
-    progress.step(f"building {len(planned.edits)} edits")
-    for edit in planned.edits:  # the plan's modules are fake: build the real ones now
-        edit.materialize(model)
-    owners, replacements = build_edits(planned)
-    check_edits(planned, owners, replacements)
-    keys_before = set(model.state_dict())
-    report = planned.report()
-    root = commit(model, owners, replacements)
-    keys_after = set(root.state_dict())
-    report.applied = True
-    report.new_keys = sorted(keys_after - keys_before)
-    report.renamed_keys = sorted(keys_before - keys_after)
-    if report.renamed_keys:
-        report.notes.append(f"{len(report.renamed_keys)} original state_dict keys are gone or renamed: {report.renamed_keys[:5]}")
-    report.params_after = count_params(root)
-    return SurgeryResult(root, report, planned)
-
-
-def apply(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape=DEFAULT_INPUT_SHAPE, inplace: bool = False, dry_run: bool = False,
-          traced: Traced | None = None) -> SurgeryResult:
-    """Apply a recipe. The caller's model is copied unless ``inplace``; a failure leaves it exactly as it was.
-
-    With ``dry_run`` the plan is made and reported and nothing is changed. ``traced``: a trace of
-    ``model`` as it is (``ps.trace``), reused instead of tracing again -- trying several recipes on one
-    model then traces it, and runs the original in the pre-commit check, once (see ``plan``).
-    """
-    if not isinstance(model, nn.Module):
-        raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load_model('resnet50')")
-    if dry_run:  # the same plan, edits and checks as a real call, only not committed
-        planned = plan(model, recipe, input_shape=input_shape, traced=traced)
-        check_edits(planned, *build_edits(planned))
-        return SurgeryResult(model, planned.report(), planned)
-    # Planning reads the caller's model and changes nothing: the copy is made only once the plan
-    # holds (a recipe that matches nothing costs no copy), and it is the one copy surgery makes.
-    planned = plan(model, recipe, input_shape=input_shape, traced=traced)
-    # Everything that can fail runs before the commit: the step is recorded as plain JSON data.
-    try:
-        step = recipe_step(planned)  # the recipe, its input shape and the resolved edits (steps.py)
-        json.dumps(step, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise RecipeError(f"recipe '{planned.recipe.name}' holds a value that cannot be saved: {error}",
-                          hint="recipe arguments are plain numbers, strings, booleans and lists of them") from None
-    if not inplace:
-        # Edits are paths and shapes: they apply to the copy as they would to the model; apply_plan
-        # builds every new module from the copy's own layers (a replaced conv's weights included).
-        planned.model = _copy_of(model)
-    target = planned.model
-    result = apply_plan(planned)
-    record_step(target, result.model, step)
-    return result
-
-
-def _copy_of(model: nn.Module) -> nn.Module:
-    try:
-        return copy.deepcopy(model)
-    except Exception as error:  # noqa: BLE001 - a model may hold anything (locks, open files, handles)
-        raise PlugsurgeonError(f"cannot copy {type(model).__name__} to edit the copy: {type(error).__name__}: {str(error)[:200]}",
-                               hint="pass inplace=True to edit the model itself (a failure still leaves it unchanged)") from None
 
 
 def _host_dtype(model: nn.Module) -> torch.dtype:

@@ -28,8 +28,8 @@ describe), and an edited box says what changed in it and by how much, so the eye
 box rather than across two panels. FLOPs are torch.utils.flop_counter's: 2 per multiply-accumulate,
 at the traced input shape (the legend says so).
 
-How the boxes are chosen: ``plugsurgeon.blockgraph``; where they go: ``plugsurgeon.blocklayout``
-(grandalf's layered layout, pure Python); how they look: ``plugsurgeon.blocksvg``. The core never
+How the boxes are chosen: ``plugsurgeon.sites.blocks``; where they go: ``plugsurgeon.drawing.layout``
+(grandalf's layered layout, pure Python); how they look: ``plugsurgeon.drawing.svg``. The core never
 prints; the CLI's ``show`` command writes the file.
 """
 
@@ -41,10 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugsurgeon.blockgraph import Block, BlockGraph
-from plugsurgeon.blocklayout import layout
-from plugsurgeon.blocksvg import Card, Cluster, Line, render
+from torch import nn
+
+from plugsurgeon.drawing.layout import layout
+from plugsurgeon.drawing.svg import Card, Cluster, Line, render
 from plugsurgeon.errors import PlugsurgeonError
+from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE
+from plugsurgeon.graph.trace import trace
+from plugsurgeon.sites.blocks import Block, BlockGraph, block_graph
+from plugsurgeon.sites.find import locate
 
 _MAX_CHANGE_LINES = 6  # per box; more are counted in one line
 _KEYS = {"inserted": "module inserted", "replaced": "module replaced", "fused": "fused at deploy"}
@@ -93,8 +98,6 @@ def picture(
         return _surgery_picture(reports, title)
     if _is_deploy_result(source):
         return _deploy_picture(source, original, title)
-    from torch import nn
-
     if isinstance(source, nn.Module):
         graph = _trace_blocks(source, input_shape)
         return draw(
@@ -158,29 +161,27 @@ def draw(
 # -- sources --------------------------------------------------------------------------------------
 
 
-def _reports(source: Any) -> list | None:
-    """The surgery reports ``source`` stands for, or None when it is something else."""
-    from plugsurgeon.report import SurgeryReport
+# Reports are read by what they hold, not by their class: pictures sit below surgery and deploy, which
+# draw their reports with them (a report shows itself as its picture in a notebook).
+_SURGERY_REPORT = ("recipe", "edits", "blocks", "params_before", "params_after", "flops_before", "applied")
+_DEPLOY_REPORT = ("folded", "reparameterized", "input_shape", "params_before", "params_after")
 
+
+def _reports(source: Any) -> list | None:
+    """The surgery reports ``source`` stands for (results or reports), or None when it is something else."""
     items = list(source) if isinstance(source, (list, tuple)) else [source]
     reports = [getattr(item, "report", item) for item in items]
-    if not reports or not all(isinstance(r, SurgeryReport) for r in reports):
+    if not reports or not all(all(hasattr(r, name) for name in _SURGERY_REPORT) for r in reports):
         return None
     return reports
 
 
 def _is_deploy_result(source: Any) -> bool:
-    from plugsurgeon.deployment.deploy import DeployResult
-
-    return isinstance(source, DeployResult)
+    report = getattr(source, "report", None)
+    return isinstance(getattr(source, "model", None), nn.Module) and all(hasattr(report, name) for name in _DEPLOY_REPORT)
 
 
 def _trace_blocks(model, input_shape) -> BlockGraph:
-    from plugsurgeon.blockgraph import block_graph
-    from plugsurgeon.graph.trace import trace
-    from plugsurgeon.sites.find import locate
-    from plugsurgeon.surgery import DEFAULT_INPUT_SHAPE
-
     traced = trace(model, tuple(input_shape or DEFAULT_INPUT_SHAPE))
     return block_graph(traced, locate(traced))
 

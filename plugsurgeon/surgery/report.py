@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from plugsurgeon.drawing.draw import picture
+
 
 @dataclass
 class EditReport:
@@ -56,9 +58,7 @@ class SurgeryReport:
         return data
 
     def _repr_svg_(self) -> str | None:
-        """A notebook shows the report as its picture (plugsurgeon.drawing.picture); plain text when it has none."""
+        """A notebook shows the report as its picture (``ps.picture``); plain text when it has none."""
         if self.blocks is None:
             return None
-        from plugsurgeon.drawing import picture
-
         return str(picture(self))

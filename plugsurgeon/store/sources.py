@@ -18,9 +18,7 @@ from typing import Literal
 
 from torch import nn
 
-from plugsurgeon import progress
 from plugsurgeon.errors import ModelLoadError, UnknownNameError, did_you_mean
-from plugsurgeon.provenance import record_source
 
 SourceKind = Literal["torchvision", "timm", "factory"]
 
@@ -30,28 +28,6 @@ MAX_SOURCE_LENGTH = 300
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
 _MODULE = re.compile(r"[A-Za-z_]\w{0,99}(\.[A-Za-z_]\w{0,99}){0,19}")
 _ATTRIBUTE = re.compile(r"[A-Za-z_]\w{0,99}")
-
-
-def load_model(spec: str | Path, *, trust_source: bool = False) -> nn.Module:
-    """Build a model from a spec, with random weights (nothing is downloaded).
-
-    - ``resnet50`` or ``torchvision:resnet50``: any torchvision builder (detection and segmentation
-      builders get ``weights_backbone=None`` too);
-    - ``timm:NAME``: a timm model (``pip install 'plugsurgeon[timm]'``);
-    - ``package.module:factory``: a callable returning an nn.Module, imported and called because
-      the caller named it;
-    - a directory written by ``plugsurgeon apply -o`` / ``ps.save``, loaded by ``ps.load``:
-      ``trust_source`` is passed on, and only then may the directory name code to run.
-    """
-    text = str(spec)
-    if Path(text).is_dir():
-        from plugsurgeon.io import load
-
-        return load(text, trust_source=trust_source)
-    progress.step(f"building {text}")
-    model = build_source(text, trusted=True)
-    record_source(model, text)
-    return model
 
 
 def parse_source(text: str) -> tuple[SourceKind, str]:

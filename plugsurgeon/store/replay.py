@@ -1,97 +1,38 @@
-"""Recorded steps: what surgery and deploy did to a model, as data, and replaying them when a saved model is loaded.
+"""Replaying recorded steps on a rebuilt model: a saved directory's manifest, or a checkpoint's record.
 
-A recipe step records the recipe and input shape it was planned with and the edits it made: for
-each new module, the step it came from, the plugin, its mode and arguments, the site (role and
-path) and the module's path. Replay plans the recorded recipe again with this version's engine
-(``plan`` / ``apply_plan``, the engine's public pieces) and refuses unless the plan makes exactly
-the recorded edits, so a locator that now finds sites differently, or a new-module name chosen
-differently, cannot move a module on load. A deploy step records its input shape; what it folds is
-decided by the structure it is given, and any difference shows up as weights that do not fit.
+Replay plans the recorded recipe again with this version's engine (``plan`` / ``apply_plan``, the
+engine's public pieces) and refuses unless the plan makes exactly the recorded edits, so a locator
+that now finds sites differently, or a new-module name chosen differently, cannot move a module on
+load. What a deploy step folds is decided by the structure it is given, and any difference shows up
+as weights that do not fit.
 """
+
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
+from plugsurgeon.deployment.deploy import rebuild
 from plugsurgeon.errors import ModelLoadError, PlugsurgeonError
-
-MAX_STEPS = 64
-MAX_EDITS = 10_000  # per step: every conv of a large model, with room to spare
-MAX_DIM = 1 << 16
-
-Short = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-ModulePath = Annotated[str, StringConstraints(max_length=1024)]
-Dim = Annotated[int, Field(ge=1, le=MAX_DIM)]
-InputShape = Annotated[list[Dim], Field(min_length=3, max_length=8)]
-
-
-class _Record(BaseModel):
-    # strict: a manifest is JSON written by a program, so "1" is not 1 and true is not 1.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class EditRecord(_Record):
-    step: int = Field(ge=1, le=MAX_STEPS * 16, description="1-based index of the recipe step that made the edit")
-    plugin: Short
-    mode: Literal["after", "replace"]
-    role: Short
-    site: ModulePath = Field(description="path of the site the module was put at")
-    path: ModulePath = Field(description="path of the new (or replacing) module")
-    args: dict[Short, Any] = Field(default_factory=dict, max_length=64, description="the step's plugin arguments")
-
-
-class RecipeStep(_Record):
-    kind: Literal["recipe"]
-    recipe: dict[Short, Any]
-    input_shape: InputShape
-    edits: list[EditRecord] = Field(min_length=1, max_length=MAX_EDITS)
-
-
-class DeployStep(_Record):
-    kind: Literal["deploy"]
-    input_shape: InputShape
-
-
-StepRecord = Annotated[RecipeStep | DeployStep, Field(discriminator="kind")]
-
-
-def recipe_step(planned) -> dict[str, Any]:
-    """The record of a committed plan (a ``surgery.Plan``): the recipe, its input shape and the edits made."""
-    recipe = planned.recipe
-    return {
-        "kind": "recipe",
-        "recipe": recipe.model_dump(mode="json", exclude_defaults=True),
-        "input_shape": list(planned.traced.input_shape),
-        "edits": [_edit_record(edit, recipe) for edit in planned.edits],
-    }
-
-
-def _edit_record(edit, recipe) -> dict[str, Any]:
-    return {
-        "step": edit.step_index,
-        "plugin": edit.spec.name,
-        "mode": edit.spec.mode,
-        "role": edit.site.role,
-        "site": edit.site.path,
-        "path": edit.module_path,
-        "args": _resolved_args(recipe.steps[edit.step_index - 1]),
-    }
-
-
-def _resolved_args(step) -> dict[str, Any]:
-    """Every argument the module was built with, defaults included, as JSON data: a default that
-    changes in a later version then cannot change what a saved directory rebuilds."""
-    from pydantic_core import to_jsonable_python
-
-    resolve = getattr(step, "plugin_args", None)
-    args = resolve() if callable(resolve) else step.args
-    if isinstance(args, BaseModel):
-        args = args.model_dump(mode="json")
-    return to_jsonable_python(dict(args))
+from plugsurgeon.store.config import apply_config
+from plugsurgeon.store.sources import build_source
+from plugsurgeon.surgery.commit import apply_plan
+from plugsurgeon.surgery.plan import plan
+from plugsurgeon.surgery.recipe import Recipe
+from plugsurgeon.surgery.record import (
+    STEP_RECORD,
+    DeployStep,
+    EditRecord,
+    RecipeStep,
+    describe,
+    edit_record,
+    recipe_step,
+    set_provenance,
+)
 
 
 def replay(model: nn.Module, step: RecipeStep | DeployStep | dict[str, Any], *, where: str = "the manifest", note: str = "") -> nn.Module:
@@ -102,25 +43,21 @@ def replay(model: nn.Module, step: RecipeStep | DeployStep | dict[str, Any], *, 
     """
     if isinstance(step, dict):
         try:
-            step = _STEP.validate_python(step)
+            step = STEP_RECORD.validate_python(step)
         except ValidationError as error:
             raise ModelLoadError(f"{where} is not a valid step record: {describe(error)}") from None
     if isinstance(step, DeployStep):
-        from plugsurgeon.deployment.deploy import rebuild
-
         try:
             return rebuild(model, tuple(step.input_shape))
         except PlugsurgeonError as error:
             raise ModelLoadError(f"{where} (deploy) cannot be redone: {error.message}{note}", hint=error.hint) from None
-    from plugsurgeon.surgery import apply_plan, plan
-
     recipe = _recipe(step, where)
     try:
         planned = plan(model, recipe, input_shape=tuple(step.input_shape))
     except PlugsurgeonError as error:
         raise ModelLoadError(f"{where} (recipe '{recipe.name}') cannot be planned on the rebuilt model: {error.message}{note}",
                              hint="the model source builds a different network than it did when the directory was written") from None
-    found = [EditRecord(**_edit_record(edit, recipe)) for edit in planned.edits]
+    found = [EditRecord(**edit_record(edit, recipe)) for edit in planned.edits]
     _check_same_edits(step.edits, found, where, recipe.name, note)
     try:
         return apply_plan(planned).model
@@ -145,8 +82,6 @@ def _recipe(step: RecipeStep, where: str):
 
 
 def _validated_recipe(data: dict[str, Any], where: str):
-    from plugsurgeon.recipe import Recipe
-
     try:
         return Recipe(**data)
     except ValidationError as error:
@@ -184,12 +119,6 @@ def resolve(source: str, steps: list[dict[str, Any]], *, config: Sequence[Any] =
     filling in the edits of recipe steps recorded without them; returns the rebuilt model and the
     complete records. For saving models whose steps were recorded without their edits: the caller
     named (and so trusts) the source."""
-    from plugsurgeon.models import build_source
-    from plugsurgeon.module_config import apply_config
-    from plugsurgeon.provenance import set_provenance
-    from plugsurgeon.recipe import Recipe
-    from plugsurgeon.surgery import apply_plan, plan
-
     model = build_source(source, trusted=True)
     apply_config(model, list(config), where="the model being saved")
     complete = []
@@ -205,21 +134,3 @@ def resolve(source: str, steps: list[dict[str, Any]], *, config: Sequence[Any] =
         complete.append(record)
     set_provenance(model, {"source": source, "steps": complete})
     return model, complete
-
-
-def describe(error: ValidationError) -> str:
-    """The first problem of a validation error, with where it is: one line, no input echoed."""
-    first = error.errors(include_url=False, include_input=False)[0]
-    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"field '{location}': {message[:200]}{more}"
-
-
-def _step_adapter():
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(StepRecord)
-
-
-_STEP = _step_adapter()

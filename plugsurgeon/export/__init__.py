@@ -1,0 +1,1 @@
+"""Exporting deployed models (ONNX)."""

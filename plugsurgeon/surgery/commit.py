@@ -1,0 +1,175 @@
+"""Applying a plan: every edit built and checked before the first change, then committed in one step that cannot fail half-way."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from plugsurgeon import progress
+from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
+from plugsurgeon.graph.check import compare
+from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
+from plugsurgeon.graph.edited import edited_graph
+from plugsurgeon.graph.fake import count_params
+from plugsurgeon.graph.trace import Traced, own_statements
+from plugsurgeon.surgery.plan import Plan, PlannedEdit, owner_call, owner_module, plan, structured_children
+from plugsurgeon.surgery.recipe import Recipe
+from plugsurgeon.surgery.record import recipe_step, record_step
+from plugsurgeon.surgery.report import SurgeryReport
+
+
+@dataclass
+class SurgeryResult:
+    model: nn.Module
+    report: SurgeryReport
+    plan: Plan
+
+
+def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Every edited owner and replacement module, built without touching ``planned.model``."""
+    model, traced = planned.model, planned.traced
+    groups: dict[str, list[PlannedEdit]] = defaultdict(list)
+    for edit in planned.edits:
+        if edit.spec.mode == "after":
+            groups[edit.owner].append(edit)
+    owners: dict[str, nn.Module] = {}
+    for owner_path, edits in groups.items():
+        part = traced.part(edits[0].site.part)
+        concrete, through = owner_call(part, edits[0].scope)
+        insertions = [
+            Insertion(e.scope.local, e.attribute, e.module, e.scope.op, e.scope.target, e.extra_locals)
+            for e in sorted(edits, key=lambda e: e.step_index)
+        ]
+        try:
+            owners[owner_path] = build_owner(owner_module(model, owner_path), owner_path, insertions, concrete, through)
+        except PlugsurgeonError:
+            raise
+        except Exception as error:  # noqa: BLE001 - fx raises many types
+            raise SiteError(f"cannot edit '{owner_path or type(model).__name__}' (sites {[e.site.path for e in edits]}): "
+                            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}",
+                            hint="exclude these sites with `where: {exclude: [...]}`") from None
+    replacements = {e.attribute: e.module for e in planned.edits if e.spec.mode == "replace"}
+    for path, module in replacements.items():
+        carry_hooks(model.get_submodule(path), module)
+    return owners, replacements
+
+
+def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[str, nn.Module]) -> None:
+    """The edited model runs in train and eval mode wherever the original does, with the same output
+    structure (each edited part on its recorded inputs); the failing edit is named."""
+    model, traced = planned.model, planned.traced
+    for part in traced.parts:
+        paths = [p for p in (*owners, *replacements) if _within(p, part.path)]
+        if not paths or _proven_locally(planned, part, owners):
+            continue
+        progress.step(f"checking '{part.path or type(model).__name__}' edited, in train and eval mode")
+        problem = _part_problem(model, traced, part, owners, replacements)
+        if problem is None:
+            continue
+        culprit = next((p for p in paths if _part_problem(model, traced, part, *_only(p, owners, replacements)) is not None), None)
+        sites = [e.site.path for e in planned.edits if e.module_path == culprit or (culprit and e.owner == culprit)] if culprit else []
+        where = f"the edit at '{culprit}' (site {', '.join(sites)})" if culprit else f"the edits in '{part.path or type(model).__name__}'"
+        raise SiteError(f"{where} breaks the model: {problem}",
+                        hint="exclude the site with `where: {exclude: [...]}`; nothing was changed")
+
+
+def _proven_locally(planned: Plan, part, owners: dict[str, nn.Module]) -> bool:
+    """True when every edit in ``part`` is proven on its own (``PlannedEdit.proven``) and every owner
+    it edits traced alone exactly as inside the model: the edited graph is then the original one with
+    modules that keep shapes and dtypes spliced in, and running the whole part would find nothing."""
+    edits = [e for e in planned.edits if e.site.part == part.path]
+    if not all(e.proven for e in edits):
+        return False
+    scopes = {e.owner: e.scope for e in edits if e.spec.mode == "after"}  # one call per owner (_choose_scope)
+    for path, scope in scopes.items():
+        graph = edited_graph(owners[path]) if path in owners else None
+        if (structured_children(part, scope.owner, scope.call) or graph is None
+                or own_statements(graph) != part.statements(scope.owner, scope.call)):
+            return False
+    return True
+
+
+def _within(path: str, part_path: str) -> bool:
+    return part_path == "" or path == part_path or path.startswith(part_path + ".")
+
+
+def _only(path, owners, replacements):
+    return ({path: owners[path]} if path in owners else {}), ({path: replacements[path]} if path in replacements else {})
+
+
+def _part_problem(model: nn.Module, traced: Traced, part, owners, replacements) -> str | None:
+    edited = overlay(model, owners, replacements)
+    original_part = owner_module(model, part.path)
+    edited_part = owner_module(edited, part.path)
+    # The traced graph's output stands for the original's only while the part keeps its own class.
+    known = part.eval_structure if part.path not in owners else None
+    return compare(original_part, edited_part, part.example_inputs, traced.fake_mode, known, part.outcomes)
+
+
+def apply_plan(planned: Plan) -> SurgeryResult:
+    """Commit a plan into ``planned.model``. All new modules are built and checked before the first attribute is set."""
+    model = planned.model
+    progress.step(f"building {len(planned.edits)} edits")
+    for edit in planned.edits:  # the plan's modules are fake: build the real ones now
+        edit.materialize(model)
+    owners, replacements = build_edits(planned)
+    check_edits(planned, owners, replacements)
+    keys_before = set(model.state_dict())
+    report = planned.report()
+    root = commit(model, owners, replacements)
+    keys_after = set(root.state_dict())
+    report.applied = True
+    report.new_keys = sorted(keys_after - keys_before)
+    report.renamed_keys = sorted(keys_before - keys_after)
+    if report.renamed_keys:
+        report.notes.append(f"{len(report.renamed_keys)} original state_dict keys are gone or renamed: {report.renamed_keys[:5]}")
+    report.params_after = count_params(root)
+    return SurgeryResult(root, report, planned)
+
+
+def apply(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: Sequence[int] | None = None, inplace: bool = False,
+          dry_run: bool = False, traced: Traced | None = None) -> SurgeryResult:
+    """Apply a recipe. The caller's model is copied unless ``inplace``; a failure leaves it exactly as it was.
+
+    With ``dry_run`` the plan is made and reported and nothing is changed. ``traced``: a trace of
+    ``model`` as it is (``ps.trace``), reused instead of tracing again -- trying several recipes on one
+    model then traces it, and runs the original in the pre-commit check, once (see ``plan``).
+    """
+    if not isinstance(model, nn.Module):
+        raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load_model('resnet50')")
+    if dry_run:  # the same plan, edits and checks as a real call, only not committed
+        planned = plan(model, recipe, input_shape=input_shape, traced=traced)
+        check_edits(planned, *build_edits(planned))
+        return SurgeryResult(model, planned.report(), planned)
+    # Planning reads the caller's model and changes nothing: the copy is made only once the plan
+    # holds (a recipe that matches nothing costs no copy), and it is the one copy surgery makes.
+    planned = plan(model, recipe, input_shape=input_shape, traced=traced)
+    # Everything that can fail runs before the commit: the step is recorded as plain JSON data.
+    try:
+        step = recipe_step(planned)  # the recipe, its input shape and the resolved edits (record.py)
+        json.dumps(step, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"recipe '{planned.recipe.name}' holds a value that cannot be saved: {error}",
+                          hint="recipe arguments are plain numbers, strings, booleans and lists of them") from None
+    if not inplace:
+        # Edits are paths and shapes: they apply to the copy as they would to the model; apply_plan
+        # builds every new module from the copy's own layers (a replaced conv's weights included).
+        planned.model = _copy_of(model)
+    target = planned.model
+    result = apply_plan(planned)
+    record_step(target, result.model, step)
+    return result
+
+
+def _copy_of(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # noqa: BLE001 - a model may hold anything (locks, open files, handles)
+        raise PlugsurgeonError(f"cannot copy {type(model).__name__} to edit the copy: {type(error).__name__}: {str(error)[:200]}",
+                               hint="pass inplace=True to edit the model itself (a failure still leaves it unchanged)") from None
