@@ -47,3 +47,10 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> 
 
     close = difflib.get_close_matches(name, sorted(choices), n=3, cutoff=0.5)
     return f"did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut at ``limit`` characters ("" when it has none):
+    what a one-line refusal quotes of a third-party error (tracebacks and multi-line dumps stay out)."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else ""

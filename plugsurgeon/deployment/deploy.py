@@ -18,11 +18,9 @@ from plugsurgeon.deployment.reparameterize import Outcome, reparameterize_all
 from plugsurgeon.deployment.report import DeployReport, Folded, LeftAlone, Reparameterized
 from plugsurgeon.deployment.verify import compare, probe_calls, run
 from plugsurgeon.errors import PlugsurgeonError, VerificationError
-from plugsurgeon.graph.shapes import validate_input_shape
+from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE, validate_input_shape
 from plugsurgeon.graph.trace import Traced, trace
 from plugsurgeon.surgery.record import record_step
-
-DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
 
 @dataclass

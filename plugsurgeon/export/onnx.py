@@ -32,11 +32,10 @@ from plugsurgeon.deployment.fold import is_norm, plan_folds
 from plugsurgeon.deployment.reparameterize import find_reparameterizable
 from plugsurgeon.deployment.report import DetectionCheck
 from plugsurgeon.deployment.verify import check_outputs, is_detections, match_detections
-from plugsurgeon.errors import PlugsurgeonError, VerificationError
-from plugsurgeon.graph.shapes import validate_input_shape
+from plugsurgeon.errors import PlugsurgeonError, VerificationError, first_line
+from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE, validate_input_shape
 from plugsurgeon.graph.trace import trace
 
-DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot hold more than 2 GB in one file
 
 
@@ -165,7 +164,7 @@ def _reference_runs(model: nn.Module, input_shape: tuple[int, ...], dtype: torch
                 return model(x.clone())  # a copy: an in-place forward must not change the input fed to onnxruntime
         except Exception as error:  # noqa: BLE001 - any failure here is the model's on this shape
             raise PlugsurgeonError(
-                f"{type(model).__name__} does not run on a {'x'.join(map(str, input_shape))} input: {type(error).__name__}: {_first_line(error)}",
+                f"{type(model).__name__} does not run on a {'x'.join(map(str, input_shape))} input: {type(error).__name__}: {first_line(error)}",
                 hint="pass the shape the model takes with --input-shape N,C,H,W",
             ) from None
 
@@ -353,6 +352,3 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0][:240] if lines else ''}"
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else ""

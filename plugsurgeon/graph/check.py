@@ -22,7 +22,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
-from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended
+from plugsurgeon.errors import first_line
+from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended, training_flags_kept
 from plugsurgeon.graph.shapes import needs_values, output_structure
 
 
@@ -50,12 +51,12 @@ def run_outcome(module: nn.Module, inputs: tuple[Any, ...], training: bool, mode
         output = _run(module, inputs, training, fake=mode or FakeTensorMode(allow_non_fake_inputs=True), fakes=fakes)
     except Exception as error:  # noqa: BLE001 - the model may raise anything
         if not needs_values(error):
-            return Outcome(None, _first_line(error))
+            return Outcome(None, f"{type(error).__name__}: {first_line(error)}")
         try:
             with torch.no_grad():
                 output = _run(module, inputs, training, fake=None)
         except Exception as real_error:  # noqa: BLE001
-            return Outcome(None, _first_line(real_error))
+            return Outcome(None, f"{type(real_error).__name__}: {first_line(real_error)}")
     return Outcome(output_structure(output))
 
 
@@ -77,7 +78,7 @@ def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: Fa
     args = tree_map(lambda v: blank(v.shape, dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else v, inputs)
     if fake is not None:
         args = tree_map(lambda v: fake.from_tensor(v) if isinstance(v, torch.Tensor) else v, args)
-    with _modes_kept(module, training), attributes_preserved(module), hooks_suspended(module), fake or contextlib.nullcontext():
+    with training_flags_kept(module, training), attributes_preserved(module), hooks_suspended(module), fake or contextlib.nullcontext():
         return functional_call(module, state, args, strict=False, tie_weights=True)
 
 
@@ -85,22 +86,6 @@ def _named_state(module: nn.Module, *, with_parameters: bool) -> Iterator[tuple[
     if with_parameters:
         yield from module.named_parameters(remove_duplicate=False)
     yield from module.named_buffers(remove_duplicate=False)
-
-
-@contextlib.contextmanager
-def _modes_kept(module: nn.Module, training: bool):
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        module.train(training)
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
 def train_batch(inputs: tuple[Any, ...]) -> tuple[Any, ...]:

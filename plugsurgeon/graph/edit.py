@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 from torch import nn
 
-from plugsurgeon.errors import PlugsurgeonError
+from plugsurgeon.errors import PlugsurgeonError, first_line
 from plugsurgeon.graph.edited import as_edited_instance, original_class
 from plugsurgeon.graph.guards import HOOK_TABLES
 from plugsurgeon.graph.trace import (
@@ -54,7 +54,7 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
     except ModuleTraceError as error:
         raise EditError(
             f"torch.fx cannot trace the forward of '{owner_path or type(owner).__name__}' on its own: "
-            f"{str(error.cause).strip().splitlines()[0][:200] if str(error.cause).strip() else type(error.cause).__name__}",
+            f"{first_line(error.cause, 200) or type(error.cause).__name__}",
             hint="exclude the sites inside it with `where: {exclude: [...]}`",
         ) from None
     graph = gm.graph

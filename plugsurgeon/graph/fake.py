@@ -9,7 +9,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from plugsurgeon.graph.guards import hooks_suspended
+from plugsurgeon.graph.guards import hooks_suspended, training_flags_kept
 
 
 def run_fake(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32) -> tuple[Any, int]:
@@ -18,17 +18,11 @@ def run_fake(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtyp
     Eval mode keeps BatchNorm from writing fake statistics into real buffers.
     """
 
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with hooks_suspended(module), FakeTensorMode(allow_non_fake_inputs=True):
-            inputs = [torch.empty(shape, dtype=dtype) for shape in shapes]
-            with FlopCounterMode(display=False) as counter:
-                output = module(*inputs)
-        return output, counter.get_total_flops()
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    with training_flags_kept(module, False), hooks_suspended(module), FakeTensorMode(allow_non_fake_inputs=True):
+        inputs = [torch.empty(shape, dtype=dtype) for shape in shapes]
+        with FlopCounterMode(display=False) as counter:
+            output = module(*inputs)
+    return output, counter.get_total_flops()
 
 
 def count_params(module: nn.Module) -> int:

@@ -52,11 +52,13 @@ def hooks_suspended(model: nn.Module):
 
 
 @contextlib.contextmanager
-def training_flags_kept(model: nn.Module) -> Iterator[None]:
-    """Every module's train/eval flag is put back afterwards (a frozen BatchNorm inside a training model
-    stays in eval mode): ``model.train(mode)`` inside sets them all alike."""
+def training_flags_kept(model: nn.Module, training: bool | None = None) -> Iterator[None]:
+    """Every module's train/eval flag is put back afterwards, each as it was (a frozen BatchNorm inside a
+    training model stays in eval mode); ``training`` sets the whole model to that mode meanwhile."""
     flags = [(module, module.training) for module in model.modules()]
     try:
+        if training is not None:
+            model.train(training)
         yield
     finally:
         for module, flag in flags:

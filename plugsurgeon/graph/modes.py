@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from plugsurgeon.graph.guards import training_flags_kept
 from plugsurgeon.graph.trace import reads_training_flag, trace_module
 
 
@@ -19,14 +20,10 @@ def differs_between_modes(owner: nn.Module, concrete_args: dict[str, Any] | None
                           trace_through: frozenset[str] = frozenset()) -> bool:
     if not reads_training_flag(type(owner)):
         return False
-    flags = [(m, m.training) for m in owner.modules()]  # every flag, so frozen BatchNorms stay frozen
-    try:
-        codes = []
+    codes = []
+    with training_flags_kept(owner):  # every flag, so frozen BatchNorms stay frozen
         for mode in (True, False):
             owner.training = mode
             gm, _ = trace_module(owner, concrete_args, shallow=True, trace_through=trace_through)
             codes.append(gm.code)
-        return codes[0] != codes[1]
-    finally:
-        for module, flag in flags:
-            module.training = flag
+    return codes[0] != codes[1]

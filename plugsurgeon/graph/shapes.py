@@ -16,8 +16,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from plugsurgeon.errors import PlugsurgeonError, TraceError
-from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended
+from plugsurgeon.errors import PlugsurgeonError, TraceError, first_line
+from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended, training_flags_kept
 from plugsurgeon.graph.probe import structure_only
 
 # The input a model is traced at when the caller names none: an ImageNet-sized RGB image.
@@ -69,16 +69,11 @@ def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where:
         if not needs_values(fake_error):
             raise _shape_error(fake_error, fake_inputs, where) from None
     real_inputs = tree_map(lambda v: torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v, fake_inputs)
-    flags = [(m, m.training) for m in gm.modules()]
     try:
-        gm.eval()
-        with torch.no_grad(), attributes_preserved(gm), hooks_suspended(gm):
+        with training_flags_kept(gm, False), torch.no_grad(), attributes_preserved(gm), hooks_suspended(gm):
             return _propagate(gm, real_inputs, None)
     except Exception as error:  # noqa: BLE001
         raise _shape_error(error, fake_inputs, where) from None
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode | None) -> tuple[int, tuple]:
@@ -95,7 +90,7 @@ def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode
             state = _blank_state(gm, mode)
             # Shapes do not depend on the mode, but train-mode BatchNorm rejects a 1x1 map at batch 1.
             # The model's own modules run: what their forwards store on themselves is put back.
-            with _eval_flags(gm), attributes_preserved(gm), mode:
+            with training_flags_kept(gm, False), attributes_preserved(gm), mode:
                 output = functional_call(_Propagating(propagation), {f"gm.{k}": v for k, v in state.items()}, inputs,
                                          strict=False, tie_weights=True)
     return counter.get_total_flops(), output_structure(output)
@@ -139,17 +134,6 @@ def _named_state(module: nn.Module):
     yield from module.named_buffers(remove_duplicate=False)
 
 
-@contextlib.contextmanager
-def _eval_flags(module: nn.Module):
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        module.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def needs_values(error: Exception) -> bool:
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
@@ -165,7 +149,7 @@ def _shape_error(error: Exception, inputs, where: str) -> TraceError:
     shapes = [tuple(t.shape) for t in _tensors(inputs)]
     cause = error.__cause__ or error  # ShapeProp wraps the model's own error with node metadata
     return TraceError(
-        f"{where} does not run on inputs of shape {shapes}: {str(cause).strip().splitlines()[0][:300]}",
+        f"{where} does not run on inputs of shape {shapes}: {first_line(cause)}",
         hint="pass the shape the model expects with --input-shape N,C,H,W",
     )
 
@@ -223,9 +207,9 @@ def _record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, 
         return record
 
 
-    flags = [(m, m.training) for m in model.modules()]  # every flag: frozen BatchNorms stay frozen
-    # The caller's hooks are set aside; ours go into the emptied tables and leave with them.
-    with hooks_suspended(model):
+    # The caller's hooks are set aside; ours go into the emptied tables and leave with them. Every
+    # train/eval flag is put back as it was: frozen BatchNorms stay frozen.
+    with hooks_suspended(model), training_flags_kept(model):
         for path, module in model.named_modules():
             if path:
                 module.register_forward_pre_hook(hook(path), with_kwargs=True)
@@ -236,10 +220,7 @@ def _record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, 
         except Exception as error:  # noqa: BLE001
             raise TraceError(
                 f"{type(model).__name__} cannot be traced by torch.fx and does not run on an input of shape "
-                f"{tuple(example.shape)}: {str(error).strip().splitlines()[0][:300]}",
+                f"{tuple(example.shape)}: {first_line(error)}",
                 hint="pass the shape the model expects with --input-shape N,C,H,W",
             ) from None
-        finally:
-            for module, flag in flags:
-                module.training = flag
     return records

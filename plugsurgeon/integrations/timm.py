@@ -40,6 +40,7 @@ except ImportError as _missing:  # pragma: no cover - depends on the environment
 from torch import nn
 
 from plugsurgeon.errors import PlugsurgeonError, UnknownNameError, did_you_mean
+from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE
 from plugsurgeon.integrations import timm_models
 from plugsurgeon.surgery.recipe import Recipe, load_recipe
 
@@ -64,7 +65,7 @@ class _Edited:
 _registered: dict[str, _Edited] = {}
 
 
-def register(name: str, *, base: str, recipe: str | Path | Recipe | dict, input_shape: tuple[int, ...] = (1, 3, 224, 224),
+def register(name: str, *, base: str, recipe: str | Path | Recipe | dict, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
              replace: bool = False) -> str:
     """Register ``name`` with timm as ``base`` edited by ``recipe``; returns ``name``.
 

@@ -42,7 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from torch import nn
 
-from plugsurgeon.errors import ModelLoadError, PlugsurgeonError, UnknownNameError
+from plugsurgeon.errors import ModelLoadError, PlugsurgeonError, UnknownNameError, first_line
 from plugsurgeon.store.config import MAX_RECORDS, ModuleConfig, apply_config, read_config
 from plugsurgeon.store.replay import replay, resolve
 from plugsurgeon.store.sources import build_source, parse_source
@@ -308,7 +308,7 @@ def _parse_json(data: bytes, path: Path) -> Any:
     try:
         return json.loads(text, parse_constant=no_constant, object_pairs_hook=unique)
     except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError; so are huge integers
-        raise refuse(str(error).splitlines()[0][:200]) from None
+        raise refuse(first_line(error, 200)) from None
 
 
 def _check_versions(manifest: Manifest, directory: Path) -> str:

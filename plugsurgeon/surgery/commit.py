@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from plugsurgeon import progress
-from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
+from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError, first_line
 from plugsurgeon.graph.check import compare
 from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
 from plugsurgeon.graph.edited import edited_graph
@@ -52,7 +52,7 @@ def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Modul
             raise
         except Exception as error:  # noqa: BLE001 - fx raises many types
             raise SiteError(f"cannot edit '{owner_path or type(model).__name__}' (sites {[e.site.path for e in edits]}): "
-                            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}",
+                            f"{type(error).__name__}: {first_line(error, 200)}",
                             hint="exclude these sites with `where: {exclude: [...]}`") from None
     replacements = {e.attribute: e.module for e in planned.edits if e.spec.mode == "replace"}
     for path, module in replacements.items():

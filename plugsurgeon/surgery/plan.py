@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from plugsurgeon import progress
-from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError
+from plugsurgeon.errors import PlugsurgeonError, RecipeError, SiteError, first_line
 from plugsurgeon.graph.check import carries_metadata
 from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.inputs import resize_notes
@@ -358,7 +358,7 @@ def _check_runs(module: nn.Module, calls, dtype: torch.dtype, where: str) -> tup
         try:
             output, flops = run_fake(module, inputs, dtype)
         except Exception as error:  # noqa: BLE001
-            raise SiteError(f"{where}: the plugin does not run on {inputs}: {str(error).splitlines()[0][:200]}",
+            raise SiteError(f"{where}: the plugin does not run on {inputs}: {first_line(error, 200)}",
                             hint="the feature map may be too small for it; narrow the step with `where`") from None
         if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
             got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
