@@ -47,9 +47,9 @@ def test_notebook_is_stored_executed(path):
     assert not streams, f"{path.name}: tracebacks on stderr in code cells {streams}"
 
 
-def test_readme_plugin_example_is_the_one_notebook_05_runs():
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Your own plugin", 1)[1]
+def test_user_guide_plugin_example_is_the_one_notebook_05_runs():
+    guide = (Path(__file__).parent.parent / "docs" / "guide.md").read_text(encoding="utf-8")
+    section = guide.split("### Your own plugin", 1)[1]
     example = section.split("```python\n", 1)[1].split("```", 1)[0].strip()
     notebook = nbformat.read(Path(__file__).parent.parent / "notebooks" / "05_your_own_recipe.ipynb", as_version=4)
     assert any(example in cell.source for cell in notebook.cells if cell.cell_type == "code")

@@ -1,4 +1,4 @@
-"""Every role and every selector is documented with an example, in `sites --help` and in the README,
+"""Every role and every selector is documented with an example, in `sites --help` and in the user guide (docs/guide.md),
 from the roles the code knows; --where tries a step's selectors on a model."""
 
 from __future__ import annotations
@@ -61,14 +61,14 @@ def test_sites_help_lists_every_role_alias_and_selector_with_its_example():
         assert flat(example) in text, example
 
 
-def test_readme_documents_every_role_and_selector_with_an_example():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_user_guide_documents_every_role_and_selector_with_an_example():
+    guide = (ROOT / "docs" / "guide.md").read_text(encoding="utf-8")
     for role in ROLES:
-        assert f"`{role}`" in readme, f"README.md does not document the role {role}"
+        assert f"`{role}`" in guide, f"docs/guide.md does not document the role {role}"
         model, path = helptext.ROLE_EXAMPLES[role]
-        assert f"`{path}`" in readme, f"README.md has no example site for {role} ({path} in {model})"
+        assert f"`{path}`" in guide, f"docs/guide.md has no example site for {role} ({path} in {model})"
     for name, (example, _meaning) in helptext.SELECTORS.items():
-        assert f"`{example}`" in readme, f"README.md has no example of the selector {name}: `{example}`"
+        assert f"`{example}`" in guide, f"docs/guide.md has no example of the selector {name}: `{example}`"
 
 
 def test_role_examples_are_sites_the_roles_find():

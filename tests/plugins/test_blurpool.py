@@ -2,7 +2,7 @@
 
 By hand on tiny networks: a strided conv's blur comes after its norm and activation, written out here with
 torch ops. Against the paper's reference release (``antialiased_cnns``, pip): torchvision's networks edited
-by the recipe configured like the release (the YAML block in README.md's antialias section, read from there)
+by the recipe configured like the release (the YAML block in docs/guide.md's antialias section, read from there)
 compute the release's function with the release's weights, loaded through ``from_antialiased_cnns``.
 Per-layer comparisons with the release's, kornia's and timm's BlurPool: test_reference_equivalence.py.
 """
@@ -25,14 +25,14 @@ from plugsurgeon.surgery.record import recipe_step
 from tests.nets import randomize_batchnorm
 from tests.plugins._reference_pairs import scramble
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guide.md"
 SIZE = 64
 
 
 def release_recipe(**pool_args) -> ps.Recipe:
-    """The README's `antialias_release` recipe; ``pool_args`` override the pool step's arguments."""
-    blocks = re.findall(r"```yaml\n(name: antialias_release\n.*?)```", README.read_text(encoding="utf-8"), re.S)
-    assert len(blocks) == 1, "README.md's antialias section has one `antialias_release` recipe"
+    """The user guide's `antialias_release` recipe; ``pool_args`` override the pool step's arguments."""
+    blocks = re.findall(r"```yaml\n(name: antialias_release\n.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 1, "docs/guide.md's antialias section has one `antialias_release` recipe"
     recipe = ps.parse_recipe(blocks[0])
     steps = [step.model_copy(update={"args": {**step.args, **pool_args}}) if step.at == "downsample.pool" else step
              for step in recipe.steps]
