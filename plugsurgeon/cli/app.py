@@ -225,7 +225,7 @@ def apply(
         net = result.model
     written = output is not None and not dry_run
     if json_output:
-        if written:
+        if written and output is not None:  # (written implies an output)
             save(net, output, force=force)
         render.print_json(
             {"reports": [r.to_dict() for r in reports], "output": str(output) if written else None}
@@ -236,7 +236,7 @@ def apply(
         render.surgery_summary(report, dry_run=dry_run)
     if dry_run:
         render.console.print("dry run: nothing was changed or written")
-    elif written:
+    elif written and output is not None:
         save(net, output, force=force)
         render.paragraph(f"saved to {output} (load with plugsurgeon.load({str(output)!r}))")
     else:
@@ -273,7 +273,7 @@ def sites(
     else:
         from plugsurgeon.sites.select import select
 
-        role, _alias = ALIASES.get(kind, (kind, {}))
+        role, _alias = ALIASES.get(kind, (kind, {})) if kind is not None else (None, {})
         found = select(ps.find_sites(traced, role), selector)
     if json_output:
         render.print_json([s.to_dict() for s in found])

@@ -6,7 +6,7 @@ app.py calls ``register(app, user_errors)``; nothing here imports torch at modul
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from plugsurgeon.cli.options import (
     parse_shape,
     save,
 )
+
+if TYPE_CHECKING:  # annotations only: rich loads with the commands that print
+    from rich.text import Text
 
 ModelArg = Annotated[str, typer.Argument(help="a directory written by `plugsurgeon apply -o`, or any model spec (torchvision name, timm:NAME, package.module:factory)")]
 
@@ -130,7 +133,7 @@ def _say(text: str, *, label: str = "", style: str | None = None, indent: str = 
     from plugsurgeon.cli.render import console, line, styled
 
     lines = _lines(f"{label} {text}" if label else text, indent=indent)
-    head = lines[0]
+    head: str | Text = lines[0]
     if label and style:
         head = line(styled(label, style), head[len(label):])
     console.print(head, soft_wrap=True)

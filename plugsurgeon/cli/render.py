@@ -380,7 +380,7 @@ def surgery_summary(report, *, dry_run: bool) -> None:
         for e in report.edits
     ]
     print_table(title, columns, rows)
-    totals = [
+    totals: list[list[str | Text]] = [
         [
             "params",
             human(report.params_before),

@@ -137,6 +137,7 @@ def _within(path: str, part: str) -> bool:
 
 def _verification_error(report: DeployReport) -> VerificationError:
     v = report.verification
+    assert v is not None  # called on a verification that failed
     worst = max(v.parts, key=lambda p: (not p.passed, p.max_rel_diff))
     where = "" if worst.part == "" else f" in '{worst.part}'"
     blocks = sorted({r.before for r in report.reparameterized})

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import sys
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -48,7 +50,7 @@ def conv_forwards() -> set:
 _BN_FORWARDS = {nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward}
 
 
-def _frozen_bn_type() -> type | None:
+def _frozen_bn_type() -> type[nn.Module] | None:
     try:
         from torchvision.ops.misc import FrozenBatchNorm2d
     except ImportError:  # pragma: no cover - torchvision is a dependency
@@ -118,7 +120,7 @@ def _hook_problem(module: nn.Module, what: str) -> str | None:
     return None
 
 
-def _linear_conv(cls: type) -> bool:
+def _linear_conv(cls: type[nn.Module]) -> bool:
     if cls.forward in conv_forwards() - _CONV_FORWARDS:
         return True
     # a stock forward that calls an overridden _conv_forward is not stock either
@@ -147,7 +149,7 @@ def plan_folds(traced: Traced) -> FoldPlan:
                 continue
             seen.add(id(norm))
             norm_path = part.absolute(node.target)
-            layer_node = node.args[0] if node.args else None
+            layer_node: Any = node.args[0] if node.args else None  # a call_module node where _why_not passes
             reason = _why_not(part, node, layer_node, norm, graph)
             if reason is None:
                 plan.pairs.append((part.absolute(layer_node.target), norm_path))
@@ -176,7 +178,7 @@ class _GraphFacts:
 
     @staticmethod
     def module(part: TracedPart, node: fx.Node) -> nn.Module:
-        return part.gm.get_submodule(node.target)
+        return part.gm.get_submodule(cast(str, node.target))  # a call_module node's target is a path
 
     def reads(self, module: nn.Module) -> bool:
         """Whether a graph reads the module or one of its tensors directly, not through a call."""
@@ -184,8 +186,8 @@ class _GraphFacts:
         return any(id(x) in self.read for x in inside)
 
 
-def _attribute(root: nn.Module, target: str):
-    value = root
+def _attribute(root: nn.Module, target: str) -> Any:
+    value: Any = root
     for name in target.split("."):
         value = getattr(value, name, None)
     return value
@@ -201,7 +203,7 @@ def _why_not_called(path: str, module: nn.Module, traced_paths: list[str], graph
     return "not called in the traced forward"
 
 
-def _why_not(part, node, layer_node, norm, graph: _GraphFacts) -> str | None:
+def _why_not(part: TracedPart, node: fx.Node, layer_node: Any, norm: Any, graph: _GraphFacts) -> str | None:
     problem = _norm_problem(norm)
     if problem:
         return problem
@@ -209,7 +211,7 @@ def _why_not(part, node, layer_node, norm, graph: _GraphFacts) -> str | None:
         return "BatchNorm is called with extra arguments"
     if not isinstance(layer_node, fx.Node) or layer_node.op != "call_module" or not _is_layer(layer := graph.module(part, layer_node)):
         return f"its input is {_describe(part, layer_node, graph.module)}, not a conv or linear layer"
-    layer_path = part.absolute(layer_node.target)
+    layer_path = part.absolute(cast(str, layer_node.target))
     kind = "conv" if isinstance(layer, nn.modules.conv._ConvNd) else "linear"
     problem = _layer_problem(layer)
     if problem:
@@ -237,11 +239,11 @@ def _why_not(part, node, layer_node, norm, graph: _GraphFacts) -> str | None:
     return None
 
 
-def _describe(part: TracedPart, node, module_of) -> str:
+def _describe(part: TracedPart, node: Any, module_of: Callable[[TracedPart, fx.Node], nn.Module]) -> str:
     if not isinstance(node, fx.Node):
         return "not a traced value"
     if node.op == "call_module":
-        return f"'{part.absolute(node.target)}' ({type(module_of(part, node)).__name__})"
+        return f"'{part.absolute(cast(str, node.target))}' ({type(module_of(part, node)).__name__})"
     if node.op == "call_function":
         return f"{getattr(node.target, '__name__', str(node.target))}()"
     if node.op == "call_method":
@@ -265,10 +267,12 @@ def apply_folds(model: nn.Module, plan: FoldPlan) -> list[Folded]:
             layer, norm = model.get_submodule(layer_path), model.get_submodule(norm_path)
             layer.eval()
             norm.eval()
+            # ``norm`` is any BatchNorm with running statistics (FrozenBatchNorm2d is no _BatchNorm): duck-typed.
             if isinstance(layer, nn.Linear):
-                replaced[id(layer)] = fuse_linear_bn_eval(layer, norm)
+                replaced[id(layer)] = fuse_linear_bn_eval(layer, norm)  # type: ignore[arg-type]  # duck-typed norm
             else:
-                replaced[id(layer)] = fuse_conv_bn_eval(layer, norm, transpose=layer.transposed)
+                conv = cast(nn.modules.conv._ConvNd, layer)  # a planned pair's layer is a conv or a linear
+                replaced[id(layer)] = fuse_conv_bn_eval(conv, norm, transpose=conv.transposed)  # type: ignore[arg-type]  # duck-typed norm
             rest = after_norm(norm)
             replaced[id(norm)] = nn.Sequential(OrderedDict(rest)) if rest else nn.Identity()
             done.append(Folded(layer_path, norm_path, type(layer).__name__, type(norm).__name__, kept=[name for name, _ in rest]))

@@ -176,9 +176,9 @@ def match_detections(expected: list[dict], actual: list[dict], image_size: float
                     else:
                         check.unmatched += 1
         if pairs:
-            i, j = (torch.tensor(side) for side in zip(*pairs, strict=True))
+            rows_e, rows_a = (torch.tensor(side) for side in zip(*pairs, strict=True))
             for key in sorted(set(e) - {"boxes", "scores", "labels"}):
-                ref, other = e[key][i].double(), a[key][j].double()
+                ref, other = e[key][rows_e].double(), a[key][rows_a].double()
                 diff = float((ref - other).abs().max()) if ref.numel() else 0.0
                 scale = float(e[key].double().abs().max()) if e[key].numel() else 0.0
                 check.extras[key] = max(check.extras.get(key, 0.0), diff)

@@ -304,6 +304,7 @@ def _card(block: Block, changes: list[Change], before: int | None) -> Card:
     kinds = [k for k in _KEYS if any(c.kind == k for c in changes)]
     classes = ("block", "module", *kinds, *(("new",) if new else ()))
     counted = [c.params for c in changes if c.params is not None]
+    params_delta: int | None
     if before is not None:  # the box is drawn from the model after (deploy): its own count is the after one
         params_before, params_delta = before, block.params - before
     else:
@@ -328,15 +329,15 @@ def _card(block: Block, changes: list[Change], before: int | None) -> Card:
     if len(changes) > _MAX_CHANGE_LINES:
         lines.append(Line(f"... and {len(changes) - _MAX_CHANGE_LINES} more", "change"))
     if changes and (params_delta is not None or flops_delta is not None):
-        text = []
+        deltas = []
         if params_delta is not None:
-            text.append(f"Δparams {params_delta:+,}")
+            deltas.append(f"Δparams {params_delta:+,}")
             data["params-added"] = str(params_delta)
         if flops_delta is not None:
-            text.append(f"ΔFLOPs {_signed_si(flops_delta)}")
+            deltas.append(f"ΔFLOPs {_signed_si(flops_delta)}")
             data["flops-added"] = str(flops_delta)
         less = (params_delta or 0) < 0 and (flops_delta or 0) <= 0
-        lines.append(Line("  ".join(text), "delta less" if less else "delta"))
+        lines.append(Line("  ".join(deltas), "delta less" if less else "delta"))
     if changes:
         data["changes"] = " ".join(sorted({c.kind for c in changes}))
         data["modules"] = " ".join(c.module for c in changes)

@@ -212,6 +212,7 @@ def _check_detections(report: ExportReport, expected: list[Any], actual: list[li
         failures = (check.unmatched, len(check.problems)) if check is not None else (0, 0)
         check = match_detections(e, tree_unflatten(a, spec), float(max(input_shape[-2:])), check)
         passed.append((check.unmatched, len(check.problems)) == failures)
+    assert check is not None  # a batch holds one image at least
     report.detections = check
     report.passed = check.passed
     report.max_abs_diff = max([check.max_box_diff, check.max_score_diff, *check.extras.values()])
@@ -282,7 +283,7 @@ def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int | None, *,
     """torch's default exporter first, the TorchScript one when it fails (the other way round for
     detections, see below); both quiet (the core never prints)."""
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
-    attempts = [("dynamo", dict(dynamo=True, external_data=large, verbose=False)), ("torchscript", dict(dynamo=False))]
+    attempts: list[tuple[str, dict[str, Any]]] = [("dynamo", dict(dynamo=True, external_data=large, verbose=False)), ("torchscript", dict(dynamo=False))]
     if detections:
         # Detections: torch.export (torch 2.14) cannot export box selection, whose number of boxes depends on
         # the data (it fails in torchvision's batched_nms after tens of seconds on a Faster R-CNN), while the

@@ -129,11 +129,11 @@ def compare(original: nn.Module, edited: nn.Module, inputs: tuple[Any, ...], mod
             before = original_outcome(args, training)  # the known structure was a shortcut only
             if not before.ran:
                 continue
-        mode = "train" if training else "eval"
+        mode_name = "train" if training else "eval"
         if not after.ran:
-            return f"the edited model fails in {mode} mode: {after.error}"
+            return f"the edited model fails in {mode_name} mode: {after.error}"
         if after.structure != before.structure:
-            return f"the edited model's {mode}-mode output differs in structure from the original's"
+            return f"the edited model's {mode_name}-mode output differs in structure from the original's"
     return None
 
 

@@ -7,7 +7,9 @@ cannot fail half-way). That is what lets surgery promise an untouched model on a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch.fx as fx
 from torch import nn
@@ -61,7 +63,7 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
     # Only the owner's own frame: stateless children traced through number their nodes in frames of their own.
     by_local = {n.meta[LOCAL]: n for n in body_nodes(graph) if n.meta.get(OWNER) == ""}
     by_local.update({placeholder_local(n): n for n in graph.nodes if n.op == "placeholder"})
-    order = {n: i for i, n in enumerate(graph.nodes)}
+    order: dict[fx.Node, float] = {n: i for i, n in enumerate(graph.nodes)}
     new_nodes: set[fx.Node] = set()
     chains: dict[fx.Node, fx.Node] = {}
     for insertion in insertions:
@@ -102,7 +104,7 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
 ALTERNATIVE_FORWARDS = ("forward_fuse",)
 
 
-def _edited_alternatives(owner: nn.Module, gm: fx.GraphModule, concrete_args, trace_through: frozenset[str]) -> dict[str, fx.Graph]:
+def _edited_alternatives(owner: nn.Module, gm: fx.GraphModule, concrete_args: dict[str, Any] | None, trace_through: frozenset[str]) -> dict[str, fx.Graph]:
     """The edited graph of each alternative forward of ``owner``'s class, where one follows from the edit.
 
     The alternative's graph is taken to be the edited forward's without the calls to the children the
@@ -128,9 +130,10 @@ def _edited_alternatives(owner: nn.Module, gm: fx.GraphModule, concrete_args, tr
     return alternatives
 
 
-def _trace_as(owner: nn.Module, base: type, method, concrete_args, trace_through: frozenset[str]) -> fx.Graph:
+def _trace_as(owner: nn.Module, base: type[nn.Module], method: Callable[..., Any], concrete_args: dict[str, Any] | None,
+              trace_through: frozenset[str]) -> fx.Graph:
     """``owner`` traced shallowly as if ``method`` were its forward (a view of it; ``owner`` is untouched)."""
-    view = object.__new__(type(base.__name__, (base,), {"forward": method}))
+    view: nn.Module = object.__new__(type(base.__name__, (base,), {"forward": method}))
     view.__dict__.update(owner.__dict__)
     return trace_module(view, concrete_args, shallow=True, trace_through=trace_through)[0].graph
 
@@ -194,7 +197,7 @@ def overlay(model: nn.Module, owners: dict[str, nn.Module], replacements: dict[s
         if path not in clones:
             parent_path, _, name = path.rpartition(".")
             parent = clone_at(parent_path)
-            clones[path] = parent._modules[name] = _shallow_clone(parent._modules[name])
+            clones[path] = parent._modules[name] = _shallow_clone(cast(nn.Module, parent._modules[name]))  # a child on the path
         return clones[path]
 
     edits = {**{p: m for p, m in owners.items() if p}, **replacements}

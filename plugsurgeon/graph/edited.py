@@ -52,7 +52,7 @@ class EditedForward:
     switches to (Ultralytics' fuse() sets ``m.forward = m.forward_fuse``) when one could be derived.
     """
 
-    base: type
+    base: type[nn.Module]
     methods: dict[str, tuple[str, dict[str, Any]]]
     codegen: dict[str, Any] = field(default_factory=dict)
     graph: fx.Graph | None = field(default=None, compare=False)  # in the process that made it, for checks
@@ -71,7 +71,7 @@ def is_edited(module: nn.Module) -> bool:
     return isinstance(getattr(type(module), _EDIT, None), EditedForward)
 
 
-def original_class(module: nn.Module) -> type:
+def original_class(module: nn.Module) -> type[nn.Module]:
     """The class the module had before any edit (an edited module's class is a subclass made for it)."""
     edit = getattr(type(module), _EDIT, None)
     return edit.base if isinstance(edit, EditedForward) else type(module)
@@ -101,13 +101,13 @@ def as_edited_instance(owner: nn.Module, gm: fx.GraphModule, new_modules: dict[s
     ``alternatives``: edited graphs of other forward methods of the class (``forward_fuse``).
     """
     graphs = {"forward": gm.graph, **(alternatives or {})}
-    methods = {}
+    methods: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, graph in graphs.items():
         python_code = graph.python_code(root_module="self")
         methods[name] = (python_code.src, dict(python_code.globals))
     codegen = {name: gm.__dict__[name] for name in _CODEGEN_ATTRIBUTES if name in gm.__dict__}
     forward = EditedForward(original_class(owner), methods, codegen, gm.graph)
-    edited = object.__new__(_edited_class(forward))
+    edited: nn.Module = object.__new__(_edited_class(forward))
     edited.__dict__.update(owner.__dict__)
     for table in ("_modules", "_parameters", "_buffers"):
         edited.__dict__[table] = type(owner.__dict__[table])(owner.__dict__[table])
@@ -152,11 +152,12 @@ def _setattr(self: nn.Module, name: str, value: Any) -> None:
     function = getattr(value, "__func__", None)
     if name == "forward" and function is not None and getattr(value, "__self__", None) is self:
         edit = getattr(type(self), _EDIT)
-        if getattr(edit.base, function.__name__, None) is function and function.__name__ not in edit.methods:
+        method = function.__name__
+        if getattr(edit.base, method, None) is function and method not in edit.methods:
             from plugsurgeon.errors import PlugsurgeonError
 
             raise PlugsurgeonError(
-                f"'{type(self).__name__}.{function.__name__}' would replace the forward plugsurgeon edited, dropping the "
+                f"'{type(self).__name__}.{method}' would replace the forward plugsurgeon edited, dropping the "
                 "modules it inserted into this block",
                 hint="deploy with ps.deploy(model), which reparameterizes and folds the edited model exactly")
     super(type(self), self).__setattr__(name, value)

@@ -137,7 +137,7 @@ def _named_state(module: nn.Module):
 def needs_values(error: Exception) -> bool:
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
-    cause = error
+    cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, (DataDependentOutputException, DynamicOutputShapeException)):
             return True

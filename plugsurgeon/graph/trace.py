@@ -13,6 +13,7 @@ that trace, found top-down, with input structures recorded by hooks on one eval 
 from __future__ import annotations
 
 import inspect
+import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ def _holds_state(module: nn.Module) -> bool:
 _training_flag_cache: dict[type, bool] = {}
 
 
-def reads_training_flag(cls: type) -> bool:
+def reads_training_flag(cls: type[nn.Module]) -> bool:
     if cls not in _training_flag_cache:
         try:
             _training_flag_cache[cls] = "self.training" in inspect.getsource(cls.forward)
@@ -145,17 +146,18 @@ class _CountedProxy(fx.Proxy):
         if count is None:
             # fx itself handles ``a, b = proxy`` by reading the caller's bytecode; that caller is one
             # frame further out now, so look there.
-            count = _unpacked_count(inspect.currentframe().f_back)
+            frame = inspect.currentframe()
+            count = _unpacked_count(frame.f_back if frame is not None else None)
         if count is None:
             return super().__iter__()
-        return iter([self[i] for i in range(count)])
+        return iter([self[i] for i in range(count)])  # type: ignore[index]  # fx adds Proxy's magic methods at import
 
     def __len__(self) -> int:
         count = _static_count(self.node)
         return super().__len__() if count is None else count
 
 
-def _unpacked_count(frame) -> int | None:
+def _unpacked_count(frame: types.FrameType | None) -> int | None:
     import dis
     from bisect import bisect_left
 
@@ -348,7 +350,7 @@ def _without_variadics(module: nn.Module) -> nn.Module:
     source = f"def forward(self, {', '.join(named)}):\n    return _forward(self, {', '.join(named)})\n"
     namespace: dict[str, Any] = {"_forward": forward}
     exec(compile(source, f"<plugsurgeon forward of {type(module).__name__}>", "exec"), namespace)  # noqa: S102 - names checked above
-    view = object.__new__(type(type(module).__name__, (type(module),), {"forward": namespace["forward"]}))
+    view: nn.Module = object.__new__(type(type(module).__name__, (type(module),), {"forward": namespace["forward"]}))
     view.__dict__ = module.__dict__  # the same module: parameters, children and flags are shared, not copied
     return view
 
@@ -419,10 +421,11 @@ def own_statements(graph: fx.Graph) -> dict[int, tuple]:
 
 def relative_target(node: fx.Node, owner: str) -> Any:
     """The target of a node as the owner's own graph would name it."""
-    if node.op in ("call_module", "get_attr") and owner:
+    target = node.target
+    if node.op in ("call_module", "get_attr") and owner and isinstance(target, str):  # their targets are paths
         prefix = owner + "."
-        return node.target[len(prefix):] if node.target.startswith(prefix) else node.target
-    return node.target
+        return target[len(prefix):] if target.startswith(prefix) else target
+    return target
 
 
 @dataclass
@@ -591,6 +594,7 @@ class _PartTracer:
     def visit(self, path: str, module: nn.Module) -> None:
         if is_leaf_type(module):
             return
+        kwargs: dict[str, Any]
         if path == "":
             args, kwargs, concrete = (torch.empty(self.input_shape, dtype=self.dtype),), {}, None
         elif path in self.inputs():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -49,6 +49,12 @@ from plugsurgeon.store.replay import replay
 from plugsurgeon.surgery.commit import apply as apply_recipe
 from plugsurgeon.surgery.recipe import Recipe, load_recipe
 from plugsurgeon.surgery.record import get_provenance, set_provenance
+
+if TYPE_CHECKING:  # the classes the mixins below are mixed into, for the type checker (no base at run time)
+    from ultralytics.engine.trainer import BaseTrainer as _TrainerBase
+    from ultralytics.nn.tasks import BaseModel as _ModelBase
+else:
+    _TrainerBase = _ModelBase = object
 
 __all__ = ["TASKS", "apply", "train", "trainer", "fuse_safe", "reparameterize_blocks", "recorded_steps",
            "DetectionModel", "SegmentationModel", "PoseModel", "ClassificationModel", "OBBModel", "RTDETRDetectionModel"]
@@ -105,14 +111,14 @@ def _bias_into_norm(parent: nn.Module, name: str, conv: nn.Module) -> None:
         return
     with torch.no_grad():
         norm.running_mean.sub_(bias.to(norm.running_mean.dtype))
-    conv.bias = None
+    conv.bias = None  # type: ignore[assignment]  # a module's parameter may be set to None (nn.Module.__setattr__)
 
 
 def _inference_form(block: nn.Module, path: str) -> nn.Module:
     block.eval()  # its branch BNs fold with their running statistics, as Ultralytics' BN fold does
     try:
         with torch.no_grad():
-            result = block.reparameterize()
+            result = block.reparameterize()  # type: ignore[operator]  # a reparameterizable block's own method
     except PlugsurgeonError:
         raise
     except Exception as error:  # noqa: BLE001 - a plugin's method may raise anything
@@ -124,7 +130,7 @@ def _inference_form(block: nn.Module, path: str) -> nn.Module:
     return result.eval()
 
 
-class _ReparameterizesBeforeFusing:
+class _ReparameterizesBeforeFusing(_ModelBase):
     """``fuse()`` that first turns plugsurgeon's train-time blocks into their inference modules:
     Ultralytics' BN folding then sees the plain conv each block equals, and folds it exactly."""
 
@@ -282,7 +288,7 @@ def _trainer_class(base: type, recipe: Recipe | None, steps: Sequence[dict[str, 
     return type(name, (_KeepsEdits, base), attributes)
 
 
-class _KeepsEdits:
+class _KeepsEdits(_TrainerBase):
     """Mixed in before the task's trainer: ``get_model`` builds the edited model (see ``trainer()``)."""
 
     _ps_recipe: Recipe | None = None
@@ -328,7 +334,7 @@ class _KeepsEdits:
         if self._ps_recipe is None:
             return
         wanted = self._ps_recipe.model_dump(mode="json", exclude_defaults=True)
-        recorded = [step.get("recipe") for step in steps if step.get("kind") == "recipe"]
+        recorded: list[Any] = [step.get("recipe") for step in steps if step.get("kind") == "recipe"]
         if wanted not in recorded:
             names = ", ".join(f"'{r.get('name', '?')}'" for r in recorded) or "none"
             raise RecipeError(
@@ -368,4 +374,4 @@ def _load_every_tensor(model: nn.Module, weights: nn.Module, verbose: bool) -> N
     if same_shapes and getattr(model, "names", None) == getattr(weights, "names", None):
         model.load_state_dict(source, strict=True)
     else:
-        model.load(weights, verbose=verbose)
+        model.load(weights, verbose=verbose)  # type: ignore[operator]  # an Ultralytics model's own method

@@ -17,7 +17,7 @@ ones is saved with a ``package.module:factory`` source that builds it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
@@ -43,11 +43,12 @@ class _Config(BaseModel):
     kind: str  # each record narrows it to a Literal: the manifest's discriminator
     path: Location
 
+    # ``module`` is a torchvision module (``owner``); torchvision ships no types, so its attributes are Any.
     @classmethod
-    def read(cls, path: str, module: nn.Module) -> _Config:
+    def read(cls, path: str, module: Any) -> _Config:
         raise NotImplementedError
 
-    def write(self, module: nn.Module) -> None:
+    def write(self, module: Any) -> None:
         raise NotImplementedError
 
 
@@ -66,13 +67,13 @@ class RCNNTransformConfig(_Config):
     skip_resize: bool
 
     @classmethod
-    def read(cls, path: str, module: nn.Module) -> RCNNTransformConfig:
+    def read(cls, path: str, module: Any) -> RCNNTransformConfig:
         fixed = module.fixed_size
         return cls(path=path, min_size=_list(module.min_size), max_size=module.max_size, image_mean=_list(module.image_mean),
                    image_std=_list(module.image_std), size_divisible=module.size_divisible,
                    fixed_size=None if fixed is None else _list(fixed), skip_resize=getattr(module, "_skip_resize", False))
 
-    def write(self, module: nn.Module) -> None:
+    def write(self, module: Any) -> None:
         module.min_size = tuple(self.min_size)
         module.max_size = self.max_size
         module.image_mean = list(self.image_mean)
@@ -96,13 +97,13 @@ class RPNConfig(_Config):
     min_size: Real
 
     @classmethod
-    def read(cls, path: str, module: nn.Module) -> RPNConfig:
+    def read(cls, path: str, module: Any) -> RPNConfig:
         pre, post = module._pre_nms_top_n, module._post_nms_top_n
         return cls(path=path, pre_nms_top_n_training=pre["training"], pre_nms_top_n_testing=pre["testing"],
                    post_nms_top_n_training=post["training"], post_nms_top_n_testing=post["testing"],
                    nms_thresh=module.nms_thresh, score_thresh=module.score_thresh, min_size=module.min_size)
 
-    def write(self, module: nn.Module) -> None:
+    def write(self, module: Any) -> None:
         module._pre_nms_top_n = {"training": self.pre_nms_top_n_training, "testing": self.pre_nms_top_n_testing}
         module._post_nms_top_n = {"training": self.post_nms_top_n_training, "testing": self.post_nms_top_n_testing}
         module.nms_thresh, module.score_thresh, module.min_size = self.nms_thresh, self.score_thresh, self.min_size
@@ -116,10 +117,10 @@ class _Selection(_Config):
     detections_per_img: Count
 
     @classmethod
-    def read(cls, path: str, module: nn.Module) -> _Selection:
+    def read(cls, path: str, module: Any) -> _Selection:
         return cls(path=path, **{name: getattr(module, name) for name in cls.model_fields if name not in ("path", "kind")})
 
-    def write(self, module: nn.Module) -> None:
+    def write(self, module: Any) -> None:
         for name in type(self).model_fields:
             if name not in ("path", "kind"):
                 setattr(module, name, getattr(self, name))
@@ -165,12 +166,12 @@ def read_config(model: nn.Module) -> list[ModuleConfig]:
     saving it as something else could reload a model that computes otherwise.
     """
     classes = _classes()
-    records = []
+    records: list[ModuleConfig] = []
     for path, module in model.named_modules():
         for kind, owner in classes:
             if isinstance(module, owner):
                 try:
-                    records.append(kind.read(path, module))
+                    records.append(cast(ModuleConfig, kind.read(path, module)))  # each kind is one of ModuleConfig's
                 except (ValidationError, AttributeError, KeyError, TypeError) as error:
                     raise PlugsurgeonError(
                         f"cannot record the configuration of '{path or '(model)'}' ({type(module).__name__}): {_describe(error)}",

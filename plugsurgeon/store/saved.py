@@ -114,7 +114,7 @@ def save(model: nn.Module, directory: str | Path, *, source: str | None = None, 
         rebuilt, steps = resolve(source, steps, config=config)
         _check_rebuilt(rebuilt, model)
     try:
-        manifest = Manifest(format=FORMAT, source=source, steps=steps, versions=_versions(model, source), config=config)
+        manifest = Manifest(format=FORMAT, source=source, steps=steps, versions=_versions(model, source), config=config)  # type: ignore[arg-type]  # steps: JSON records, validated here
         text = json.dumps(manifest.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
     except (ValidationError, ValueError) as error:
         detail = describe(error) if isinstance(error, ValidationError) else str(error)

@@ -14,7 +14,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -87,7 +87,7 @@ def _torchvision(name: str) -> nn.Module:
             f"unknown model '{name}'" + (f"; {suggestion}" if suggestion else ""),
             hint="use a torchvision model name (torchvision.models.list_models()), timm:NAME, package.module:factory or a saved directory",
         )
-    kwargs = {"weights": None}
+    kwargs: dict[str, Any] = {"weights": None}
     if name in tvm.list_models(module=tvm.detection) or name in tvm.list_models(module=tvm.segmentation):
         kwargs["weights_backbone"] = None
     with warnings.catch_warnings():

@@ -17,7 +17,7 @@ from plugsurgeon.graph.check import compare
 from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
 from plugsurgeon.graph.edited import edited_graph
 from plugsurgeon.graph.fake import count_params
-from plugsurgeon.graph.trace import Traced, own_statements
+from plugsurgeon.graph.trace import Traced, TracedPart, own_statements
 from plugsurgeon.surgery.plan import Plan, PlannedEdit, owner_call, owner_module, plan, structured_children
 from plugsurgeon.surgery.recipe import Recipe
 from plugsurgeon.surgery.record import recipe_step, record_step
@@ -79,7 +79,7 @@ def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[
                         hint="exclude the site with `where: {exclude: [...]}`; nothing was changed")
 
 
-def _proven_locally(planned: Plan, part, owners: dict[str, nn.Module]) -> bool:
+def _proven_locally(planned: Plan, part: TracedPart, owners: dict[str, nn.Module]) -> bool:
     """True when every edit in ``part`` is proven on its own (``PlannedEdit.proven``) and every owner
     it edits traced alone exactly as inside the model: the edited graph is then the original one with
     modules that keep shapes and dtypes spliced in, and running the whole part would find nothing."""
@@ -99,11 +99,13 @@ def _within(path: str, part_path: str) -> bool:
     return part_path == "" or path == part_path or path.startswith(part_path + ".")
 
 
-def _only(path, owners, replacements):
+def _only(path: str, owners: dict[str, nn.Module],
+          replacements: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
     return ({path: owners[path]} if path in owners else {}), ({path: replacements[path]} if path in replacements else {})
 
 
-def _part_problem(model: nn.Module, traced: Traced, part, owners, replacements) -> str | None:
+def _part_problem(model: nn.Module, traced: Traced, part: TracedPart, owners: dict[str, nn.Module],
+                  replacements: dict[str, nn.Module]) -> str | None:
     edited = overlay(model, owners, replacements)
     original_part = owner_module(model, part.path)
     edited_part = owner_module(edited, part.path)

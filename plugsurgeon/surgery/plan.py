@@ -7,8 +7,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from plugsurgeon import progress
@@ -18,7 +20,7 @@ from plugsurgeon.graph.fake import count_params, run_fake
 from plugsurgeon.graph.inputs import resize_notes
 from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE, shape_of
-from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, trace
+from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, TracedPart, trace
 from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins._conv import stride_one
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
@@ -28,6 +30,9 @@ from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
 from plugsurgeon.surgery.recipe import Recipe, Step, load_recipe
 from plugsurgeon.surgery.report import EditReport, SurgeryReport
+
+# (input shapes, output shape) of each call a new module serves.
+Calls = list[tuple[list[tuple[int, ...]], tuple[int, ...]]]
 
 
 @dataclass
@@ -56,7 +61,7 @@ class PlannedEdit:
         return f"{self.owner}.{self.attribute}" if self.owner else self.attribute
 
     def replaced(self, model: nn.Module) -> nn.Module | None:
-        return model.get_submodule(self.site.target) if self.spec.mode == "replace" else None
+        return model.get_submodule(cast(str, self.site.target)) if self.spec.mode == "replace" else None  # a replace site calls a module
 
     def materialize(self, model: nn.Module) -> None:
         """Replace the plan's fake module (shapes only, no memory) by the real one it stands for."""
@@ -64,7 +69,7 @@ class PlannedEdit:
         self.module = _build(self.spec, self.site, self.replaced(model), self.args, where, dtype=self.dtype, device=self.device)
 
 
-def _build(spec: PluginSpec, site: Site, replaced: nn.Module | None, args: dict, where: str, **options) -> nn.Module:
+def _build(spec: PluginSpec, site: Site, replaced: nn.Module | None, args: dict, where: str, **options: Any) -> nn.Module:
     """``spec.build``, with a constructor's own exception turned into the user's error it is, and a
     replacement in the mode of the module it replaces."""
     try:
@@ -159,7 +164,7 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
     role = step.role()
     of_role = [s for s in all_sites if role_matches(s.role, role) and spec.fits(s.role)]
     if spec.mode == "replace":  # one replacement per module, however many times it runs
-        first_call = {}
+        first_call: dict[tuple[str, str | None], Site] = {}
         for site in of_role:
             first_call.setdefault((site.role, site.target), site)
         of_role = list(first_call.values())
@@ -180,9 +185,10 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
     return chosen
 
 
-def _computed_from(part, node, names: tuple[str, ...]) -> set[str]:
+def _computed_from(part: TracedPart, node: fx.Node, names: tuple[str, ...]) -> set[str]:
     """Which of the nodes ``names`` the model computes from ``node``."""
-    later, frontier = set(), [node]
+    later: set[fx.Node] = set()
+    frontier = [node]
     while frontier:
         for user in frontier.pop().users:
             if user not in later:
@@ -191,7 +197,7 @@ def _computed_from(part, node, names: tuple[str, ...]) -> set[str]:
     return {name for name in names if _node(part, name) in later}
 
 
-def _scope_candidates(part, site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...]]]:
+def _scope_candidates(part: TracedPart, site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...]]]:
     """Module forwards that see the site's node (and, for multi-input plugins, all its extra nodes), in
     order of preference: the smallest first, except that a residual branch end goes into the block
     that holds the add ("before the add" is a place in that block, and its class is what changes)."""
@@ -219,7 +225,7 @@ def _scope_candidates(part, site: Site, spec: PluginSpec) -> list[tuple[Scope, t
     return found
 
 
-def _choose_scope(model: nn.Module, part, site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tuple[int, ...]]:
+def _choose_scope(model: nn.Module, part: TracedPart, site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tuple[int, ...]]:
     """The preferred module forward that can be edited: called once, and tracing to the same graph in
     train and eval mode (else the edit would keep only one of them)."""
     candidates = _scope_candidates(part, site, spec)
@@ -248,11 +254,13 @@ def _choose_scope(model: nn.Module, part, site: Site, spec: PluginSpec, where: s
     raise refusals[0]
 
 
-def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> PlannedEdit:
+def _plan_edit(model: nn.Module, traced: Traced, step: Step, spec: PluginSpec, site: Site, index: int, dtype: torch.dtype,
+               checked: dict[tuple, _Checked]) -> PlannedEdit:
     part = traced.part(site.part)
     where = f"step {index} ({spec.name}) at '{site.path}'"
     node = _node(part, site.node)
-    replaced = None
+    replaced: nn.Module | None = None
+    extra_locals: tuple[int, ...]
     if spec.mode == "replace":
         scope, extra_locals = site.scopes[0], ()
         if site.target is None:
@@ -265,11 +273,11 @@ def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> 
     # converted, never one it shares.
     holds = replaced is not None and next(replaced.parameters(), None) is not None
     read = getattr(node.meta.get("tensor_meta"), "dtype", None)
-    if holds:
+    if holds and replaced is not None:  # holds implies a replaced module
         dtype = _host_dtype(replaced)
     elif replaced is None and read is not None and read.is_floating_point:
         dtype = read
-    device = _host_device(replaced if holds else model)
+    device = _host_device(replaced if holds and replaced is not None else model)
     calls = _calls_to_check(part, node, site, spec)
     signature = _signature(spec, site, replaced, step, calls, dtype, device)
     known = checked.get(signature) if signature is not None else None
@@ -296,12 +304,12 @@ def _plan_edit(model, traced, step, spec, site, index, dtype, checked: dict) -> 
         kept = {id(p) for p in module.parameters()} & {id(p) for p in replaced.parameters()}
         params_added = sum(p.numel() for p in module.parameters() if id(p) not in kept) - sum(
             p.numel() for p in replaced.parameters() if id(p) not in kept)
-    attribute = site.target if spec.mode == "replace" else (step.name or spec.name)
+    attribute = cast(str, site.target) if spec.mode == "replace" else (step.name or spec.name)  # checked above: a module
     return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals,
                        dict(step.args), dtype, device, proven)
 
 
-def _of_dtype(part, node, site: Site, spec: PluginSpec, dtype: torch.dtype) -> bool:
+def _of_dtype(part: TracedPart, node: fx.Node, site: Site, spec: PluginSpec, dtype: torch.dtype) -> bool:
     """Whether the model's tensors where the new module goes are of the dtype planning ran it in: a
     half-precision block in a float model is not, and there planning's runs prove nothing."""
     if spec.mode == "after":
@@ -322,7 +330,8 @@ class _Checked:
     proven: bool
 
 
-def _signature(spec: PluginSpec, site: Site, replaced: nn.Module | None, step: Step, calls, dtype, device) -> tuple | None:
+def _signature(spec: PluginSpec, site: Site, replaced: nn.Module | None, step: Step, calls: Calls, dtype: torch.dtype,
+               device: torch.device) -> tuple | None:
     """What the fake run of a new module depends on: its constructor's arguments, the shapes of its
     calls, dtype and device -- and, for a replacement, the replaced layer's configuration, known only
     for torch's own layers (their repr is it). Sites sharing a signature are checked once (a ResNet's
@@ -336,7 +345,7 @@ def _signature(spec: PluginSpec, site: Site, replaced: nn.Module | None, step: S
     return (spec.name, repr(sorted(kwargs.items())), repr(calls), str(dtype), str(device), repr(replaced))
 
 
-def _calls_to_check(part, node, site: Site, spec: PluginSpec) -> list[tuple[list[tuple[int, ...]], tuple[int, ...]]]:
+def _calls_to_check(part: TracedPart, node: fx.Node, site: Site, spec: PluginSpec) -> Calls:
     """(input shapes, output shape) of every call the new module will serve.
 
     A replaced module shared by several calls (a detection head run on every pyramid level) is
@@ -347,10 +356,10 @@ def _calls_to_check(part, node, site: Site, spec: PluginSpec) -> list[tuple[list
     if spec.mode == "after":
         return [([site.shape, *site.extra_shapes] if spec.inputs == "site+extra" else [site.shape], site.shape)]
     calls = [n for n in part.gm.graph.nodes if n.op == "call_module" and n.target == node.target]
-    return [([shape_of(n.all_input_nodes[0])], shape_of(n)) for n in calls]
+    return [([_known_shape(n.all_input_nodes[0])], _known_shape(n)) for n in calls]
 
 
-def _check_runs(module: nn.Module, calls, dtype: torch.dtype, where: str) -> tuple[int, bool]:
+def _check_runs(module: nn.Module, calls: Calls, dtype: torch.dtype, where: str) -> tuple[int, bool]:
     """Run the new module on fake inputs of every call; returns the FLOPs of all calls together, and
     whether every output kept the input dtype."""
     total, dtype_kept = 0, True
@@ -403,10 +412,10 @@ def _check_destride(model: nn.Module, traced: Traced, spec: PluginSpec, site: Si
     _stride_one_twin(model, traced, site, f"step {index} ({spec.name}) at '{site.path}'")
 
 
-def _stride_one_twin(model: nn.Module, traced: Traced, site: Site, where: str):
+def _stride_one_twin(model: nn.Module, traced: Traced, site: Site, where: str) -> tuple[fx.Node, str, nn.Module]:
     part = traced.part(site.part)
-    node = _node(part, site.destride)
-    path = part.absolute(node.target)
+    node = _node(part, cast(str, site.destride))  # a destride site names its conv
+    path = part.absolute(cast(str, node.target))  # a call_module node's target is a path
     calls = sum(1 for n in part.gm.graph.nodes if n.op == "call_module" and n.target == node.target)
     if calls > 1:
         raise SiteError(f"{where}: '{path}' runs {calls} times in forward: at stride 1 every call would change, and the plugin follows only this one",
@@ -422,7 +431,7 @@ def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedEdit) -> Plann
     node, path, twin = _stride_one_twin(model, traced, edit.site, f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}'")
     conv = model.get_submodule(path)
     dtype = _host_dtype(conv)
-    calls = [([shape_of(node.all_input_nodes[0])], edit.site.destride_shape)]
+    calls: Calls = [([_known_shape(node.all_input_nodes[0])], edit.site.destride_shape)]
     where = f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}', running '{path}' at stride 1"
     flops = _check_runs(twin, calls, dtype, where)[0] - run_fake(conv, calls[0][0], dtype)[1]
     # A replace edit of the same step, so that the report, the manifest and a replay list it; its
@@ -438,14 +447,14 @@ def owner_module(model: nn.Module, owner_path: str) -> nn.Module:
     return model.get_submodule(owner_path) if owner_path else model
 
 
-def owner_call(part, scope: Scope):
+def owner_call(part: TracedPart, scope: Scope) -> tuple[dict[str, Any] | None, frozenset[str]]:
     """(concrete args, children to trace through) of the owner's call, as the model trace saw it."""
     record = part.call_record(scope.owner, scope.call) if scope.owner else None
     concrete = record.concrete_args if record is not None else part.concrete_args
     return concrete, structured_children(part, scope.owner, scope.call)
 
 
-def structured_children(part, owner: str, call: int) -> frozenset[str]:
+def structured_children(part: TracedPart, owner: str, call: int) -> frozenset[str]:
     """Direct children whose call returned a structure (a tuple the owner unpacks, like torchvision's
     FPN ``extra_blocks``): the owner's own trace must follow them, as a leaf would be opaque."""
     prefix = owner + "." if owner else ""
@@ -457,7 +466,7 @@ def structured_children(part, owner: str, call: int) -> frozenset[str]:
     return frozenset(names)
 
 
-def _differs_between_modes(model: nn.Module, part, scope: Scope) -> bool:
+def _differs_between_modes(model: nn.Module, part: TracedPart, scope: Scope) -> bool:
     owner = owner_module(model, part.absolute(scope.owner))
     concrete, through = owner_call(part, scope)
     try:
@@ -466,11 +475,16 @@ def _differs_between_modes(model: nn.Module, part, scope: Scope) -> bool:
         return False  # not traceable alone: building the owner says so with the reason
 
 
-def _node(part, name):
+def _node(part: TracedPart, name: str) -> fx.Node:
     for node in part.gm.graph.nodes:
         if node.name == name:
             return node
     raise KeyError(name)
+
+
+def _known_shape(node: fx.Node) -> tuple[int, ...]:
+    """The shape propagation recorded for ``node``, a tensor a site's module reads or returns."""
+    return cast(tuple[int, ...], shape_of(node))
 
 
 def _check_conflicts(edits: list[PlannedEdit], notes: list[str]) -> None:

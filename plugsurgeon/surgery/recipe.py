@@ -210,7 +210,7 @@ class _RecipeLoader(yaml.SafeLoader):
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:  # node: a yaml MappingNode (yaml is untyped)
         seen = set()
         for key_node, _value in node.value:
             key = self.construct_object(key_node, deep=deep)

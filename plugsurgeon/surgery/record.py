@@ -9,10 +9,14 @@ framework integrations replay them to rebuild an edited model (a trainer that bu
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from torch import nn
+
+if TYPE_CHECKING:  # annotations only: the plan records itself through these (no import at run time)
+    from plugsurgeon.surgery.plan import Plan, PlannedEdit
+    from plugsurgeon.surgery.recipe import Recipe, Step
 
 _ATTRIBUTE = "_plugsurgeon_provenance"
 
@@ -87,7 +91,7 @@ class DeployStep(_Record):
 StepRecord = Annotated[RecipeStep | DeployStep, Field(discriminator="kind")]
 
 
-def recipe_step(planned) -> dict[str, Any]:
+def recipe_step(planned: Plan) -> dict[str, Any]:
     """The record of a committed plan (a ``surgery.Plan``): the recipe, its input shape and the edits made."""
     recipe = planned.recipe
     return {
@@ -98,7 +102,7 @@ def recipe_step(planned) -> dict[str, Any]:
     }
 
 
-def edit_record(edit, recipe) -> dict[str, Any]:
+def edit_record(edit: PlannedEdit, recipe: Recipe) -> dict[str, Any]:
     return {
         "step": edit.step_index,
         "plugin": edit.spec.name,
@@ -110,7 +114,7 @@ def edit_record(edit, recipe) -> dict[str, Any]:
     }
 
 
-def _resolved_args(step) -> dict[str, Any]:
+def _resolved_args(step: Step) -> dict[str, Any]:
     """Every argument the module was built with, defaults included, as JSON data: a default that
     changes in a later version then cannot change what a saved directory rebuilds."""
     from pydantic_core import to_jsonable_python
