@@ -7,6 +7,7 @@ then can the model's own BN after it fold into that conv. The caller's model is 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -25,11 +26,24 @@ from plugsurgeon.surgery.record import record_step
 
 @dataclass
 class DeployResult:
+    """What ``ps.deploy`` returns: the inference model and what was done to it.
+
+    Attributes:
+        model: The deployed model, in eval mode: train-time blocks reparameterized, BatchNorms folded.
+        report: What was reparameterized, folded, skipped (with why) and left alone; parameters and
+            FLOPs before and after; the verification's differences.
+
+    Examples:
+        >>> deployed = ps.deploy(ps.apply(torchvision.models.resnet18(), "acnet").model)
+        >>> deployed.report.params_after < deployed.report.params_before
+        True
+    """
+
     model: nn.Module
     report: DeployReport
 
 
-def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> DeployResult:
+def deploy(model: nn.Module, *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE, verify: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> DeployResult:
     """The fastest inference model that computes what ``model`` computes in eval mode.
 
     Every plugsurgeon block with ``reparameterize()`` is replaced by the module it returns, and
@@ -40,6 +54,29 @@ def deploy(model: nn.Module, *, input_shape=DEFAULT_INPUT_SHAPE, verify: bool = 
     the activation. With ``verify`` the result is compared with the eval-mode
     original on random input, and a difference over ``atol + rtol * max|output|`` raises
     VerificationError. The caller's model is not modified; the deployed model is in eval mode.
+
+    Args:
+        model: The model to deploy, edited by plugsurgeon or not.
+        input_shape: The input the model is traced and verified at, N,C,H,W.
+        verify: Compare the deployed model with the original on random input.
+        atol: Absolute tolerance of the comparison.
+        rtol: Tolerance relative to the largest output magnitude.
+
+    Returns:
+        The deployed model (a copy) and the report of what was done.
+
+    Raises:
+        PlugsurgeonError: ``model`` is not an ``nn.Module``, cannot be copied, or a tolerance or
+            ``input_shape`` is invalid.
+        VerificationError: The deployed model differs from the original by more than the
+            tolerance, or returns another output structure; nothing is returned.
+        TraceError: The model does not run on ``input_shape``.
+
+    Examples:
+        >>> result = ps.apply(torchvision.models.resnet18(), "acnet")  # train-time ACBlocks
+        >>> deployed = ps.deploy(result.model)  # each ACBlock is one 3x3 conv again, BNs folded
+        >>> deployed.report.verification.passed
+        True
     """
     if not isinstance(model, nn.Module):
         raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load_model('resnet50')")
@@ -92,7 +129,7 @@ def transform(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module
     return root.eval(), traced, outcome, folded, plan
 
 
-def rebuild(model: nn.Module, input_shape) -> nn.Module:
+def rebuild(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     """The deployed structure without verification, in place: how ``load`` replays a recorded deploy
     before it loads the fused weights (which the weights of ``model`` do not matter for)."""
     root = transform(model, validate_input_shape(input_shape))[0]

@@ -87,7 +87,35 @@ class Change:
 def picture(
     source: Any, *, input_shape: Sequence[int] | None = None, original: Any = None, title: str | None = None
 ) -> Picture:
-    """The picture of ``source`` as SVG text; see the module docstring for what it takes and shows."""
+    """The picture of a model, or of what surgery or deploy did to it, as SVG text.
+
+    One box per residual block or top-level module, grouped by the module that holds them; a box an
+    edit inserted a module into is green, one whose module was replaced orange, one deploy fused blue,
+    each with its parameters before and after and the FLOPs its edits add.
+
+    Args:
+        source: What to draw: a ``SurgeryResult`` or its report (dry runs too), a list of those
+            (recipes applied one after another), a ``DeployResult``, or any ``nn.Module`` (its
+            blocks, nothing highlighted).
+        input_shape: The shape an ``nn.Module`` is traced at, N,C,H,W; default
+            ``(1, 3, 224, 224)``. Results carry their own.
+        original: For a ``DeployResult``: the model given to ``deploy``, for the parameter deltas of
+            the fused boxes.
+        title: The picture's title; default: the model's class and what was done.
+
+    Returns:
+        The SVG text, a ``str`` that a notebook shows as the picture; ``.save(path)`` writes it.
+
+    Raises:
+        PlugsurgeonError: ``source`` is none of the above, or a report that holds no blocks.
+        TraceError: An ``nn.Module`` does not run on ``input_shape``.
+
+    Examples:
+        >>> result = ps.apply(torchvision.models.resnet18(), "cbam", input_shape=(1, 3, 64, 64))
+        >>> ps.picture(result).save("resnet18_cbam.svg")
+        PosixPath('resnet18_cbam.svg')
+        >>> ps.picture(deployed, original=result.model)  # what deploy fused
+    """
     reports = _reports(source)
     if reports is not None:
         if reports[0].blocks is None:  # a report built by hand, or one whose blocks could not be made

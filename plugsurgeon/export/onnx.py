@@ -19,6 +19,7 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot hold more than 2 GB in o
 
 @dataclass
 class ExportReport:
+    """What ``ps.export_onnx`` wrote and how its onnxruntime outputs compared with PyTorch's."""
+
     path: str
     exporter: str  # "dynamo" (torch.export based) or "torchscript"
     opset: int | None
@@ -65,7 +68,7 @@ class ExportReport:
         return data
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, input_shape=DEFAULT_INPUT_SHAPE, allow_unfused: bool = False,
+def export_onnx(model: nn.Module, path: str | Path, *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE, allow_unfused: bool = False,
                 opset: int | None = None, atol: float = 1e-4, rtol: float = 1e-4) -> ExportReport:
     """Write ``model`` (in eval mode) to ``path`` as ONNX, run it with onnxruntime on two random inputs and
     compare with PyTorch; a difference over ``atol + rtol * max|output|`` raises VerificationError.
@@ -78,6 +81,32 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape=DEFAULT_INPUT
     A model that still holds train-time blocks (modules with ``reparameterize()``) or BatchNorm
     layers that deploy would fold is refused unless ``allow_unfused``: deploy it first.
     The caller's model is not modified.
+
+    Args:
+        model: The model to export, deployed (``ps.deploy``).
+        path: The ``.onnx`` file to write (large models also write their weights next to it).
+        input_shape: The shape of the graph's input, N,C,H,W (fixed, as exported).
+        allow_unfused: Export a model that still holds train-time blocks or foldable BatchNorms.
+        opset: The ONNX opset to export to; default: the exporter's.
+        atol: Absolute tolerance of the comparison with PyTorch.
+        rtol: Tolerance relative to the largest output magnitude.
+
+    Returns:
+        The report: the exporter used, inputs and outputs, the differences measured and whether
+        they passed, the file's size, notes.
+
+    Raises:
+        PlugsurgeonError: ``model`` is not an ``nn.Module`` or not deployed (without
+            ``allow_unfused``), onnx or onnxruntime is not installed, or neither exporter nor
+            onnxruntime can handle the model.
+        VerificationError: onnxruntime's outputs differ from PyTorch's by more than the tolerance
+            (the file is written).
+
+    Examples:
+        >>> deployed = ps.deploy(ps.apply(torchvision.models.resnet18(), "cbam").model)
+        >>> report = ps.export_onnx(deployed.model, "resnet18_cbam.onnx")
+        >>> report.passed, report.max_abs_diff < 1e-4
+        (True, True)
     """
     if not isinstance(model, nn.Module):
         raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load('DIR')")

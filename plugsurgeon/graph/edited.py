@@ -80,7 +80,18 @@ def original_class(module: nn.Module) -> type[nn.Module]:
 def edited_source(module: nn.Module) -> str | None:
     """The Python source of an edited module's forward (None for a module surgery did not edit).
 
-    >>> print(ps.edited_source(ps.apply(resnet18, "se").model.layer1[0]))  # shows ``self.se(...)`` before the add
+    Surgery edits a block by giving it a forward generated from its edited graph; the block keeps its
+    class (an edited ``BasicBlock`` is still one), and this is the code it now runs.
+
+    Args:
+        module: Any module, typically a block of a model ``ps.apply`` returned.
+
+    Returns:
+        The source of its generated ``forward``, or None when surgery did not edit its forward.
+
+    Examples:
+        >>> result = ps.apply(torchvision.models.resnet18(), "se")
+        >>> print(ps.edited_source(result.model.layer1[0]))  # calls self.se(...) before the add
     """
     edit = getattr(type(module), _EDIT, None)
     return edit.source if isinstance(edit, EditedForward) else None

@@ -528,11 +528,29 @@ class Traced:
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> Traced:
-    """Trace ``model`` and propagate shapes on fake tensors.
+    """Trace ``model`` with torch.fx and propagate shapes on fake tensors (no memory, no real compute).
 
     What fx cannot follow is left out as small as possible: a submodule whose own forward does not
     trace becomes a leaf of the model's graph and its insides are traced in parts; a model whose own
-    forward does not trace (torchvision's detectors) is traced in parts from the top.
+    forward does not trace (torchvision's detectors) is traced in parts from the top. The model is
+    not modified. Pass the trace to ``ps.find_sites``, or as ``traced=`` to ``ps.plan``/``ps.apply``
+    to try several recipes without tracing again.
+
+    Args:
+        model: The model to trace.
+        input_shape: The input it is traced at, N,C,H,W (at least 3 positive sizes).
+
+    Returns:
+        The traced parts with the shape of every node, and what could not be traced, with why.
+
+    Raises:
+        PlugsurgeonError: ``input_shape`` is not a list of positive sizes, or is too large.
+        TraceError: The model does not run on an input of ``input_shape``.
+
+    Examples:
+        >>> traced = ps.trace(torchvision.models.resnet50(), (1, 3, 224, 224))
+        >>> len(ps.find_sites(traced, "residual.branch"))
+        16
     """
     input_shape = validate_input_shape(input_shape)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

@@ -78,6 +78,31 @@ def register(name: str, *, base: str, recipe: str | Path | Recipe | dict, input_
     shape surgery plans at (its channels and size follow ``in_chans`` / ``img_size`` given to
     ``create_model``). A name already registered here is replaced only with ``replace=True``; timm's
     own architectures are never replaced.
+
+    Args:
+        name: The new architecture's name: letters, digits and underscores (``resnet50_cbam``).
+        base: The timm architecture it edits, optionally with a pretrained tag (``resnet50.a1_in1k``).
+        recipe: A built-in recipe's name, a path to a recipe YAML file, its content as a mapping, or
+            a ``Recipe``.
+        input_shape: The shape surgery plans at, N,C,H,W (channels and size follow ``in_chans`` and
+            ``img_size`` given to ``create_model``).
+        replace: Replace an edited architecture registered here under ``name`` before.
+
+    Returns:
+        ``name``.
+
+    Raises:
+        PlugsurgeonError: ``name`` is not a valid name, is ``base`` itself or one of timm's own
+            architectures, is already registered (without ``replace``), or would be built from
+            itself; ``input_shape`` is not N,C,H,W.
+        UnknownNameError: timm has no architecture ``base``.
+        RecipeError: The recipe does not load.
+
+    Examples:
+        >>> import timm
+        >>> ps.timm.register("resnet50_cbam", base="resnet50.a1_in1k", recipe="cbam")
+        'resnet50_cbam'
+        >>> model = timm.create_model("resnet50_cbam", pretrained=True, num_classes=10)
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise PlugsurgeonError(f"'{name}' cannot be a timm model name: timm reads '.' as a pretrained tag and ':' or '/' as a source",

@@ -182,6 +182,22 @@ def fuse_safe(model: nn.Module) -> nn.Module:
     is exported or run through ``predict``/``val`` without being trained here. A model of another
     class is returned as it is when it holds no train-time block, and refused when it does: its
     ``fuse()`` would export something else than it computes.
+
+    Args:
+        model: An Ultralytics model (``YOLO(...).model``), edited by plugsurgeon.
+
+    Returns:
+        ``model`` itself, its class now the fuse-safe subclass.
+
+    Raises:
+        PlugsurgeonError: ``model`` is of a class this module has no subclass for and holds
+            train-time blocks.
+
+    Examples:
+        >>> yolo = YOLO("yolov8n.pt")
+        >>> ps.apply(yolo.model, "acnet", input_shape=(1, 3, 640, 640), inplace=True)
+        >>> yolo.model = ps.ultralytics.fuse_safe(yolo.model)
+        >>> yolo.export(format="onnx")  # fuse() folds the ACBlocks exactly
     """
     cls = type(model)
     if cls in _FUSE_SAFE.values():
@@ -205,6 +221,25 @@ def apply(yolo: Any, recipe: str | Path | Recipe | dict, *, input_shape: Sequenc
 
     The YOLO object then predicts, validates and exports the edited model; train it with ``train(yolo)``,
     which replays the edit inside Ultralytics' trainer (its default trainer would rebuild the plain network).
+
+    Args:
+        yolo: An Ultralytics ``YOLO`` object.
+        recipe: A built-in recipe's name, a path to a recipe YAML file, its content as a mapping, or
+            a ``Recipe``.
+        input_shape: The shape surgery plans at, N,C,H,W; default ``(1, channels, 640, 640)``.
+        **options: Passed on to ``ps.apply`` (``dry_run``, ``traced``).
+
+    Returns:
+        The ``SurgeryResult``; ``yolo.model`` is its model.
+
+    Raises:
+        PlugsurgeonError: ``yolo`` holds no PyTorch model; or as ``ps.apply``.
+
+    Examples:
+        >>> from ultralytics import YOLO
+        >>> yolo = YOLO("yolov8n.pt")
+        >>> result = ps.ultralytics.apply(yolo, "cbam")
+        >>> yolo.predict("bus.jpg")  # the edited model
     """
     model = getattr(yolo, "model", None)
     if not isinstance(model, nn.Module):
@@ -234,6 +269,24 @@ def trainer(recipe: str | Path | Recipe | dict | None, *, task: Task = "detect",
     model as Ultralytics does (pretrained tensors copied) and applies ``recipe``, traced at
     ``input_shape`` (default ``(1, channels, imgsz, imgsz)`` from the run's arguments). With
     ``recipe=None`` it only keeps edits and refuses an unedited model.
+
+    Args:
+        recipe: The recipe to apply to an unedited model (a name, a path, a mapping or a
+            ``Recipe``), or None to only keep the edits of an edited one.
+        task: The Ultralytics task whose trainer is extended: ``detect``, ``segment``, ``pose``,
+            ``classify`` or ``obb``.
+        input_shape: The shape surgery plans at, N,C,H,W; default ``(1, channels, imgsz, imgsz)``.
+
+    Returns:
+        The trainer class.
+
+    Raises:
+        PlugsurgeonError: No trainer is supported for ``task``.
+        RecipeError: The recipe does not load.
+
+    Examples:
+        >>> yolo = YOLO("yolov8n.yaml")
+        >>> yolo.train(trainer=ps.ultralytics.trainer("cbam", task="detect"), data="coco8.yaml", epochs=3)
     """
     base = TASKS.get(task)
     if base is None:
@@ -252,6 +305,27 @@ def train(yolo: Any, recipe: str | Path | Recipe | dict | None = None, *, input_
     Ultralytics does. A YOLO built from a YAML trains from a fresh build, as in Ultralytics. The
     trainer extends the one the YOLO object itself would use (its ``task_map``), so model families
     with their own trainer (RT-DETR) keep it.
+
+    Args:
+        yolo: An Ultralytics ``YOLO`` object, edited or not.
+        recipe: The recipe to apply (a name, a path, a mapping or a ``Recipe``); None when
+            ``yolo.model`` is already edited.
+        input_shape: The shape surgery plans at, N,C,H,W; default ``(1, channels, imgsz, imgsz)``.
+        **train_kwargs: Passed on to ``yolo.train`` (``data``, ``epochs``, ``imgsz``...), all but
+            ``trainer``.
+
+    Returns:
+        What ``yolo.train`` returns: the run's metrics.
+
+    Raises:
+        PlugsurgeonError: ``trainer=`` is given, or ``yolo`` has no PyTorch model or trainer.
+        RecipeError: No recipe is given for an unedited model, or the recipe does not load, or an
+            edited model does not record the recipe given.
+
+    Examples:
+        >>> yolo = YOLO("yolov8n.pt")
+        >>> metrics = ps.ultralytics.train(yolo, "cbam", data="coco8.yaml", epochs=3, imgsz=640)
+        >>> yolo.predict("bus.jpg")  # the trained model, CBAM included
     """
     if "trainer" in train_kwargs:
         raise PlugsurgeonError("train() makes the trainer itself and was also given `trainer=`",

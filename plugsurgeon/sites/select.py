@@ -10,7 +10,32 @@ from plugsurgeon.sites.site import Site
 
 
 class Where(BaseModel):
-    """Selectors of a recipe step. Attribute filters run first, then ``per_stage_last``, ``every``, ``last``, ``first``."""
+    """Selectors of a recipe step. Attribute filters run first, then ``per_stage_last``, ``every``, ``last``, ``first``.
+
+    A recipe step's ``where:`` (``plugsurgeon sites MODEL --where '{...}'`` shows what it keeps).
+    Filters left unset keep every site.
+
+    Attributes:
+        include: Globs on the site path; keep the sites matching any.
+        exclude: Globs on the site path; drop the sites matching any.
+        stages: Stage indices to keep (log2 of the cumulative stride: C2..C5 = 2..5).
+        kernel: A conv site's square kernel size.
+        stride: A conv or pooling site's stride.
+        groups: A conv site's groups.
+        depthwise: Keep only depthwise convs (true), or only others (false).
+        in_residual: Keep convs inside (true) or outside (false) residual branches.
+        min_channels: The fewest channels a site's map may have.
+        max_channels: The most channels a site's map may have.
+        every: Keep every n-th site (the 1st, the n+1-th, ...).
+        offset: Start counting ``every`` from this site index.
+        last: Keep the last k sites (applied before ``first``).
+        first: Keep the first k sites (``last: 2, first: 1`` is the second to last).
+        per_stage_last: Keep the last k sites of each stage.
+
+    Examples:
+        >>> ps.Where(stages=[4, 5], exclude=["layer4.2.*"])
+        >>> recipe = {"name": "late-se", "steps": [{"plugin": "se", "at": "residual.branch", "where": {"stages": [4, 5]}}]}
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

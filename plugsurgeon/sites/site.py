@@ -38,6 +38,44 @@ def known_role(wanted: str) -> bool:
 
 @dataclass(frozen=True)
 class Site:
+    """One insertion point of a model: a node of its traced graph with the role it plays there.
+
+    ``ps.find_sites`` lists them; a recipe step's ``at:`` and ``where:`` choose among them.
+
+    Attributes:
+        role: What the place is (``residual.branch``, ``downsample.conv``...; ``ps.ROLES``).
+        path: What users see and ``where: {include: [...]}`` globs match: a module path, or
+            ``owner:node`` for a functional op.
+        part: The traced part that holds the node (``""`` for a whole-model trace).
+        node: The node's name in that part's graph.
+        owner: The path of the smallest module whose forward contains the node (``""``: the model).
+        scopes: The module forwards that see the node, innermost first (internal).
+        shape: The feature map's shape there, N,C,H,W at the traced input.
+        in_channels: The channels going in (for a conv, its input channels).
+        channels: The channels of the map at the site.
+        total_stride: The input size over the map's size.
+        stride: A conv's or pooling's own stride.
+        target: The path of the module a module call calls (None for a functional op).
+        kernel: A conv's kernel size.
+        groups: A conv's groups.
+        dilation: A conv's dilation.
+        extra: More nodes a multi-input plugin reads (pyramid levels, the top-down input).
+        extra_shapes: Their shapes.
+        extra_scopes: The module forwards that see each of them (internal).
+        in_residual: Whether the node lies inside a residual branch.
+        destride: For ``downsample.unit``: the strided conv whose stride a plugin there takes over.
+        destride_shape: The map that conv gives at stride 1, which such a plugin reads.
+        order: The position in the traced graph, for a stable order.
+
+    Besides, ``spatial`` is the shape's H,W, ``stage`` log2 of ``total_stride`` (C2..C5), ``depthwise``
+    whether a conv has a group per input channel, and ``to_dict()`` the site as JSON data.
+
+    Examples:
+        >>> site = ps.find_sites(torchvision.models.resnet50(), "residual.branch")[0]
+        >>> site.path, site.channels, site.stage
+        ('layer1.0.bn3', 256, 2)
+    """
+
     role: str
     path: str  # what users see and globs match: a module path, or "owner:node" for functional ops
     part: str  # the traced part that holds the node ("" for a whole-model trace)

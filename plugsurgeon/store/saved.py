@@ -84,13 +84,35 @@ _LOADING: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar("plug
 
 
 def save(model: nn.Module, directory: str | Path, *, source: str | None = None, force: bool = False) -> Path:
-    """Write ``weights.safetensors`` and ``manifest.json`` to ``directory``.
+    """Write ``weights.safetensors`` and ``manifest.json`` to ``directory``; no pickle.
 
     The manifest records the model's source (what ``load_model`` takes: a torchvision name,
     ``timm:NAME``, or ``package.module:factory``, which loading then runs only when trusted), every
     step applied since with the edits it made, and the versions it was written with. A directory
     that already holds a saved model is refused unless ``force``; nothing else in it is touched,
     and the two files are written whole or not at all.
+
+    Args:
+        model: The model to save: one built by ``ps.load_model`` (which records its source) and
+            edited by ``ps.apply``/``ps.deploy``, or any model with ``source`` given.
+        directory: Where to write; created if it does not exist.
+        source: How to build the model before the recorded steps (``"resnet50"``, ``"timm:NAME"``,
+            ``"package.module:factory"``); default: the source recorded on the model.
+        force: Overwrite a saved model already in ``directory``.
+
+    Returns:
+        The directory written.
+
+    Raises:
+        PlugsurgeonError: ``model`` is not an ``nn.Module``, its source is unknown, ``directory``
+            already holds a saved model (without ``force``), the model is not what its source and
+            steps rebuild, or a plugin argument cannot be written as JSON.
+
+    Examples:
+        >>> model = ps.load_model("resnet50")
+        >>> result = ps.apply(model, "cbam")
+        >>> ps.save(result.model, "resnet50_cbam")
+        PosixPath('resnet50_cbam')
     """
     from safetensors.torch import save_model
 
@@ -165,10 +187,28 @@ def _check_rebuilt(rebuilt: nn.Module, model: nn.Module) -> None:
 def load(directory: str | Path, *, trust_source: bool = False) -> nn.Module:
     """Rebuild a saved model in eval mode. Reads only the manifest and the weights inside ``directory``.
 
-    A manifest naming a torchvision or timm model loads as data. One naming an import path
+    The model is built from its recorded source, the recorded edits are redone and checked to be
+    exactly the ones recorded, and the weights are loaded after every name, shape and dtype is
+    checked. A manifest naming a torchvision or timm model loads as data. One naming an import path
     (``package.module:factory``) runs that code, so it is refused unless ``trust_source=True``;
     code inside the directory itself is refused either way. See the module docstring for which
     version differences are accepted.
+
+    Args:
+        directory: A directory written by ``ps.save`` (or ``plugsurgeon apply -o``).
+        trust_source: Allow a manifest naming ``package.module:factory`` to import and call it.
+
+    Returns:
+        The rebuilt model, weights loaded, in eval mode.
+
+    Raises:
+        ModelLoadError: The directory holds no valid manifest, one of another format or a newer
+            plugsurgeon, a source that cannot be built (an import path without ``trust_source``),
+            edits that do not redo as recorded, or weights that do not fit.
+
+    Examples:
+        >>> model = ps.load("resnet50_cbam")
+        >>> model = ps.load("my_model_dir", trust_source=True)  # its manifest names mypackage.models:build
     """
     directory = Path(directory)
     root = _model_directory(directory)
@@ -392,6 +432,21 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     16 MiB), then every key (strings only; a ``module.`` prefix on all of them is dropped), shape and
     dtype (floating into floating, integer into integer, bool into bool, complex into complex). A
     refused checkpoint leaves the model untouched.
+
+    Args:
+        model: The model to load into (in place), with the checkpoint's architecture.
+        path: A ``.safetensors`` file, or a torch checkpoint saved in the zip format (``torch.save``).
+
+    Returns:
+        ``model``, holding the checkpoint's tensors.
+
+    Raises:
+        ModelLoadError: The file is missing, too large, neither format, or its keys, shapes or
+            dtypes do not match the model's.
+
+    Examples:
+        >>> model = ps.load_weights(ps.load_model("resnet50"), "resnet50_trained.safetensors")
+        >>> result = ps.apply(model, "cbam")  # surgery on the trained network
     """
     path = Path(path)
     if path.is_dir():

@@ -26,6 +26,23 @@ from plugsurgeon.surgery.report import SurgeryReport
 
 @dataclass
 class SurgeryResult:
+    """What ``ps.apply`` and ``ps.apply_plan`` return: the edited model, its report and the plan it came from.
+
+    Attributes:
+        model: The edited model: a copy of the model given to ``apply``, or that model itself with
+            ``inplace=True`` (for a dry run, the unchanged model).
+        report: What changed: every edit with its site, parameters and FLOPs added, and notes. In a
+            notebook it shows itself as the picture of the edit (``ps.picture``).
+        plan: The plan that was committed (or, for a dry run, checked).
+
+    Examples:
+        >>> result = ps.apply(torchvision.models.resnet18(), "cbam")
+        >>> result.report.params_after - result.report.params_before
+        89880
+        >>> result.model(torch.randn(1, 3, 224, 224)).shape
+        torch.Size([1, 1000])
+    """
+
     model: nn.Module
     report: SurgeryReport
     plan: Plan
@@ -115,7 +132,31 @@ def _part_problem(model: nn.Module, traced: Traced, part: TracedPart, owners: di
 
 
 def apply_plan(planned: Plan) -> SurgeryResult:
-    """Commit a plan into ``planned.model``. All new modules are built and checked before the first attribute is set."""
+    """Commit a plan into ``planned.model``, in place.
+
+    The plan's modules were built on fake tensors: every new module is built for real first (from the
+    model's own layers, for a replacement), the edited model is checked to run in train and eval mode
+    wherever the original does, and only then is the first attribute set, so a failure leaves the
+    model unchanged. The edit is not recorded for ``ps.save``; ``ps.apply`` records it.
+
+    Args:
+        planned: A plan from ``ps.plan``, of a model not changed since.
+
+    Returns:
+        The edited model (``planned.model`` itself, or a new root for a model whose own forward was
+        edited), its report, and the plan.
+
+    Raises:
+        RecipeError: A plugin module cannot be built with the step's arguments.
+        SiteError: The edited model fails where the original runs, or returns another output
+            structure; the edit responsible is named.
+
+    Examples:
+        >>> planned = ps.plan(model, "cbam")
+        >>> [edit.site.path for edit in planned.edits][:2]
+        ['layer1.0.bn2', 'layer1.1.bn2']
+        >>> result = ps.apply_plan(planned)
+    """
     model = planned.model
     progress.step(f"building {len(planned.edits)} edits")
     for edit in planned.edits:  # the plan's modules are fake: build the real ones now
@@ -137,11 +178,43 @@ def apply_plan(planned: Plan) -> SurgeryResult:
 
 def apply(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: Sequence[int] | None = None, inplace: bool = False,
           dry_run: bool = False, traced: Traced | None = None) -> SurgeryResult:
-    """Apply a recipe. The caller's model is copied unless ``inplace``; a failure leaves it exactly as it was.
+    """Apply a recipe: insert or swap in its plugin modules at the sites of the roles it names.
 
-    With ``dry_run`` the plan is made and reported and nothing is changed. ``traced``: a trace of
-    ``model`` as it is (``ps.trace``), reused instead of tracing again -- trying several recipes on one
-    model then traces it, and runs the original in the pre-commit check, once (see ``plan``).
+    The model is traced, every step's sites found and every new module built and checked (``ps.plan``),
+    then the edits are committed at once (``ps.apply_plan``) and recorded on the model, so that
+    ``ps.save`` can write how it was made. The caller's model is copied unless ``inplace``; a
+    failure leaves it exactly as it was.
+
+    Args:
+        model: The model to edit.
+        recipe: A built-in recipe's name (``"cbam"``; ``plugsurgeon recipes`` lists them), a path to
+            a recipe YAML file, its content as a mapping, or a ``Recipe``.
+        input_shape: The input the model is traced at, N,C,H,W; default ``(1, 3, 224, 224)``, or the
+            shape of ``traced``.
+        inplace: Edit ``model`` itself instead of a copy.
+        dry_run: Plan, build and check every edit and report it, but change and copy nothing.
+        traced: A trace of ``model`` as it is now (``ps.trace``), reused instead of tracing again:
+            trying several recipes on one model then traces it once.
+
+    Returns:
+        The edited model, the report of the edits, and the plan.
+
+    Raises:
+        PlugsurgeonError: ``model`` is not an ``nn.Module``, ``traced`` is not a trace of it as it
+            is, or ``input_shape`` differs from the trace's.
+        UnknownNameError: ``recipe`` names no built-in recipe.
+        RecipeError: The recipe is malformed, a plugin cannot be built with its arguments, or two
+            steps replace the same module.
+        SiteError: A step matches no site, or a site its plugin cannot take, or the edited model
+            fails where the original runs.
+        TraceError: The model does not run on ``input_shape``.
+
+    Examples:
+        >>> import torchvision
+        >>> import plugsurgeon as ps
+        >>> result = ps.apply(torchvision.models.resnet18(), "cbam")
+        >>> print(result.report)  # every edit: site, module added, parameters and FLOPs
+        >>> ps.apply(model, "se", dry_run=True).report.edits  # what it would do, nothing changed
     """
     if not isinstance(model, nn.Module):
         raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load_model('resnet50')")

@@ -85,6 +85,25 @@ def _build(spec: PluginSpec, site: Site, replaced: nn.Module | None, args: dict,
 
 @dataclass
 class Plan:
+    """A recipe planned on a model, every edit built on fake tensors and checked; nothing is changed yet.
+
+    Made by ``ps.plan``; ``ps.apply_plan`` commits it.
+
+    Attributes:
+        model: The model the plan edits.
+        traced: The trace it was planned on (``ps.trace``).
+        recipe: The recipe, validated.
+        edits: One planned edit per site: the step, the plugin, the site, the new module's attribute
+            and owner, its parameters and FLOPs.
+        notes: What the report will say besides the edits (sites skipped and why, shared modules).
+        sites: Every site of the model, of every role.
+
+    Examples:
+        >>> planned = ps.plan(torchvision.models.resnet18(), "cbam")
+        >>> len(planned.edits), planned.report().params_added
+        (8, 89880)
+    """
+
     model: nn.Module
     traced: Traced
     recipe: Recipe
@@ -93,6 +112,11 @@ class Plan:
     sites: list[Site] = field(default_factory=list)  # every site of the model: the report's picture groups blocks by them
 
     def report(self) -> SurgeryReport:
+        """The report of the planned edits, as ``ps.apply`` would return it (``applied`` false).
+
+        Returns:
+            A new report.
+        """
         return SurgeryReport(
             model=type(self.model).__name__,
             recipe=self.recipe.name,
@@ -116,9 +140,35 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
          traced: Traced | None = None) -> Plan:
     """Trace, find sites, build and check every plugin module; the model is not modified.
 
-    ``input_shape``: the input the model is traced at (default ``(1, 3, 224, 224)``). ``traced``: a
-    trace of this model made earlier (``ps.trace(model, input_shape)``), to try several recipes on one
-    model without tracing it again; its input shape is the one used, and another one given is refused."""
+    Each step's sites are found by role and narrowed by its ``where:``; each new module is built on
+    fake tensors (no memory) and run at its site's shapes. ``ps.apply_plan`` commits the result.
+
+    Args:
+        model: The model to plan on.
+        recipe: A built-in recipe's name, a path to a recipe YAML file, its content as a mapping, or
+            a ``Recipe``.
+        input_shape: The input the model is traced at, N,C,H,W; default ``(1, 3, 224, 224)``.
+        traced: A trace of this model made earlier (``ps.trace(model, input_shape)``), to try several
+            recipes on one model without tracing it again; its input shape is the one used, and
+            another one given is refused.
+
+    Returns:
+        The plan: every edit with its site, new module (fake), parameters and FLOPs.
+
+    Raises:
+        PlugsurgeonError: ``traced`` is not a trace of ``model`` as it is, or was made at another
+            ``input_shape``.
+        UnknownNameError: ``recipe`` names no built-in recipe.
+        RecipeError: The recipe is malformed, a plugin cannot be built with its arguments, or two
+            steps replace the same module.
+        SiteError: A step matches no site, or a site its plugin cannot take.
+        TraceError: The model does not run on ``input_shape``.
+
+    Examples:
+        >>> traced = ps.trace(model, (1, 3, 224, 224))
+        >>> for name in ("se", "cbam", "eca"):  # several recipes, one trace
+        ...     print(name, ps.plan(model, name, traced=traced).report().params_added)
+    """
     recipe = load_recipe(recipe)
     if traced is not None and input_shape is not None and tuple(input_shape) != traced.input_shape:
         raise PlugsurgeonError(f"input shape {tuple(input_shape)} differs from the shape the trace was made at, {traced.input_shape}",

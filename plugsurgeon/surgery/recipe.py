@@ -35,6 +35,27 @@ class ArgumentError(ValueError):
 
 
 class Step(BaseModel):
+    """One step of a recipe: a plugin, the role of the sites it goes to, and which of them.
+
+    Validated when it is made: the plugin must exist and fit the role, and its arguments must be ones
+    the plugin takes, within their bounds (structural ones, such as channels, come from the graph).
+
+    Attributes:
+        plugin: The catalog name of the plugin (``plugsurgeon plugins`` lists them).
+        at: A site role (``residual.branch``), a role family (``downsample``: every variant) or an
+            alias (``conv3x3``).
+        where: Selectors that narrow the sites of the role (paths, stages, kernel, every n-th...).
+        args: The plugin's arguments; the ones not given take the plugin's defaults.
+        name: The attribute name of each new module (default: the plugin's name).
+        allow_empty: Accept a step that matches no site; otherwise it is an error.
+        on_unfit: What a matched site the plugin cannot take does: ``"refuse"`` the whole recipe,
+            or ``"skip"`` the site (the report says why).
+
+    Examples:
+        >>> step = ps.Step(plugin="se", at="residual.branch", where={"stages": [4, 5]}, args={"reduction": 8})
+        >>> ps.Recipe(name="se-late", steps=[step])
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     plugin: str = Field(description="catalog name of the plugin")
@@ -93,23 +114,51 @@ class Step(BaseModel):
             raise ArgumentError(f"plugin '{self.plugin}': {describe_error(error, spec.args)}", ("args", name)) from None
         return self
 
-    def plugin_args(self):
-        """The step's arguments validated by the plugin's model (defaults filled in)."""
+    def plugin_args(self) -> BaseModel:
+        """The step's arguments validated by the plugin's argument model (defaults filled in).
+
+        Returns:
+            An instance of the plugin's argument model.
+        """
         from plugsurgeon.plugins.registry import get_plugin
 
         return get_plugin(self.plugin).validate_args(self.args)
 
     def selector(self) -> Where:
+        """The step's selectors, with those an alias in ``at`` stands for (``conv3x3``: ``kernel: 3``).
+
+        Returns:
+            The ``Where`` to select the role's sites with.
+        """
         alias = ALIASES.get(self.at)
         if alias is None:
             return self.where
         return Where(**{**alias[1], **self.where.model_dump(exclude_unset=True)})
 
     def role(self) -> str:
+        """The role or role family the step targets, with an alias resolved (``conv3x3``: ``conv``).
+
+        Returns:
+            A role name or role family.
+        """
         return ALIASES.get(self.at, (self.at, {}))[0]
 
 
 class Recipe(BaseModel):
+    """A named list of steps, applied in order; what a recipe YAML file holds, validated.
+
+    Attributes:
+        name: The recipe's name, as reports and saved manifests give it.
+        description: What it does, one line.
+        paper: The paper it follows, if any.
+        steps: The steps, at least one.
+        source: Where it was read from (a path, ``built-in recipe 'cbam'``); not part of its content.
+
+    Examples:
+        >>> recipe = ps.Recipe(name="eca-everywhere", steps=[{"plugin": "eca", "at": "residual.branch"}])
+        >>> result = ps.apply(torchvision.models.resnet50(), recipe)
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
@@ -124,6 +173,16 @@ def _builtin_dir():
 
 
 def builtin_recipes() -> dict[str, Recipe]:
+    """Every recipe that ships with plugsurgeon, read and validated.
+
+    Returns:
+        The recipes by name, in file-name order.
+
+    Examples:
+        >>> recipes = ps.builtin_recipes()
+        >>> recipes["cbam"].steps[0].at
+        'residual.branch'
+    """
     found = {}
     for entry in sorted(_builtin_dir().iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
@@ -142,7 +201,25 @@ def _reserved_names() -> frozenset[str]:
 
 
 def load_recipe(spec: str | Path | Recipe | dict) -> Recipe:
-    """A Recipe, a mapping of the YAML's content, a path to a YAML file, or the name of a built-in recipe."""
+    """A validated recipe from whatever names one.
+
+    Args:
+        spec: A ``Recipe`` (returned as it is), a mapping of a recipe YAML's content, a path to a
+            YAML file (a ``.yaml``/``.yml`` suffix, or a path that exists), or the name of a built-in
+            recipe.
+
+    Returns:
+        The recipe.
+
+    Raises:
+        RecipeError: The file does not exist or cannot be read, or the recipe is malformed.
+        UnknownNameError: ``spec`` names no built-in recipe (close names are suggested).
+
+    Examples:
+        >>> ps.load_recipe("cbam").steps[0].plugin
+        'cbam'
+        >>> recipe = ps.load_recipe("recipes/my_recipe.yaml")
+    """
     if isinstance(spec, Recipe):
         return spec
     if isinstance(spec, dict):
@@ -173,6 +250,30 @@ def load_recipe(spec: str | Path | Recipe | dict) -> Recipe:
 
 
 def parse_recipe(text: str, *, source: str = "<string>") -> Recipe:
+    """A recipe from YAML text.
+
+    The YAML is read as plain data: no anchors, aliases or tags, no duplicate keys, JSON's scalar
+    types only, at most 64 KiB.
+
+    Args:
+        text: The recipe as YAML.
+        source: What the text is, for error messages (a file name).
+
+    Returns:
+        The recipe, validated.
+
+    Raises:
+        RecipeError: The text is too large, not YAML, or not a valid recipe.
+
+    Examples:
+        >>> recipe = ps.parse_recipe('''
+        ... name: se-late
+        ... steps:
+        ...   - plugin: se
+        ...     at: residual.branch
+        ...     where: {stages: [4, 5]}
+        ... ''')
+    """
     if len(text) > MAX_RECIPE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
         raise RecipeError(f"{source} is larger than {MAX_RECIPE_BYTES // 1024} KiB, more than any recipe needs",
                           hint="a recipe lists steps; split a generated one, or check that the file is a recipe")
