@@ -39,7 +39,7 @@ def parse_source(text: str) -> tuple[SourceKind, str]:
         kind, _, name = text.partition(":")
         if not _NAME.fullmatch(name):
             raise UnknownNameError(f"'{text}' is not a {kind} model name", hint=f"{kind} names are letters, digits, '_', '.' and '-'")
-        return kind, name  # type: ignore[return-value]
+        return kind, name  # type: ignore[return-value]  # kind is 'timm' or 'torchvision': the prefix just matched
     if ":" in text:
         module_name, _, attribute = text.partition(":")
         if not _MODULE.fullmatch(module_name) or not _ATTRIBUTE.fullmatch(attribute):
