@@ -1,9 +1,10 @@
 """Help text for site roles and selectors, built from the roles the code knows.
 
-The roles and their meanings come from ``plugsurgeon.sites.site.ROLES`` and ``ALIASES`` (plain data,
-no torch), so a new role shows up in ``plugsurgeon sites --help`` by itself. The examples and the
-selector list are written here; tests/cli/test_help.py fails when a role has no example or a
-selector of the ``Where`` model (plugsurgeon/sites/select.py) is missing, or one listed here is gone.
+The roles, their meanings, their example sites and the aliases come from the table of roles,
+``plugsurgeon.sites.roles`` (plain data, no torch), so a new role shows up in ``plugsurgeon sites --help``
+with its example by itself. The selector list is written here; tests/cli/test_help.py fails when a role
+has no example or a selector of the ``Where`` model (plugsurgeon/sites/select.py) is missing, or one
+listed here is gone.
 """
 
 from __future__ import annotations
@@ -11,22 +12,12 @@ from __future__ import annotations
 import json
 import textwrap
 
-from plugsurgeon.sites.site import ALIASES, ROLES
+from plugsurgeon.sites.roles import BUILTIN_ROLES, RoleTable, active_roles
 
-# One real site per role, as `plugsurgeon sites MODEL --kind ROLE` lists it (checked by the tests).
+# One real site per role, as `plugsurgeon sites MODEL --kind ROLE` lists it (checked by the tests): the
+# table's examples.
 ROLE_EXAMPLES: dict[str, tuple[str, str]] = {
-    "residual.branch": ("resnet50", "layer1.0.bn3"),
-    "residual.output": ("resnet50", "layer1.0.relu"),
-    "conv": ("resnet50", "layer1.0.conv2"),
-    "downsample.pool": ("resnet50", "maxpool"),
-    "downsample.conv": ("resnet50", "layer2.0.conv2"),
-    "downsample.shortcut": ("resnet50", "layer2.0.downsample.0"),
-    "downsample.unit": ("resnet50", "layer2.0.relu"),
-    "stage": ("resnet50", "layer2.3.relu"),
-    "backbone": ("resnet50", "layer4.2.relu"),
-    "neck.level": ("fasterrcnn_resnet50_fpn", "backbone.fpn.layer_blocks.3.0"),
-    "neck.merge": ("fasterrcnn_resnet50_fpn", "backbone.fpn.inner_blocks.2.0"),
-    "upsample": ("fasterrcnn_resnet50_fpn", "backbone.fpn:interpolate"),
+    name: (role.example.model, role.example.path) for name, role in BUILTIN_ROLES.items() if role.example is not None
 }
 
 # Every field of a recipe step's `where:` (sites.select.Where): an example and what it keeps.
@@ -50,23 +41,44 @@ SELECTORS: dict[str, tuple[str, str]] = {
 SELECTOR_ORDER = "filters on what a site is first, then per_stage_last, every/offset, last, first"
 
 
-def families() -> list[str]:
-    """Role families: the prefix of dotted roles; a family means every one of its variants."""
-    return sorted({role.split(".")[0] for role in ROLES if "." in role})
+def families(roles: RoleTable | None = None) -> list[str]:
+    """Role families: the prefix of dotted roles; a family means every one of its variants.
+
+    Args:
+        roles: the table of roles; the active one by default.
+
+    Returns:
+        The family names, sorted.
+    """
+    return (roles if roles is not None else active_roles()).families()
 
 
-def kind_help() -> str:
+def kind_help(roles: RoleTable | None = None) -> str:
+    """The help of ``--kind``: every role, family and alias.
+
+    Args:
+        roles: the table of roles; the active one by default.
+
+    Returns:
+        One paragraph.
+    """
+    table = roles if roles is not None else active_roles()
     aliases = ", ".join(
         f"{alias} ({role}, {', '.join(f'{k} {json.dumps(v)}' for k, v in where.items())})"
-        for alias, (role, where) in ALIASES.items()
+        for alias, (role, where) in table.aliases.items()
     )
     return (
-        f"a role: {', '.join(ROLES)}; or a family of roles: {', '.join(families())}; "
+        f"a role: {', '.join(table)}; or a family of roles: {', '.join(table.families())}; "
         f"or an alias: {aliases}. Default: every role"
     )
 
 
 def where_help() -> str:
+    """The help of ``--where``: what it takes and does.
+
+    Returns:
+        One paragraph.
+    """
     return (
         "a recipe step's `where:` selectors as YAML, e.g. '{kernel: 3, stages: [4, 5]}': list only the sites "
         "a step with this `at:` and `where:` would take"
@@ -84,20 +96,28 @@ def _wrap(term: str, text: str, width: int = 76, indent: int = 4) -> list[str]:
     )
 
 
-def sites_help() -> str:
-    """The help of ``plugsurgeon sites``: every role with an example, every selector with an example."""
+def sites_help(roles: RoleTable | None = None) -> str:
+    """The help of ``plugsurgeon sites``: every role with an example, every selector with an example.
+
+    Args:
+        roles: the table of roles; the active one by default.
+
+    Returns:
+        The help text, wrapped at 76 columns.
+    """
+    table = roles if roles is not None else active_roles()
     lines = [
         "List the insertion points of a model, by role; try a recipe step's selectors with --where.",
         "",
         "Roles (--kind ROLE here, `at: ROLE` in a recipe), each with a site it finds:",
     ]
-    for role, meaning in ROLES.items():
-        model, path = ROLE_EXAMPLES.get(role, ("", ""))
-        lines += _wrap(role, f"{meaning}. e.g. {path} in {model}" if path else meaning)
-    lines += _wrap("families", f"{', '.join(families())}: every variant, e.g. --kind downsample")
-    for alias, (role, where) in ALIASES.items():
+    for name, role in table.items():
+        site = role.example
+        lines += _wrap(name, f"{role.description}. e.g. {site.path} in {site.model}" if site else role.description)
+    lines += _wrap("families", f"{', '.join(table.families())}: every variant, e.g. --kind downsample")
+    for alias, (target, where) in table.aliases.items():
         lines += _wrap(
-            alias, f"{role} sites with {', '.join(f'{k}: {json.dumps(v)}' for k, v in where.items())}"
+            alias, f"{target} sites with {', '.join(f'{k}: {json.dumps(v)}' for k, v in where.items())}"
         )
     lines += ["", f"Selectors (--where '{{...}}' here, `where: {{...}}` in a recipe; {SELECTOR_ORDER}):"]
     for _name, (example, meaning) in SELECTORS.items():

@@ -3,45 +3,70 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
-from plugsurgeon.errors import UnknownNameError, did_you_mean
 from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE
-from plugsurgeon.graph.trace import Traced, flat_tensors, trace
+from plugsurgeon.graph.trace import Traced, trace
 from plugsurgeon.sites.graphview import GraphView
-from plugsurgeon.sites.locators import LOCATORS, backbone_candidate, stage_sites
+from plugsurgeon.sites.roles import ALIASES, RoleTable, active_roles
 from plugsurgeon.sites.select import Where, select
-from plugsurgeon.sites.site import ALIASES, ROLES, Site, known_role, role_matches
+from plugsurgeon.sites.site import Site
 
-_MODEL_WIDE = ("backbone", "stage")  # one extractor per model: decided across the traced parts
+if TYPE_CHECKING:
+    from plugsurgeon.sites.roles import ModelLocator, PartLocator, Role
 
-
-def check_role(kind: str) -> None:
-    if not known_role(kind) and kind not in ALIASES:
-        suggestion = did_you_mean(kind, list(ROLES) + list(ALIASES))
-        raise UnknownNameError(
-            f"unknown site role '{kind}'" + (f"; {suggestion}" if suggestion else ""),
-            hint=f"roles are {', '.join(ROLES)} (and the aliases {', '.join(ALIASES)})",
-        )
+__all__ = ["ALIASES", "check_role", "find_sites", "locate"]
 
 
-def locate(traced: Traced, kind: str | None = None) -> list[Site]:
-    """Every site of ``kind`` (a role, a role family such as ``downsample``, or an alias), in graph order."""
-    where = {}
+def check_role(kind: str, *, roles: RoleTable | None = None) -> None:
+    """Refuse a ``kind`` that is neither a role, a family of roles nor an alias.
+
+    Args:
+        kind: what a user asked for (``--kind``, a recipe step's ``at:``).
+        roles: the table of roles; the active one (``BUILTIN_ROLES`` unless ``use_roles``) by default.
+
+    Raises:
+        UnknownNameError: with the closest names and a hint listing every role and alias.
+
+    Examples:
+        >>> check_role("downsample")  # a family: accepted
+    """
+    (roles if roles is not None else active_roles()).check(kind)
+
+
+def locate(traced: Traced, kind: str | None = None, *, roles: RoleTable | None = None) -> list[Site]:
+    """Every site of ``kind`` (a role, a role family such as ``downsample``, or an alias), in graph order.
+
+    Each role of the table that ``kind`` asks for runs its own locator: part by part, or once over
+    every part for a model-wide role.
+
+    Args:
+        traced: the model's trace (``ps.trace``).
+        kind: a role, a family or an alias; None for every role of the table.
+        roles: the table of roles; the active one (``BUILTIN_ROLES`` unless ``use_roles``) by default.
+
+    Returns:
+        The sites, ordered by traced part, then graph position, then role.
+
+    Raises:
+        UnknownNameError: ``kind`` is not a role, family or alias of the table.
+        ValueError: a locator returned a site of another role than its own (a bug in that locator).
+
+    Examples:
+        >>> [s.path for s in locate(ps.trace(torchvision.models.resnet18()), "backbone")]
+        ['layer4.1.relu']
+    """
+    table = roles if roles is not None else active_roles()
+    where: dict = {}
     if kind is not None:
-        check_role(kind)
-        kind, where = ALIASES.get(kind, (kind, {}))
-    wanted = lambda family: kind is None or role_matches(family, kind) or role_matches(kind, family)  # noqa: E731
+        table.check(kind)
+        kind, where = table.aliases.get(kind, (kind, {}))
     views = [GraphView(part, traced.model) for part in traced.parts]
     sites: list[tuple[int, Site]] = []
-    for index, view in enumerate(views):
-        for family, locator in LOCATORS.items():
-            if family not in _MODEL_WIDE and wanted(family):
-                sites.extend((index, s) for s in locator(view) if kind is None or role_matches(s.role, kind))
-    if wanted("backbone") or wanted("stage"):
-        extractor = _extractor_sites(views)
-        sites.extend(item for item in extractor if kind is None or role_matches(item[1].role, kind))
+    for role in table.matching(kind):
+        sites.extend(_run(role, views))
     sites.sort(key=lambda item: (item[0], item[1].order, item[1].role))
     found = [s for _i, s in sites]
     if where:
@@ -49,55 +74,21 @@ def locate(traced: Traced, kind: str | None = None) -> list[Site]:
     return found
 
 
-def _extractor_sites(views: list[GraphView]) -> list[tuple[int, Site]]:
-    """The backbone and stage sites of the whole model.
-
-    The extractor reads the image: only parts fed the input image itself can hold it. One of them
-    with its own evidence of where the extractor ends (a pooling head, a pyramid, an upsampling
-    head) holds the whole extractor (a model traced whole; a detector's backbone with its FPN).
-    Otherwise the model was traced as a row of parts (an encoder then a decoder; single layers):
-    the extractor is the parts that run from the first image-fed part up to the first part fed
-    several maps (a decoder, a merge, a head); its backbone is their deepest map, the last one at
-    that stride, and its stage at each stride the last of those parts' stages.
-    """
-    image_fed = [i for i, v in enumerate(views) if _fed_the_image(v)]
-    candidates = [(c[0], i, c[1]) for i, c in ((i, backbone_candidate(views[i])) for i in image_fed) if c is not None]
-    strong = [c for c in candidates if c[0] < 3]
-    if strong:
-        _rule, index, site = min(strong, key=lambda c: (c[0], c[1]))
-        return [(index, site)] + [(index, s) for s in stage_sites(views[index])]
-    return _extractor_of_a_row(views, image_fed[0]) if image_fed else []
+def _run(role: Role, views: list[GraphView]) -> list[tuple[int, Site]]:
+    """(part index, site) for every site ``role``'s locator finds."""
+    if role.model_wide:
+        found = cast("ModelLocator", role.locator)(views)
+    else:
+        part_locator = cast("PartLocator", role.locator)
+        found = [(index, site) for index, view in enumerate(views) for site in part_locator(view)]
+    strays = sorted({site.role for _i, site in found if site.role != role.name})
+    if strays:
+        raise ValueError(f"the locator of role '{role.name}' returned sites of {strays}: each role's locator finds its own sites")
+    return found
 
 
-def _extractor_of_a_row(views: list[GraphView], first: int) -> list[tuple[int, Site]]:
-    front = []
-    for index in range(first, len(views)):
-        if _maps_fed(views[index]) != 1:
-            break
-        front.append(index)
-    candidates = [(i, backbone_candidate(views[i])) for i in front]
-    candidates = [(i, c[1]) for i, c in candidates if c is not None]
-    if not candidates:
-        return []
-    deepest = max(site.total_stride for _i, site in candidates)
-    backbone = [(i, s) for i, s in candidates if s.total_stride == deepest][-1]
-    stages: dict[int, tuple[int, Site]] = {}
-    for index in front:
-        for site in stage_sites(views[index]):
-            stages[site.total_stride] = (index, site)
-    return [backbone, *(stages[stride] for stride in sorted(stages))]
-
-
-def _maps_fed(view: GraphView) -> int:
-    return sum(1 for t in flat_tensors(view.part.example_inputs) if t.dim() == 4)
-
-
-def _fed_the_image(view: GraphView) -> bool:
-    maps = [t for t in flat_tensors(view.part.example_inputs) if t.dim() == 4]
-    return len(maps) == 1 and tuple(maps[0].shape[-2:]) == tuple(view.part.input_spatial or ())
-
-
-def find_sites(model: nn.Module | Traced, kind: str | None = None, *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> list[Site]:
+def find_sites(model: nn.Module | Traced, kind: str | None = None, *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+               roles: RoleTable | None = None) -> list[Site]:
     """Every insertion point of ``kind`` in ``model``, in graph order.
 
     Args:
@@ -105,6 +96,8 @@ def find_sites(model: nn.Module | Traced, kind: str | None = None, *, input_shap
         kind: a role (``residual.branch``), a family of roles (``downsample``) or an alias (``conv3x3``);
             None for every site.
         input_shape: the input the model is traced at (ignored for a trace).
+        roles: the table of roles (``BUILTIN_ROLES.extended(my_role)`` for a role of your own); the
+            active one (``BUILTIN_ROLES`` unless ``use_roles``) by default.
 
     Returns:
         The sites (role, path, channels, spatial size, stride, stage...).
@@ -117,5 +110,5 @@ def find_sites(model: nn.Module | Traced, kind: str | None = None, *, input_shap
         >>> ps.find_sites(torchvision.models.resnet50(), "residual.branch")[0].path
         'layer1.0.bn3'
     """
-    traced = model if isinstance(model, Traced) else trace(model, input_shape)
-    return locate(traced, kind)
+    traced = model if isinstance(model, Traced) else trace(model, tuple(input_shape))
+    return locate(traced, kind, roles=roles)

@@ -1,4 +1,8 @@
-"""One pure function per role: a GraphView in, the sites of that role out.
+"""One pure function per role: a GraphView in, the sites of that role out (the table of roles,
+plugsurgeon/sites/roles.py, names which function finds which role).
+
+A model-wide role (``backbone``, ``stage``: one extractor per model) has a function of every traced
+part's view instead, returning (part index, site) pairs.
 
 Sites come from structure and shapes: an add whose inputs share a fork, a conv's kernel and stride,
 a drop in spatial size, an upsample feeding a merge. Nothing here knows a model family. The rules are
@@ -7,7 +11,7 @@ written out, with an example per architecture family, in docs/roles.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -38,7 +42,7 @@ def make_site(view: GraphView, role: str, node: fx.Node, *, extra: Iterable[fx.N
         in_channels=int(in_shape[1]) if in_shape and len(in_shape) > 1 else 0,
         channels=int(shape[1]) if len(shape) > 1 else 0,
         total_stride=view.total_stride(node),
-        target=view.part.absolute(node.target) if node.op == "call_module" else None,
+        target=view.part.absolute(str(node.target)) if node.op == "call_module" else None,
         kernel=tuple(conv.kernel_size) if conv is not None else None,
         groups=conv.groups if conv is not None else 1,
         dilation=tuple(conv.dilation) if conv is not None else None,
@@ -50,6 +54,20 @@ def make_site(view: GraphView, role: str, node: fx.Node, *, extra: Iterable[fx.N
     )
 
 
+def _dims(view: GraphView, node: fx.Node) -> tuple[int, ...]:
+    """The shape of a node the caller knows holds a tensor (a map, an input of a merge)."""
+    shape = view.shape(node)
+    assert shape is not None, f"{node.name} holds no tensor"
+    return shape
+
+
+def _conv_of(view: GraphView, node: fx.Node) -> nn.Conv2d:
+    """The conv module a node the caller knows to be a conv call runs."""
+    conv = view.conv(node)
+    assert conv is not None, f"{node.name} calls no conv"
+    return conv
+
+
 def _spatial_4d(view: GraphView, node: fx.Node) -> bool:
     shape = view.shape(node)
     return shape is not None and len(shape) == 4 and view.nchw(node)
@@ -57,7 +75,7 @@ def _spatial_4d(view: GraphView, node: fx.Node) -> bool:
 
 def _is_map(view: GraphView, node: fx.Node) -> bool:
     """An N,C,H,W feature map with more than one pixel: what a spatial plugin can take."""
-    return _spatial_4d(view, node) and view.shape(node)[2] * view.shape(node)[3] > 1
+    return _spatial_4d(view, node) and _dims(view, node)[2] * _dims(view, node)[3] > 1
 
 
 def _cached(view: GraphView, key: str, compute: Callable[[], object]):
@@ -153,7 +171,7 @@ def _branch_and_skip(view: GraphView, add: fx.Node, kinds: dict, bodies: list) -
         skip = shortcuts[0]
         return (operands[1] if skip is operands[0] else operands[0]), skip
     # The shortcut is one term inside a longer sum: the later operand ends the body.
-    branch, skip = sorted(operands, key=view.position.get, reverse=True)
+    branch, skip = sorted(operands, key=view.position.__getitem__, reverse=True)
     return branch, skip
 
 
@@ -257,17 +275,23 @@ def block_output(view: GraphView, add: fx.Node) -> fx.Node:
     return add
 
 
-def residual_sites(view: GraphView) -> list[Site]:
-    sites = []
-    for merge in residual_merges(view):
-        sites.append(make_site(view, "residual.branch", merge.branch))
-        sites.append(make_site(view, "residual.output", block_output(view, merge.add)))
-    return sites
+def residual_branch_sites(view: GraphView) -> list[Site]:
+    """``residual.branch``: the body operand of each residual merge's add."""
+    return [make_site(view, "residual.branch", merge.branch) for merge in residual_merges(view)]
+
+
+def residual_output_sites(view: GraphView) -> list[Site]:
+    """``residual.output``: each residual merge's add, or the activation after it (``block_output``)."""
+    return [make_site(view, "residual.output", block_output(view, merge.add)) for merge in residual_merges(view)]
 
 
 # -- convolutions and downsampling ------------------------------------------------------------------
 def _residual_paths(view: GraphView) -> tuple[set[fx.Node], set[fx.Node]]:
     """(branch nodes, shortcut nodes): what lies strictly after the fork on each side of a residual merge."""
+    return _cached(view, "residual_paths", lambda: _find_residual_paths(view))
+
+
+def _find_residual_paths(view: GraphView) -> tuple[set[fx.Node], set[fx.Node]]:
     branches: set[fx.Node] = set()
     shortcuts: set[fx.Node] = set()
     for merge in residual_merges(view):
@@ -280,27 +304,42 @@ def _residual_paths(view: GraphView) -> tuple[set[fx.Node], set[fx.Node]]:
 
 
 def conv_sites(view: GraphView) -> list[Site]:
+    """``conv``: every conv module call on N,C,H,W maps, with its stride and whether it lies in a residual branch."""
     in_branch, _shortcut = _residual_paths(view)
     return [
-        make_site(view, "conv", node, stride=int(view.conv(node).stride[0]), in_residual=node in in_branch)
+        make_site(view, "conv", node, stride=int(_conv_of(view, node).stride[0]), in_residual=node in in_branch)
         for node in view.nodes
         if view.conv(node) is not None and _spatial_4d(view, node)
     ]
 
 
-def downsample_sites(view: GraphView) -> list[Site]:
+def _strided_convs(view: GraphView) -> list[fx.Node]:
+    """Conv nodes with a stride > 1 on N,C,H,W maps, in graph order."""
+    return _cached(view, "strided_convs", lambda: [
+        n for n in view.nodes if _spatial_4d(view, n) and (c := view.conv(n)) is not None and max(c.stride) > 1])
+
+
+def _strided_conv_sites(view: GraphView, role: str, on_shortcut: bool) -> list[Site]:
     in_branch, shortcut = _residual_paths(view)
-    sites = []
-    for node in view.nodes:
-        if not _spatial_4d(view, node):
-            continue
-        conv = view.conv(node)
-        if conv is not None and max(conv.stride) > 1:
-            role = "downsample.shortcut" if node in shortcut else "downsample.conv"
-            sites.append(make_site(view, role, node, stride=int(conv.stride[0]), in_residual=node in in_branch))
-        elif view.pool_stride(node) > 1 and view.shape(node)[2] > 1:
-            sites.append(make_site(view, "downsample.pool", node, stride=view.pool_stride(node)))
-    return sites
+    return [make_site(view, role, node, stride=int(_conv_of(view, node).stride[0]), in_residual=node in in_branch)
+            for node in _strided_convs(view) if (node in shortcut) == on_shortcut]
+
+
+def downsample_conv_sites(view: GraphView) -> list[Site]:
+    """``downsample.conv``: each strided conv on the main path (not on a residual shortcut)."""
+    return _strided_conv_sites(view, "downsample.conv", on_shortcut=False)
+
+
+def downsample_shortcut_sites(view: GraphView) -> list[Site]:
+    """``downsample.shortcut``: each strided conv on the shortcut side of a residual merge."""
+    return _strided_conv_sites(view, "downsample.shortcut", on_shortcut=True)
+
+
+def downsample_pool_sites(view: GraphView) -> list[Site]:
+    """``downsample.pool``: each pooling with a stride > 1 whose output is more than one pixel high."""
+    strided = set(_strided_convs(view))
+    return [make_site(view, "downsample.pool", node, stride=view.pool_stride(node)) for node in view.nodes
+            if _spatial_4d(view, node) and node not in strided and view.pool_stride(node) > 1 and _dims(view, node)[2] > 1]
 
 
 def downsample_unit_sites(view: GraphView) -> list[Site]:
@@ -320,10 +359,10 @@ def downsample_unit_sites(view: GraphView) -> list[Site]:
         conv = view.conv(node)
         if conv is None or max(conv.stride) <= 1 or node in shortcut or not _spatial_4d(view, node):
             continue
-        in_shape = view.shape(view.tensor_inputs(node)[0])
+        in_shape = _dims(view, view.tensor_inputs(node)[0])
         end = _unit_end(view, node)
         site = make_site(view, "downsample.unit", end, stride=int(conv.stride[0]), in_residual=node in in_branch,
-                         destride=node.name, destride_shape=(*view.shape(end)[:2], *_stride_one_size(conv, in_shape[2:])))
+                         destride=node.name, destride_shape=(*_dims(view, end)[:2], *_stride_one_size(conv, in_shape[2:])))
         # Selectors read the unit's conv: `where: {kernel: 3}` or `depthwise: true` pick units by it.
         sites.append(replace(site, in_channels=int(in_shape[1]), kernel=tuple(conv.kernel_size), groups=conv.groups,
                              dilation=tuple(conv.dilation)))
@@ -451,7 +490,7 @@ def _resampled_merges(view: GraphView, resampled: Callable[[fx.Node], bool]) -> 
         if not view.is_merge(node) or not _spatial_4d(view, node) or node in residual or _inner_add(view, node):
             continue
         inputs = [x for x in view.tensor_inputs(node) if _spatial_4d(view, x)]
-        if len(inputs) < 2 or len({view.shape(x)[2:] for x in inputs}) != 1:
+        if len(inputs) < 2 or len({_dims(view, x)[2:] for x in inputs}) != 1:
             continue
         sources = [_resampled_source(view, x, resampled) for x in inputs]
         resized = [s for s in sources if s is not None]
@@ -463,12 +502,12 @@ def _resampled_merges(view: GraphView, resampled: Callable[[fx.Node], bool]) -> 
 
 def _resampled_source(view: GraphView, node: fx.Node, resampled: Callable[[fx.Node], bool]) -> fx.Node | None:
     """The resizing node ``node`` comes from through one-input layers at its size (conv, norm, act), if any."""
-    size = view.shape(node)[2:]
+    size = _dims(view, node)[2:]
     while True:
         if resampled(node):
             return node
         inputs = view.tensor_inputs(node)
-        if len(inputs) != 1 or view.shape(inputs[0]) is None or tuple(view.shape(inputs[0])[2:]) != tuple(size):
+        if len(inputs) != 1 or view.shape(inputs[0]) is None or tuple(_dims(view, inputs[0])[2:]) != tuple(size):
             return None
         node = inputs[0]
 
@@ -520,7 +559,7 @@ def _call_input(view: GraphView, call: str, head: fx.Node) -> fx.Node | None:
     deepest = max(view.total_stride(x) for x in inputs)
     if any(_is_map(view, n) and view.total_stride(n) > deepest for n in inside if n is not head):
         return None
-    return max((x for x in inputs if view.total_stride(x) == deepest), key=view.position.get)
+    return max((x for x in inputs if view.total_stride(x) == deepest), key=view.position.__getitem__)
 
 
 def _pass_back(view: GraphView, node: fx.Node) -> fx.Node:
@@ -556,7 +595,7 @@ def _cuts(view: GraphView, bits: int) -> list[fx.Node]:
         for user in node.users:
             if user in view.position and (bits >> view.position[user]) & 1:
                 reach = max(reach, view.position[user])
-    return sorted(cuts, key=view.position.get)
+    return sorted(cuts, key=view.position.__getitem__)
 
 
 def _tuple_valued(node: fx.Node) -> bool:
@@ -587,12 +626,6 @@ def _before_norms(view: GraphView, node: fx.Node) -> fx.Node:
     return node
 
 
-def backbone_sites(view: GraphView) -> list[Site]:
-    """The extractor's last feature map: the map a pooling head, a neck or a decoder starts from."""
-    found = backbone_candidate(view)
-    return [found[1]] if found else []
-
-
 def backbone_candidate(view: GraphView) -> tuple[int, Site] | None:
     """(rule, site): lower rules are stronger evidence; a model traced in parts keeps the strongest."""
     found = anatomy(view)
@@ -603,6 +636,7 @@ def backbone_candidate(view: GraphView) -> tuple[int, Site] | None:
 
 # -- pyramids and upsampling -----------------------------------------------------------------------
 def upsample_sites(view: GraphView) -> list[Site]:
+    """``upsample``: every node that enlarges an N,C,H,W map (``GraphView.is_upsample``)."""
     return [make_site(view, "upsample", n) for n in view.nodes if view.is_upsample(n)]
 
 
@@ -617,17 +651,17 @@ def _levels(view: GraphView, found: Anatomy) -> list[fx.Node]:
     sources += list(resized_by)
     modules = _neck_modules(view, found)
     kept: list[tuple[fx.Node, fx.Node]] = []  # (source, level)
-    for source in sorted(sources, key=view.position.get):
+    for source in sorted(sources, key=view.position.__getitem__):
         level = _level_output(view, source, set(resized_by), modules)
         if level is None or not _is_map(view, level):
             continue
         if level is not source and _fused_with_other_levels(view, level, set(resized_by), sources):
             level = source  # what follows is a per-level head block (smp FPN's segmentation blocks)
-        size = tuple(view.shape(source)[2:])
+        size = tuple(_dims(view, source)[2:])
         read = _read_unresized(view, source, resized_by.get(source))
-        kept = [(s, lv) for s, lv in kept if tuple(view.shape(s)[2:]) != size or not read & (1 << view.position[lv])]
+        kept = [(s, lv) for s, lv in kept if tuple(_dims(view, s)[2:]) != size or not read & (1 << view.position[lv])]
         kept.append((source, level))
-    return sorted({lv for _s, lv in kept}, key=view.position.get)
+    return sorted({lv for _s, lv in kept}, key=view.position.__getitem__)
 
 
 def _fused_with_other_levels(view: GraphView, level: fx.Node, merges: set[fx.Node], sources: list[fx.Node]) -> bool:
@@ -674,7 +708,7 @@ def _neck_modules(view: GraphView, found: Anatomy) -> set[str]:
 def _level_output(view: GraphView, source: fx.Node, merges: set[fx.Node], modules: set[str]) -> fx.Node | None:
     """The last node that everything computed from ``source`` at its size passes through or comes
     from: the smoothing conv after an FPN merge, the block after a PAN concat; not a head's branch."""
-    size = view.shape(source)[2:]
+    size = _dims(view, source)[2:]
     home = view.outermost_call(source)
     fence = home if home in modules else None
     region, stack = {source}, [source]
@@ -684,36 +718,96 @@ def _level_output(view: GraphView, source: fx.Node, merges: set[fx.Node], module
             if user in region or user not in view.position or user in merges or (fence is not None and not view.within(user, fence)):
                 continue
             pieces = view.is_split(user) and view.nchw(node)  # a split keeps the map's size for its pieces
-            if not pieces and (not _spatial_4d(view, user) or view.shape(user)[2:] != size
+            if not pieces and (not _spatial_4d(view, user) or _dims(view, user)[2:] != size
                                or view.is_resize(user) or view.is_downsample(user)):
                 continue
             region.add(user)
             stack.append(user)
     bits = sum(1 << view.position[n] for n in region)
-    through = [n for n in sorted(region, key=view.position.get, reverse=True)
+    through = [n for n in sorted(region, key=view.position.__getitem__, reverse=True)
                if (view.ancestors[n] | view.descendants[n]) & bits == bits]
     return through[0] if through else source
 
 
-def neck_sites(view: GraphView) -> list[Site]:
-    found = anatomy(view)
-    sites = []
-    for level in found.levels:
-        others = [o for o in found.levels if o is not level]
-        sites.append(make_site(view, "neck.level", level, extra=others))
-    for _merge, lateral, up in found.top_down:
-        top_down = _one_input(view, up)
-        sites.append(make_site(view, "neck.merge", lateral, extra=[top_down]))
-    return sites
+def neck_level_sites(view: GraphView) -> list[Site]:
+    """``neck.level``: each output level of the pyramid, with the other levels as extra."""
+    levels = anatomy(view).levels
+    return [make_site(view, "neck.level", level, extra=[o for o in levels if o is not level]) for level in levels]
 
 
-LOCATORS: dict[str, Callable[[GraphView], list[Site]]] = {
-    "residual": residual_sites,
-    "conv": conv_sites,
-    "downsample": downsample_sites,
-    "downsample.unit": downsample_unit_sites,  # a locator of its own: `--kind downsample.conv` need not find units
-    "stage": stage_sites,
-    "backbone": backbone_sites,
-    "neck": neck_sites,
-    "upsample": upsample_sites,
-}
+def _upsampled(view: GraphView, up: fx.Node) -> fx.Node:
+    source = _one_input(view, up)
+    assert source is not None, f"{up.name} resizes no tensor"
+    return source
+
+
+def neck_merge_sites(view: GraphView) -> list[Site]:
+    """``neck.merge``: each top-down merge, at its lateral input, with the upsampled map's source as extra."""
+    return [make_site(view, "neck.merge", lateral, extra=[_upsampled(view, up)]) for _merge, lateral, up in anatomy(view).top_down]
+
+
+# -- model-wide roles: one extractor per model, decided across the traced parts ----------------------
+def model_backbone_sites(views: Sequence[GraphView]) -> list[tuple[int, Site]]:
+    """``backbone``: the extractor's last map, the one a pooling head, a neck or a decoder starts from,
+    as (part index, site) (``extractor_sites``)."""
+    return [(index, site) for index, site in extractor_sites(views) if site.role == "backbone"]
+
+
+def model_stage_sites(views: Sequence[GraphView]) -> list[tuple[int, Site]]:
+    """``stage``: the end of each stage of the model's extractor, as (part index, site) (``extractor_sites``)."""
+    return [(index, site) for index, site in extractor_sites(views) if site.role == "stage"]
+
+
+def extractor_sites(views: Sequence[GraphView]) -> list[tuple[int, Site]]:
+    """The backbone and stage sites of the whole model, as (part index, site); computed once per list of views.
+
+    The extractor reads the image: only parts fed the input image itself can hold it. One of them
+    with its own evidence of where the extractor ends (a pooling head, a pyramid, an upsampling
+    head) holds the whole extractor (a model traced whole; a detector's backbone with its FPN).
+    Otherwise the model was traced as a row of parts (an encoder then a decoder; single layers):
+    the extractor is the parts that run from the first image-fed part up to the first part fed
+    several maps (a decoder, a merge, a head); its backbone is their deepest map, the last one at
+    that stride, and its stage at each stride the last of those parts' stages.
+    """
+    if not views:
+        return []
+    key = f"extractor_sites:{[id(v) for v in views]}"
+    return _cached(views[0], key, lambda: _find_extractor_sites(list(views)))
+
+
+def _find_extractor_sites(views: list[GraphView]) -> list[tuple[int, Site]]:
+    image_fed = [i for i, v in enumerate(views) if _fed_the_image(v)]
+    candidates = [(c[0], i, c[1]) for i, c in ((i, backbone_candidate(views[i])) for i in image_fed) if c is not None]
+    strong = [c for c in candidates if c[0] < 3]
+    if strong:
+        _rule, index, site = min(strong, key=lambda c: (c[0], c[1]))
+        return [(index, site)] + [(index, s) for s in stage_sites(views[index])]
+    return _extractor_of_a_row(views, image_fed[0]) if image_fed else []
+
+
+def _extractor_of_a_row(views: list[GraphView], first: int) -> list[tuple[int, Site]]:
+    front = []
+    for index in range(first, len(views)):
+        if _maps_fed(views[index]) != 1:
+            break
+        front.append(index)
+    candidates = [(i, backbone_candidate(views[i])) for i in front]
+    found = [(i, c[1]) for i, c in candidates if c is not None]
+    if not found:
+        return []
+    deepest = max(site.total_stride for _i, site in found)
+    backbone = [(i, s) for i, s in found if s.total_stride == deepest][-1]
+    stages: dict[int, tuple[int, Site]] = {}
+    for index in front:
+        for site in stage_sites(views[index]):
+            stages[site.total_stride] = (index, site)
+    return [backbone, *(stages[stride] for stride in sorted(stages))]
+
+
+def _maps_fed(view: GraphView) -> int:
+    return sum(1 for t in flat_tensors(view.part.example_inputs) if t.dim() == 4)
+
+
+def _fed_the_image(view: GraphView) -> bool:
+    maps = [t for t in flat_tensors(view.part.example_inputs) if t.dim() == 4]
+    return len(maps) == 1 and tuple(maps[0].shape[-2:]) == tuple(view.part.input_spatial or ())

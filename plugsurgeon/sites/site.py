@@ -6,34 +6,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# A role names what a place *is* in the network. Dotted roles are variants; ``at: downsample`` in a
-# recipe means every variant, ``at: downsample.pool`` one of them.
-ROLES: dict[str, str] = {
-    "residual.branch": "end of a residual branch (the body, not the shortcut), before the add (the SE/CBAM slot)",
-    "residual.output": "output of a residual block, after the add and its activation",
-    "conv": "a convolution module (filter with kernel, stride, groups, depthwise)",
-    "downsample.pool": "max/avg pooling with stride > 1",
-    "downsample.conv": "strided convolution on the main path",
-    "downsample.shortcut": "strided projection on a residual shortcut",
-    "downsample.unit": "end of a strided conv's unit on the main path (the conv, then its norm and activation when it has them): "
-                       "a plugin here takes over the conv's stride, and the conv runs at stride 1 (where anti-aliasing blurs)",
-    "stage": "end of each stage of the feature extractor: its last map at each stride (stage = log2 of the cumulative stride, C2..C5)",
-    "backbone": "the feature extractor's last map: where a pooling head, a neck or a decoder starts (never inside them)",
-    "neck.level": "an output level of a feature pyramid (FPN, PAN, U-Net decoder): its map at one size, the other levels as extra",
-    "neck.merge": "a top-down merge of a pyramid or decoder (upsample + add or concat): the lateral input, the upsampled input as extra",
-    "upsample": "a node that enlarges a feature map (interpolate, Upsample, transposed conv; not a 1x1 broadcast)",
-}
-# The rules behind each role, with an example per architecture family: docs/roles.md.
-# Shorthands for a role with a selector, accepted wherever a role is (`--kind conv3x3`, `at: conv3x3`).
-ALIASES: dict[str, tuple[str, dict]] = {"conv3x3": ("conv", {"kernel": 3}), "depthwise": ("conv", {"depthwise": True})}
+from plugsurgeon.sites.roles import ALIASES, ROLES, known_role, role_matches
 
-
-def role_matches(role: str, wanted: str) -> bool:
-    return role == wanted or role.startswith(wanted + ".")
-
-
-def known_role(wanted: str) -> bool:
-    return any(role_matches(role, wanted) for role in ROLES)
+# The roles (name -> description, ``ps.ROLES``), the aliases and the role predicates come from the one
+# table of roles, plugsurgeon/sites/roles.py; they are re-exported here, where ``ps.ROLES`` always was.
+__all__ = ["ALIASES", "ROLES", "Site", "known_role", "role_matches"]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from plugsurgeon.plugins._conv import stride_one
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
 from plugsurgeon.sites.blocks import report_blocks  # the picture's boxes, plain data
 from plugsurgeon.sites.find import locate
+from plugsurgeon.sites.roles import placement_of
 from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
 from plugsurgeon.surgery.recipe import Recipe, Step, load_recipe
@@ -249,14 +250,15 @@ def _computed_from(part: TracedPart, node: fx.Node, names: tuple[str, ...]) -> s
 
 def _scope_candidates(part: TracedPart, site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...]]]:
     """Module forwards that see the site's node (and, for multi-input plugins, all its extra nodes), in
-    order of preference: the smallest first, except that a residual branch end goes into the block
-    that holds the add ("before the add" is a place in that block, and its class is what changes)."""
+    order of preference (the role's ``Placement``, sites/roles.py): the smallest first, except that a
+    residual branch end goes into the block that holds the add ("before the add" is a place in that
+    block, and its class is what changes)."""
     if spec.inputs == "site":
         scopes = list(site.scopes)
-        return [(s, ()) for s in (reversed(scopes) if site.role == "residual.branch" else scopes)]
+        return [(s, ()) for s in (reversed(scopes) if placement_of(site.role).outermost_first else scopes)]
     # The lateral input of a merge is changed for the merge only: where the merging block gets it as
     # an argument (a U-Net decoder block's skip connection), that is the place.
-    own = [*part.input_scopes(_node(part, site.node)), *site.scopes] if site.role == "neck.merge" else list(site.scopes)
+    own = [*part.input_scopes(_node(part, site.node)), *site.scopes] if placement_of(site.role).where_passed_in else list(site.scopes)
     # An extra input is readable wherever it is computed or passed in whole (smp's FPN block gets the
     # top-down map as an argument and computes the lateral itself) ...
     readable = [(*scopes, *part.input_scopes(_node(part, name))) for name, scopes in zip(site.extra, site.extra_scopes, strict=True)]
