@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 import plugsurgeon as ps
+from tests.slow import slow_except
 from tests.zoo.counting import expected_residuals
 from tests.zoo.helpers import new_module_paths, run, structure
 
@@ -51,7 +52,7 @@ def check(name: str, recipe: str) -> str:
     return f"{found} edits"
 
 
-@pytest.mark.parametrize("name", REPRESENTATIVES)
+@pytest.mark.parametrize("name", slow_except(REPRESENTATIVES, default={"resnet18", "convnext_tiny", "squeezenet1_1"}))
 def test_cbam_and_se_apply_or_say_why_not(name):
     outcomes = {check(name, recipe) for recipe in ("cbam", "se")}
     assert len(outcomes) == 1, outcomes  # both recipes see the same sites

@@ -27,7 +27,7 @@ from tests.nets import randomize_batchnorm
 SHAPE = (1, 3, 64, 64)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_acnet_resnet_deploys_to_the_plain_fused_network(arch):
     plain = randomize_batchnorm(ps.load_model(arch), seed=1)
     acnet = ps.apply(plain, "acnet", input_shape=SHAPE).model

@@ -25,7 +25,7 @@ def _count_norms(model):
     return sum(isinstance(m, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_large", "efficientnet_b0"])
+@pytest.mark.parametrize("name", [pytest.param("mobilenet_v3_large", marks=pytest.mark.slow), "efficientnet_b0"])
 def test_torchvision_models_fold_every_bn_and_match_the_unfused_eval_model(name):
     """resnet50 is checked the same way in test_acnet_deploy.py (it is the plain reference there)."""
     model = randomize_batchnorm(ps.load_model(name))

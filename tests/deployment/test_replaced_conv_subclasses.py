@@ -97,10 +97,6 @@ def test_acnet_on_an_nfnet_is_refused_naming_the_weight_standardised_conv():
     assert "ScaledStdConv2d" in str(caught.value) and "Weight Standardization" in str(caught.value)
 
 
-def _has_on_unfit() -> bool:
-    return "on_unfit" in ps.Step.model_fields
-
-
 class MixedConvs(nn.Module):
     def __init__(self):
         super().__init__()
@@ -113,8 +109,6 @@ class MixedConvs(nn.Module):
 
 
 def test_with_on_unfit_skip_the_unfit_conv_is_reported_and_the_rest_is_replaced():
-    if not _has_on_unfit():
-        pytest.skip("this plugsurgeon has no per-step on_unfit")
     model = randomize_batchnorm(MixedConvs())
     recipe = ps.Recipe(name="acnet-skip", steps=[{"plugin": "acnet", "at": "conv", "where": {"kernel": 3}, "on_unfit": "skip"}])
     result = ps.apply(model, recipe, input_shape=SHAPE)
@@ -128,8 +122,6 @@ def test_with_on_unfit_skip_acnet_takes_the_plain_convs_of_a_tf_model_and_deploy
     """tf_* models pad their strided convs dynamically (Conv2dSame) and their others statically: the
     step skips the former, reports them, and the rest stays identity at init and deploys exactly."""
     timm = pytest.importorskip("timm")
-    if not _has_on_unfit():
-        pytest.skip("this plugsurgeon has no per-step on_unfit")
     model = randomize_batchnorm(timm.create_model("tf_mobilenetv3_small_minimal_100", pretrained=False, num_classes=10))
     recipe = ps.Recipe(name="acnet-skip", steps=[{"plugin": "acnet", "at": "conv", "where": {"kernel": 3}, "on_unfit": "skip"}])
     result = ps.apply(model, recipe, input_shape=(1, 3, 64, 64))

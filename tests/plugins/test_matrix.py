@@ -3,6 +3,7 @@
 For each pair: the edited model keeps its output shapes, gradients reach the plugin, dtype follows
 the host, the edited model still traces with fx, and a plugin that declares identity at init leaves
 the output unchanged (BatchNorm statistics randomised first, so an identity BN hides nothing).
+A pair the host cannot take fails the test unless EXPECTED_UNFIT lists it, and a listed pair that fits fails too.
 Every plugin declares its arguments in a typed, bounded model whose defaults are the constructor's,
 and refuses ill-typed and out-of-range values for each of them.
 """
@@ -19,11 +20,16 @@ import torch
 from torch import nn
 
 import plugsurgeon as ps
-from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.sites.site import ROLES, role_matches
 from tests.nets import TinyFPN, TinyResNet, randomize_batchnorm
 
 INPUT = (2, 3, 64, 64)
+
+# The (plugin, role) pairs the tiny hosts are expected to refuse, each with a phrase of the refusal and, in a comment,
+# why the refusal is right. Any other refusal (a SiteError) fails the matrix, and a listed pair that is no longer
+# refused fails too, so the list cannot go stale. Measured by running the matrix (issue 16): every plugin fits every
+# role it declares on TinyResNet / TinyFPN with its suggested `where`, so the list is empty.
+EXPECTED_UNFIT: dict[tuple[str, str], str] = {}
 
 
 def _host_for(role: str) -> nn.Module:
@@ -42,13 +48,20 @@ def _outputs(model, x):
     return list(out.values()) if isinstance(out, dict) else [out]
 
 
-def _edit(name: str, role: str, host: nn.Module, inplace: bool = False):
+def _edit(name: str, role: str, host: nn.Module):
     where = dict(ps.get_plugin(name).suggested_where)
     recipe = ps.Recipe(name="matrix", steps=[ps.Step(plugin=name, at=role, where=where)])
-    try:
-        return ps.apply(host, recipe, input_shape=INPUT, inplace=inplace)
-    except ps.SiteError as error:
-        pytest.skip(f"host has no usable {role} site for {name}: {error.message}")
+    if (name, role) not in EXPECTED_UNFIT:
+        return ps.apply(host, recipe, input_shape=INPUT)  # a SiteError here fails the test
+    with pytest.raises(ps.SiteError) as refused:
+        ps.apply(host, recipe, input_shape=INPUT)
+    assert EXPECTED_UNFIT[name, role] in refused.value.message, refused.value.message
+    pytest.xfail(f"{name}@{role} is refused, as EXPECTED_UNFIT says: {refused.value.message}")
+
+
+def test_every_expected_unfit_pair_is_a_case_of_the_matrix():
+    cases = {tuple(case.values) for case in _cases()}
+    assert set(EXPECTED_UNFIT) <= cases, f"not a (plugin, declared role) pair: {set(EXPECTED_UNFIT) - cases}"
 
 
 @pytest.mark.parametrize(("name", "role"), list(_cases()))
@@ -112,7 +125,7 @@ def test_plugin_declares_typed_bounded_args(name: str):
     settable = _settable(spec)
     assert set(spec.args.model_fields) == set(settable), "the args model names exactly the constructor's settable arguments"
     if settable:
-        assert spec.args is not PluginArgs, f"{name} declares its own args model"
+        assert spec.args is not ps.PluginArgs, f"{name} declares its own args model"
     defaults = spec.args()  # the defaults validate against their own bounds
     for arg, param in settable.items():
         got = defaults.kwargs()[arg]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import plugsurgeon as ps
+from tests.slow import slow_except
 from tests.zoo.counting import count_adds, count_upsamples
 from tests.zoo.helpers import capture, new_module_paths, run, structure, within
 
@@ -45,7 +46,7 @@ def assert_runs_like(edited, model, x):
         assert structure(run(edited, x, train=train)) == structure(run(model, x, train=train)), f"train={train}"
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", slow_except(ARCHS, default={"FPN"}))
 def test_cbam_on_every_encoder_block(arch):
     model = build(arch)
     x = torch.randn(SHAPE)
@@ -83,7 +84,7 @@ def test_stage_sites_lie_in_the_encoder_one_per_stride(arch, traced):
         assert tuple(site.shape) == last_at[2 ** site.stage], (site.path, site.stage)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", slow_except(ARCHS, default={"DeepLabV3Plus"}))
 def test_aspp_at_the_encoders_end(arch):
     model = build(arch)
     x = torch.randn(SHAPE)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import plugsurgeon as ps
+from tests.slow import slow_except
 from tests.zoo.counting import expected_residuals
 from tests.zoo.helpers import new_module_paths, run, structure
 
@@ -36,7 +37,8 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", slow_except(MODELS, default={
+    "ecaresnet26t", "cs3darknet_s", "convnext_atto_rms", "dla46x_c", "repvgg_a0", "ese_vovnet19b_dw"}))
 def test_se_applies_to_every_residual_block_or_is_refused_rightly(name):
     if name not in timm.list_models():
         pytest.skip(f"timm {timm.__version__} has no {name}")

@@ -17,6 +17,7 @@ import torchvision
 from torch import nn
 
 import plugsurgeon as ps
+from tests.slow import slow_except
 from tests.zoo.counting import count_adds
 from tests.zoo.helpers import (
     build_detector,
@@ -33,11 +34,6 @@ from tests.zoo.helpers import (
 DETECTION = torchvision.models.list_models(module=torchvision.models.detection)
 SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
 FPN = [n for n in DETECTION if "fpn" in n]
-DEFAULT = {("retinanet_resnet50_fpn", "asff"), ("retinanet_resnet50_fpn", "seb"), ("lraspp_mobilenet_v3_large", "se")}
-
-
-def params(cases):
-    return [pytest.param(*case, marks=() if case in DEFAULT else pytest.mark.slow, id="-".join(case)) for case in cases]
 
 
 def assert_detector_runs_like(edited: nn.Module, model: nn.Module, size: int) -> None:
@@ -52,7 +48,8 @@ def assert_detector_runs_like(edited: nn.Module, model: nn.Module, size: int) ->
     assert all(torch.isfinite(v) for v in edited_losses.values())
 
 
-@pytest.mark.parametrize(("name", "recipe"), params([(n, r) for n in DETECTION for r in ("se",)] + [(n, r) for n in FPN for r in ("asff", "seb")]))
+@pytest.mark.parametrize(("name", "recipe"), slow_except(
+    [(n, r) for n in DETECTION for r in ("se",)] + [(n, r) for n in FPN for r in ("asff", "seb")], default={("retinanet_resnet50_fpn", "seb")}))
 def test_detector_takes_the_recipe(name, recipe):
     model = build_detector(name)
     size = image_size(model)
@@ -81,7 +78,8 @@ def test_detector_takes_the_recipe(name, recipe):
     assert_detector_runs_like(result.model, model, size)
 
 
-@pytest.mark.parametrize(("name", "recipe"), params([(n, "se") for n in SEGMENTATION] + [("deeplabv3_resnet50", "cbam"), ("fcn_resnet50", "cbam")]))
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "recipe"), [(n, "se") for n in SEGMENTATION] + [("deeplabv3_resnet50", "cbam"), ("fcn_resnet50", "cbam")])
 def test_segmentation_model_takes_the_recipe(name, recipe):
     aux = {} if name.startswith("lraspp") else {"aux_loss": True}  # LR-ASPP has no auxiliary head
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **aux).eval()

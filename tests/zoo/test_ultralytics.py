@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import plugsurgeon as ps
+from tests.slow import slow_except
 from tests.zoo.counting import count_adds
 from tests.zoo.helpers import capture, new_module_paths, run, structure, within
 
@@ -83,8 +84,8 @@ def traced():
     return get
 
 
-@pytest.mark.parametrize("recipe", ["cbam", "se", "eca"])
-@pytest.mark.parametrize("yaml", DETECTORS)
+@pytest.mark.parametrize(("yaml", "recipe"), slow_except([(y, r) for y in DETECTORS for r in ("cbam", "se", "eca")],
+                                                      default={("yolov8n.yaml", "cbam"), ("yolo11n.yaml", "se")}))
 def test_attention_on_every_bottleneck_with_a_shortcut(yaml, recipe):
     model = build(yaml).eval()
     x = torch.randn(SHAPE)
@@ -184,8 +185,8 @@ def test_pan_neck_levels_merges_and_upsamples(yaml, traced):
         assert not within(site.path, head_path(model)), f"{site.role} site inside Detect: {site.path}"
 
 
-@pytest.mark.parametrize("recipe", ["sppf", "aspp"])
-@pytest.mark.parametrize("yaml", [*DETECTORS, "yolov8n-cls.yaml"])
+@pytest.mark.parametrize(("yaml", "recipe"), slow_except([(y, r) for y in [*DETECTORS, "yolov8n-cls.yaml"] for r in ("sppf", "aspp")],
+                                                      default={("yolov8n.yaml", "sppf"), ("yolov8n-cls.yaml", "aspp")}))
 def test_pyramid_pooling_lands_on_the_extractors_last_map(yaml, recipe):
     model = build(yaml).eval()
     x = torch.randn(SHAPE)
