@@ -27,6 +27,7 @@ from __future__ import annotations
 import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -126,7 +127,7 @@ def block_graph(traced: Traced, sites: list[Site], *, max_boxes: int = MAX_BOXES
             break
         closed |= dense
     blocks = _tag(graph_blocks, edges, sites, node_box, anchors)
-    site_blocks = {}
+    site_blocks: dict[str, Any] = {}
     for site in sites:
         holder = node_box.get((site.part, site.node))
         if holder is not None:
@@ -260,7 +261,8 @@ def _dense_groups(blocks: list[Block], edges) -> set[str]:
     """Opened modules whose boxes are densely connected among themselves (a DenseNet block: each layer
     reads every earlier one). Open, they would be a thicket of edges; closed, one box says the same."""
     group = {b.id: b.group for b in blocks if b.kind == "module"}
-    members, inside = defaultdict(int), defaultdict(int)
+    members: defaultdict[Any, int] = defaultdict(int)
+    inside: defaultdict[Any, int] = defaultdict(int)
     for g in group.values():
         members[g] += 1
     for source, target in edges:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -86,12 +87,13 @@ class GraphView:
         """
         if node.op != "call_module":
             return None
-        if node.target not in self._modules:
+        target = str(node.target)  # a call_module's target is the module's path
+        if target not in self._modules:
             try:
-                self._modules[node.target] = self.gm.get_submodule(node.target)
+                self._modules[target] = self.gm.get_submodule(target)
             except AttributeError:
-                self._modules[node.target] = None
-        return self._modules[node.target]
+                self._modules[target] = None
+        return self._modules[target]
 
     def shape(self, node) -> tuple[int, ...] | None:
         return shape_of(node) if isinstance(node, fx.Node) else None
@@ -137,6 +139,7 @@ class GraphView:
     def pool_stride(self, node: fx.Node) -> int:
         """Stride of a pooling node, 0 when the node is not a pooling op."""
         module = self.module(node)
+        stride: Any
         if isinstance(module, _POOL_MODULES):
             stride = module.stride
         elif node.op == "call_function" and node.target in _POOL_FUNCTIONS:
@@ -157,7 +160,7 @@ class GraphView:
         if out is None or len(out) != 4 or not self.nchw(node) or self.is_pad(node):
             return False
         inputs = self._map_inputs(node)
-        return bool(inputs) and all(s[2] * s[3] < out[2] * out[3] and min(s[2], s[3]) > 1 for s in inputs)
+        return inputs is not None and bool(inputs) and all(s[2] * s[3] < out[2] * out[3] and min(s[2], s[3]) > 1 for s in inputs)
 
     def is_pad(self, node: fx.Node) -> bool:
         """Padding (``nn.ZeroPad2d`` and the other pad layers, ``F.pad``): a border, not an upsample."""
@@ -175,12 +178,12 @@ class GraphView:
         if not resizing or out is None or len(out) != 4 or not self.nchw(node):
             return False
         inputs = self._map_inputs(node)
-        return bool(inputs) and all(s[2:] == out[2:] and min(s[2], s[3]) > 1 for s in inputs)
+        return inputs is not None and bool(inputs) and all(s[2:] == out[2:] and min(s[2], s[3]) > 1 for s in inputs)
 
     def _map_inputs(self, node: fx.Node) -> list[tuple[int, ...]] | None:
         """Shapes of the 4-D inputs, or None when one is not N,C,H,W (its axes 2, 3 are no H, W)."""
-        inputs = [a for a in self.tensor_inputs(node) if len(self.shape(a)) == 4]
-        return [self.shape(a) for a in inputs] if all(self.nchw(a) for a in inputs) else None
+        inputs = [(a, shape) for a in self.tensor_inputs(node) if (shape := self.shape(a)) is not None and len(shape) == 4]
+        return [shape for _a, shape in inputs] if all(self.nchw(a) for a, _shape in inputs) else None
 
     def is_downsample(self, node: fx.Node) -> bool:
         """A node whose N,C,H,W output is smaller than every 4-D input it reads (strided conv or pooling)."""
@@ -188,7 +191,7 @@ class GraphView:
         if out is None or len(out) != 4 or not self.nchw(node):
             return False
         inputs = self._map_inputs(node)
-        return bool(inputs) and all(s[2] * s[3] > out[2] * out[3] > 1 for s in inputs)
+        return inputs is not None and bool(inputs) and all(s[2] * s[3] > out[2] * out[3] > 1 for s in inputs)
 
     def linear_kind(self, node: fx.Node) -> str | None:
         """How a one-input node maps its input: "mixing" (conv, linear, pooling), "pointwise" (norms
@@ -270,13 +273,13 @@ class GraphView:
         # the output's shape decide (a broadcast operand does not); failing those, inputs of its rank.
         # An input whose layout could not be told does not overrule one that could: values added
         # elementwise share their axes.
-        inputs = [a for a in self.tensor_inputs(node) if len(self.shape(a)) == rank]
+        inputs = [a for a in self.tensor_inputs(node) if (input_shape := self.shape(a)) is not None and len(input_shape) == rank]
         deciding = [a for a in inputs if self.shape(a) == shape] or inputs
         labels = {_labels(known.get(a)) for a in deciding} - {None}
         if len(labels) != 1:
             return None
         pieces = {known.get(a) for a in deciding} - {None}
-        return pieces.pop() if len(pieces) == 1 else _fresh(labels.pop(), shape)
+        return pieces.pop() if len(pieces) == 1 else _fresh(labels.pop(), shape)  # type: ignore[arg-type]  # labels come from inputs of the output's rank, so it has a shape
 
     def is_slice(self, node: fx.Node) -> bool:
         """x[:, a:b, ...]: basic slicing of a tensor, every axis kept."""
@@ -377,7 +380,7 @@ class GraphView:
     # -- where a node lives ----------------------------------------------------------------------
     def display_path(self, node: fx.Node) -> str:
         if node.op == "call_module":
-            return self.part.absolute(node.target)
+            return self.part.absolute(str(node.target))
         owner = self.part.absolute(node.meta.get(OWNER, ""))
         return f"{owner}:{node.name}" if owner else node.name
 
@@ -398,7 +401,7 @@ def _name_of(node: fx.Node) -> str | None:
     return None
 
 
-_FUNCTIONS_BY_NAME = {"permute": {torch.permute}, "transpose": {torch.transpose}, "swapaxes": {torch.swapaxes},
+_FUNCTIONS_BY_NAME: dict[str, set[Any]] = {"permute": {torch.permute}, "transpose": {torch.transpose}, "swapaxes": {torch.swapaxes},
                       "swapdims": {torch.swapdims}}
 
 
@@ -568,7 +571,8 @@ def _indexed(source: Axes | None, index, rank: int) -> Axes | None:
     items = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(i, fx.Node) for i in items):
         return None  # advanced indexing by a tensor, or an index computed at run time
-    axes, axis = [], 0
+    axes: list[Any] = []
+    axis = 0
     for position, item in enumerate(items):
         if item is Ellipsis:
             remaining = sum(1 for i in items[position + 1:] if i is not None)
