@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "load_weights": "plugsurgeon.store.saved",
     "save": "plugsurgeon.store.saved",
     "load_model": "plugsurgeon.store.loader",
-    "PluginArgs": "plugsurgeon.plugins.registry",
+    "PluginArgs": "plugsurgeon.plugins.args",
     "PluginSpec": "plugsurgeon.plugins.registry",
     "catalog": "plugsurgeon.plugins.registry",
     "get_plugin": "plugsurgeon.plugins.registry",
@@ -87,7 +87,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.export.onnx import export_onnx
     from plugsurgeon.graph.edited import edited_source
     from plugsurgeon.graph.trace import trace
-    from plugsurgeon.plugins.registry import PluginArgs, PluginSpec, catalog, get_plugin, register_plugin
+    from plugsurgeon.plugins.args import PluginArgs
+    from plugsurgeon.plugins.registry import PluginSpec, catalog, get_plugin, register_plugin
     from plugsurgeon.plugins.safe import safe_globals
     from plugsurgeon.sites.find import find_sites
     from plugsurgeon.sites.select import Where

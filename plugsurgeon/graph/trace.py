@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,20 +41,36 @@ OWNER_CALL = "ps_owner_call"  # which call of that module, when it runs more tha
 LOCAL = "ps_local"  # index of the node inside that call, see module docstring
 _ASSERT_TARGETS = {"_assert", "_assert_is_none"}
 
+# What else is a leaf, besides the rules of ``is_leaf_type``: classes named one by one, and checks that
+# packages above this one register (the plugin registry asks whether a class is a registered plugin's;
+# this package cannot import it).
 _extra_leaf_types: set[type] = set()
+_leaf_checks: list[Callable[[type], bool]] = []
 
 
 def register_leaf(cls: type) -> type:
-    """Make ``cls`` a leaf for every plugsurgeon tracer (catalog plugins are registered here)."""
+    """Make ``cls`` (and its subclasses) a leaf for every plugsurgeon tracer: one call, never traced through."""
     _extra_leaf_types.add(cls)
     return cls
+
+
+def register_leaf_check(check: Callable[[type], bool]) -> Callable[[type], bool]:
+    """Make every module class for which ``check(cls)`` is true a leaf for every plugsurgeon tracer.
+
+    The check is asked at each module call the tracer meets, so what it answers may change (the plugin
+    registry registers ``is_plugin_class``: a class is a leaf while it is a registered plugin's).
+    Registering the same check again does nothing.
+    """
+    if check not in _leaf_checks:
+        _leaf_checks.append(check)
+    return check
 
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def is_leaf_type(module: nn.Module) -> bool:
-    if isinstance(module, tuple(_extra_leaf_types)):
+    if isinstance(module, tuple(_extra_leaf_types)) or any(check(type(module)) for check in _leaf_checks):
         return True
     mod = type(module).__module__
     if isinstance(module, _CONTAINERS):

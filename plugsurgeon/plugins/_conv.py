@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from plugsurgeon.errors import SiteError
+from plugsurgeon.plugins._kernels import pair
 from plugsurgeon.sites.site import Site
 
 
@@ -24,9 +26,9 @@ class KeepsConvWeights(nn.Module):
         check_plain_conv(source)
         self.in_channels = source.in_channels
         self.out_channels = source.out_channels
-        self.kernel_size = tuple(source.kernel_size)
-        self.stride = tuple(source.stride)
-        self.dilation = tuple(source.dilation)
+        self.kernel_size = pair(source.kernel_size)
+        self.stride = pair(source.stride)
+        self.dilation = pair(source.dilation)
         self.groups = source.groups
         self.padding = conv_padding(source)
         self.padding_mode = source.padding_mode
@@ -40,12 +42,22 @@ class KeepsConvWeights(nn.Module):
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.pad(x, (pw, pw, ph, ph), mode=mode)
 
-    def conv(self, x_padded: torch.Tensor, stride=None) -> torch.Tensor:
+    def conv(self, x_padded: torch.Tensor, stride: int | tuple[int, int] | None = None) -> torch.Tensor:
         return F.conv2d(x_padded, self.weight, self.bias, stride if stride is not None else self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}")
+
+
+def fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias-free conv's ``weight`` followed by ``bn`` in eval mode, as one conv's weight and bias
+    (torch's own folding formula: ``torch.nn.utils.fusion.fuse_conv_bn_weights``)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("a BatchNorm without running statistics (track_running_stats=False) cannot be folded")
+    return fuse_conv_bn_weights(weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -56,11 +68,11 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
         # "same" (stride 1 only in torch): total padding d*(k-1), split evenly for odd kernels
         if any(conv.dilation[i] * (conv.kernel_size[i] - 1) % 2 for i in range(2)):
             raise ValueError("padding='same' with an even kernel pads asymmetrically; replace that conv by hand")
-        return tuple(conv.dilation[i] * (conv.kernel_size[i] - 1) // 2 for i in range(2))
-    return (int(padding[0]), int(padding[1]))
+        return pair([conv.dilation[i] * (conv.kernel_size[i] - 1) // 2 for i in range(2)])
+    return pair(padding)
 
 
-def check_plain_conv(conv: nn.Module, where: str = "") -> None:
+def check_plain_conv(conv: nn.Module | None, where: str = "") -> None:
     """Refuse a conv whose forward is not nn.Conv2d's.
 
     Replace-mode plugins rebuild the computation from the conv's weight and geometry with F.conv2d, so
@@ -101,13 +113,15 @@ def stride_one(conv: nn.Module, where: str = "") -> nn.Conv2d:
                         hint="exclude the site with `where: {exclude: [...]}`")
     check_plain_conv(conv, where)
     # Built on the meta device: the tensors are the conv's own, nothing is allocated for the twin.
-    twin = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, 1, conv.padding, conv.dilation, conv.groups,
+    padding = conv.padding if isinstance(conv.padding, str) else pair(conv.padding)
+    twin = nn.Conv2d(conv.in_channels, conv.out_channels, pair(conv.kernel_size), 1, padding, pair(conv.dilation), conv.groups,
                      bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
     twin.weight = conv.weight
     twin.bias = conv.bias
     return twin.train(conv.training)
 
 
-def replaced_conv(site: Site, module: nn.Module | None) -> dict:
+def replaced_conv(site: Site, module: nn.Module | None) -> dict[str, Any]:
+    """The ``infer`` of the plugins that replace a conv: the conv itself, once it is checked to be a plain one."""
     check_plain_conv(module, site.path)
     return {"source": module}

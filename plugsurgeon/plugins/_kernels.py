@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import nn
+
+
+def pair(values: Sequence[int]) -> tuple[int, int]:
+    """A conv's two-element ``kernel_size``, ``stride``, ``dilation`` or ``padding`` (which torch types as
+    ``tuple[int, ...]``) as the pair it is."""
+    first, second = values
+    return (int(first), int(second))
 
 
 def clamp_groups(wanted: int, *channels: int) -> int:
@@ -43,7 +51,7 @@ def matching_padding(padding: tuple[int, int], dilation: tuple[int, int], kernel
             raise ValueError(f"a {new_kernel}x{new_kernel} kernel (dilation {nd}) cannot match a {kernel}x{kernel} conv "
                              f"with padding {p} and dilation {d}")
         out.append(p + grow // 2)
-    return tuple(out)
+    return pair(out)
 
 
 def split_channels(total: int, parts: int) -> list[int]:

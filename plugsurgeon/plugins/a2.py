@@ -32,7 +32,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
+from plugsurgeon.plugins.args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -65,6 +65,7 @@ class DoubleAttention(nn.Module):
         self.gather_maps = nn.Conv2d(channels, self.c_n, 1)  # B = theta(X)
         self.distribute_maps = nn.Conv2d(channels, self.c_n, 1)  # V = rho(X)
         self.reconstruct = nn.Conv2d(self.c_m, channels, 1)
+        assert self.reconstruct.bias is not None  # made with a bias
         nn.init.zeros_(self.reconstruct.weight)
         nn.init.zeros_(self.reconstruct.bias)
 

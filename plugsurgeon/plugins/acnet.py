@@ -21,11 +21,13 @@ trained block exactly (tests/deployment/test_acnet_deploy.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from plugsurgeon.plugins._args import BnEps, BnMomentum, PluginArgs
-from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
+from plugsurgeon.plugins._conv import KeepsConvWeights, fold_bn, replaced_conv
+from plugsurgeon.plugins.args import BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -50,12 +52,13 @@ class ACNetArgs(PluginArgs):
 class ACBlock(KeepsConvWeights):
     def __init__(self, source: nn.Conv2d, bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         super().__init__(source)
-        k = self.kernel_size
-        if k[0] != k[1] or k[0] % 2 == 0 or k[0] < 3:
-            raise ValueError(f"ACBlock needs a square, odd kernel of size 3 or more, got {k}; select convs with `where: {{kernel: 3}}`")
-        k = k[0]
+        kh, kw = self.kernel_size
+        if kh != kw or kh % 2 == 0 or kh < 3:
+            raise ValueError(f"ACBlock needs a square, odd kernel of size 3 or more, got {self.kernel_size}; "
+                             "select convs with `where: {kernel: 3}`")
+        k = kh
         device, dtype = self.weight.device, self.weight.dtype
-        make = dict(stride=self.stride, dilation=self.dilation, groups=self.groups, bias=False, device=device, dtype=dtype)
+        make: dict[str, Any] = dict(stride=self.stride, dilation=self.dilation, groups=self.groups, bias=False, device=device, dtype=dtype)
         self.ver = nn.Conv2d(self.in_channels, self.out_channels, (k, 1), **make)
         self.ver_bn = nn.BatchNorm2d(self.out_channels, eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
         self.hor = nn.Conv2d(self.in_channels, self.out_channels, (1, k), **make)
@@ -77,13 +80,11 @@ class ACBlock(KeepsConvWeights):
     @torch.no_grad()
     def reparameterize(self) -> nn.Conv2d:
         """The single conv this block computes in eval mode (branch BNs folded, added into the centre cross)."""
-        from torch.nn.utils.fusion import fuse_conv_bn_weights
-
         k = self.kernel_size[0]
         kernel = self.weight.detach().clone()
         bias = self.bias.detach().clone() if self.bias is not None else torch.zeros(self.out_channels, dtype=kernel.dtype, device=kernel.device)
         for conv, bn, place in ((self.ver, self.ver_bn, "ver"), (self.hor, self.hor_bn, "hor")):
-            w, b = fuse_conv_bn_weights(conv.weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+            w, b = fold_bn(conv.weight, bn)
             if place == "ver":
                 kernel[:, :, :, k // 2 : k // 2 + 1] += w
             else:
@@ -91,6 +92,7 @@ class ACBlock(KeepsConvWeights):
             bias += b
         fused = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
                           self.groups, bias=True, padding_mode=self.padding_mode, device=kernel.device, dtype=kernel.dtype)
+        assert fused.bias is not None  # made with a bias
         fused.weight.copy_(kernel)
         fused.bias.copy_(bias)
         return fused

@@ -39,22 +39,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import HiddenWidth, PluginArgs
+from plugsurgeon.plugins._layers import ConvNormAct
+from plugsurgeon.plugins.args import HiddenWidth, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
-
-def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.LeakyReLU(0.1),
-    )
+LeakyReLU = partial(nn.LeakyReLU, 0.1)  # YOLOv3's activation, which the paper builds on
 
 
 def scale_step(target: Sequence[int], other: Sequence[int]) -> int:
@@ -78,12 +74,14 @@ class Resize(nn.Module):
     def __init__(self, in_channels: int, channels: int, step: int) -> None:
         super().__init__()
         self.step = step
+        self.pools: nn.Module
+        self.conv: nn.Module
         if step > 0:  # finer: (step - 1) max pools, then the stride-2 3x3 conv
             self.pools = nn.Sequential(*[nn.MaxPool2d(3, 2, 1) for _ in range(step - 1)])
-            self.conv = _conv_bn_act(in_channels, channels, 3, stride=2)
+            self.conv = ConvNormAct(in_channels, channels, 3, stride=2, act_layer=LeakyReLU)
         elif step < 0 or in_channels != channels:  # coarser (or same size, other width): 1x1 compress
             self.pools = nn.Identity()
-            self.conv = _conv_bn_act(in_channels, channels, 1)
+            self.conv = ConvNormAct(in_channels, channels, 1, act_layer=LeakyReLU)
         else:
             self.pools = nn.Identity()
             self.conv = nn.Identity()
@@ -130,7 +128,7 @@ class ASFF(nn.Module):
         self.others = tuple((int(c), int(s)) for c, s in others)
         self.resize = nn.ModuleList([Resize(c, channels, s) for c, s in self.others])
         levels = len(self.others) + 1
-        self.weight_convs = nn.ModuleList([_conv_bn_act(channels, compress, 1) for _ in range(levels)])
+        self.weight_convs = nn.ModuleList([ConvNormAct(channels, compress, 1, act_layer=LeakyReLU) for _ in range(levels)])
         self.logits = nn.Conv2d(compress * levels, levels, 1)
         self.gamma = nn.Parameter(torch.tensor(float(gamma_init)))
 

@@ -33,8 +33,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import ON_MAP, Dilation, HiddenWidth, Ints, PluginArgs
-from plugsurgeon.plugins._context import conv_bn_relu
+from plugsurgeon.plugins._layers import ConvNormAct
+from plugsurgeon.plugins.args import ON_MAP, Dilation, HiddenWidth, PluginArgs, tuple_length
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -44,14 +44,14 @@ class ImagePooling(nn.Module):
     def __init__(self, channels: int, out_channels: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv = conv_bn_relu(channels, out_channels)
+        self.conv = ConvNormAct(channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x)).expand(-1, -1, x.shape[2], x.shape[3])
 
 
 class ASPPArgs(PluginArgs):
-    rates: Annotated[Ints(Dilation, min_length=0), ON_MAP] = Field(
+    rates: Annotated[tuple[Dilation, ...], tuple_length(min_length=0), ON_MAP] = Field(
         (6, 12, 18), description="dilation rates of the atrous 3x3 branches (the paper's, for output stride 16)")
     branch_channels: HiddenWidth = Field(256, description="filters of every branch (the paper's 256)")
     image_pooling: bool = Field(True, description="add the image-level branch (global pooling, 1x1 conv, broadcast)")
@@ -82,12 +82,12 @@ class ASPP(nn.Module):
         super().__init__()
         if channels < 1 or branch_channels < 1 or any(r < 1 for r in rates):
             raise ValueError(f"channels, branch_channels and rates must be positive, got {channels}, {branch_channels}, {rates}")
-        branches = [conv_bn_relu(channels, branch_channels)]
-        branches += [conv_bn_relu(channels, branch_channels, 3, dilation=int(r)) for r in rates]
+        branches: list[nn.Module] = [ConvNormAct(channels, branch_channels)]
+        branches += [ConvNormAct(channels, branch_channels, 3, dilation=int(r)) for r in rates]
         if image_pooling:
             branches.append(ImagePooling(channels, branch_channels))
         self.branches = nn.ModuleList(branches)
-        self.project = conv_bn_relu(len(branches) * branch_channels, channels)
+        self.project = ConvNormAct(len(branches) * branch_channels, channels)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -31,13 +31,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import MAX_BRANCHES, ON_MAP, Dilation, HiddenWidth, PluginArgs, Reduction
+from plugsurgeon.plugins._layers import ConvNormAct
+from plugsurgeon.plugins.args import MAX_BRANCHES, ON_MAP, Dilation, HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> list[nn.Module]:
-    padding = dilation * (kernel // 2)
-    return [nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class BAMArgs(PluginArgs):
@@ -71,10 +67,12 @@ class BAM(nn.Module):
             nn.Linear(hidden, channels),
             nn.BatchNorm1d(channels),
         )
-        layers = _conv_bn_relu(channels, hidden, 1)
+        # One flat Sequential (spatial.0 conv, spatial.1 BN, spatial.2 ReLU, spatial.3 conv, ...): the
+        # blocks' layers are spliced in, so the state-dict keys stay those of saved BAMs.
+        layers = [*ConvNormAct(channels, hidden, 1)]
         for _ in range(num_dilated):
-            layers += _conv_bn_relu(hidden, hidden, 3, dilation)
-        layers += [nn.Conv2d(hidden, 1, 1, bias=False), nn.BatchNorm2d(1)]
+            layers += [*ConvNormAct(hidden, hidden, 3, dilation=dilation)]
+        layers += [*ConvNormAct(hidden, 1, 1, act_layer=None)]
         self.spatial = nn.Sequential(*layers)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ padding, parameter counts from the paper's table).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -58,13 +58,14 @@ from pydantic import Field
 from torch import nn
 
 from plugsurgeon.errors import SiteError
-from plugsurgeon.plugins._args import KERNEL_ON_MAP, MAX_WIDTH, BnEps, BnMomentum, OddKernel, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
+from plugsurgeon.plugins._kernels import pair
+from plugsurgeon.plugins.args import KERNEL_ON_MAP, MAX_WIDTH, BnEps, BnMomentum, OddKernel, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 from plugsurgeon.sites.site import Site
 
 
-def unfit_reason(source: nn.Module, what: str = "the conv") -> str | None:
+def unfit_reason(source: nn.Module | None, what: str = "the conv") -> str | None:
     """Why a BlazeBlock cannot stand in for ``source`` (called ``what`` in the sentence), or None if it can."""
     if not isinstance(source, nn.Conv2d):
         return f"{what} is a {type(source).__name__}; a BlazeBlock replaces an nn.Conv2d"
@@ -137,14 +138,14 @@ class _Blaze(nn.Module):
         self.in_channels, self.out_channels = source.in_channels, source.out_channels
         self.stride = int(source.stride[0])
         self.relu = bool(relu)
-        self._factory = dict(device=source.weight.device, dtype=source.weight.dtype)
-        self._dilation = tuple(source.dilation)
+        self._factory: dict[str, Any] = dict(device=source.weight.device, dtype=source.weight.dtype)
+        self._dilation = pair(source.dilation)
         self._padding_mode = source.padding_mode
         self.depthwise = self._depthwise(self.in_channels, kernel_size, self.stride)
 
     def _depthwise(self, channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
         # Symmetric "same" padding: with the replaced conv's dilation the output is ceil(H / stride).
-        padding = tuple(d * (kernel_size - 1) // 2 for d in self._dilation)
+        padding = pair([d * (kernel_size - 1) // 2 for d in self._dilation])
         return nn.Conv2d(
             channels,
             channels,
@@ -207,7 +208,7 @@ class DoubleBlazeBlock(_Blaze):
         if expansion < 1:
             raise ValueError(f"expansion must be positive, got {expansion}")
         self.bottleneck = max(1, self.out_channels // expansion)
-        bn = dict(eps=bn_eps, momentum=bn_momentum, **self._factory)
+        bn: dict[str, Any] = dict(eps=bn_eps, momentum=bn_momentum, **self._factory)
         self.project = nn.Conv2d(self.in_channels, self.bottleneck, 1, bias=False, **self._factory)
         self.project_bn = nn.BatchNorm2d(self.bottleneck, **bn)
         self.depthwise2 = self._depthwise(self.bottleneck, kernel_size, 1)
@@ -247,7 +248,7 @@ def blaze(
     bn_momentum: float = 0.1,
 ) -> BlazeBlock | DoubleBlazeBlock:
     """A single BlazeBlock, or a double one with ``double=True``, in place of the conv ``source``."""
-    common = dict(kernel_size=kernel_size, relu=relu, bn_eps=bn_eps, bn_momentum=bn_momentum)
+    common: dict[str, Any] = dict(kernel_size=kernel_size, relu=relu, bn_eps=bn_eps, bn_momentum=bn_momentum)
     if double:
         return DoubleBlazeBlock(source, expansion=expansion, **common)
     if expansion != 4:

@@ -39,8 +39,8 @@ from pydantic import Field
 from torch import nn
 
 from plugsurgeon.errors import SiteError
-from plugsurgeon.plugins._args import MAX_KERNEL, PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights
+from plugsurgeon.plugins.args import MAX_KERNEL, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 from plugsurgeon.sites.site import Site
 
@@ -63,6 +63,8 @@ class BlurPool2d(nn.Module):
     ``pad_mode`` says with what: reflected values (antialiased-cnns, timm), the edge value, or zeros
     (kornia). Only the border rows and columns depend on it.
     """
+
+    filter: torch.Tensor  # the binomial filter, one per channel: a non-persistent buffer
 
     def __init__(self, channels: int, stride: int = 2, filter_size: int = 4, pad_mode: PadMode = "reflect") -> None:
         super().__init__()
@@ -138,7 +140,7 @@ class PoolArgs(BlurArgs):
                                         "(antialiased-cnns' ResNets and VGG: 2)")
 
 
-def _pool(source: nn.Module, channels: int, filter_size: int, pad_mode: str, max_window: int, plugin: str) -> nn.Module:
+def _pool(source: nn.Module, channels: int, filter_size: int, pad_mode: PadMode, max_window: int, plugin: str) -> nn.Module:
     if isinstance(source, nn.MaxPool2d):
         return MaxBlurPool2d(source, channels, filter_size, pad_mode, max_window)
     if isinstance(source, nn.AvgPool2d) and plugin == "blurpool":

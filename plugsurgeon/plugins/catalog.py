@@ -26,7 +26,6 @@ from typing import Any
 
 CATALOG_FILE = Path(__file__).with_name("catalog.json")
 REGENERATE = "python -m plugsurgeon.plugins.catalog --write"
-_PACKAGE = "plugsurgeon.plugins."
 
 
 def entry(spec) -> dict[str, Any]:
@@ -37,15 +36,12 @@ def entry(spec) -> dict[str, Any]:
 def generate() -> list[dict[str, Any]]:
     """The catalog's entries from the live registry: the built-in plugins, by name.
 
-    Plugins registered from elsewhere (a user's module, a test) are not built in and are left out.
+    Plugins registered from elsewhere (a user's module, a test) are not built in and are left out; the
+    built-in ones are those of the modules ``registry.BUILT_IN`` lists.
     """
-    from plugsurgeon.plugins.registry import catalog
+    from plugsurgeon.plugins.registry import BUILT_IN_MODULES, catalog
 
-    return [
-        entry(spec)
-        for spec in catalog().values()
-        if getattr(spec.factory, "__module__", "").startswith(_PACKAGE)
-    ]
+    return [entry(spec) for spec in catalog().values() if getattr(spec.factory, "__module__", "") in BUILT_IN_MODULES]
 
 
 def render(entries: list[dict[str, Any]]) -> str:

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import KERNEL_ON_MAP, OddKernel, PluginArgs, Reduction
+from plugsurgeon.plugins.args import KERNEL_ON_MAP, OddKernel, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 

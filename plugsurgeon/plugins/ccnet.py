@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import MAX_BRANCHES, HiddenWidth, PluginArgs, Reduction
+from plugsurgeon.plugins.args import MAX_BRANCHES, HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
+from plugsurgeon.plugins.args import PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 

@@ -32,14 +32,16 @@ v1, v2 with ``mask_scale`` 2 and 1, stride, groups and deformable groups
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 from torch import nn
 from torch.utils import flop_counter
 from torchvision.ops import deform_conv2d
 
-from plugsurgeon.plugins._args import MAX_WIDTH, PluginArgs
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
+from plugsurgeon.plugins.args import MAX_WIDTH, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -56,6 +58,7 @@ class DeformConv(KeepsConvWeights):
         # Runs on the padded input, like the sampling: padding 0 here gives the replaced conv's output size.
         self.offset = nn.Conv2d(self.in_channels, (3 if modulated else 2) * taps, self.kernel_size, self.stride, 0,
                                 self.dilation, bias=True, device=self.weight.device, dtype=self.weight.dtype)
+        assert self.offset.bias is not None  # made with a bias
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
 
@@ -64,7 +67,7 @@ class DeformConv(KeepsConvWeights):
         out = self.offset(x)
         mask = None
         if self.modulated:
-            out, logits = torch.split(out, (2 * self._taps, self._taps), dim=1)
+            out, logits = torch.split(out, [2 * self._taps, self._taps], dim=1)
             mask = self.mask_scale * torch.sigmoid(logits)
         return deform_conv2d(x, out, self.weight, self.bias, self.stride, 0, self.dilation, mask)
 
@@ -90,7 +93,7 @@ class DCNv2Args(DCNv1Args):
                               description="modulation = mask_scale * sigmoid(logits): 2 is 1 at init (identity), 1 is the paper's")
 
 
-_COMMON = dict(roles=("conv",), mode="replace", infer=replaced_conv, structural=("source",), identity_at_init=True,
+_COMMON: dict[str, Any] = dict(roles=("conv",), mode="replace", infer=replaced_conv, structural=("source",), identity_at_init=True,
                classes=(DeformConv,), suggested_where={"kernel": 3})
 
 

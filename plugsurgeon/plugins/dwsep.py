@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
+from plugsurgeon.plugins._kernels import pair
+from plugsurgeon.plugins.args import BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -62,7 +63,7 @@ class DepthwiseSeparableConv(nn.Module):
         cin, cout = source.in_channels, source.out_channels
         self.in_channels, self.out_channels, self.activation = cin, cout, bool(activation)
         device, dtype = source.weight.device, source.weight.dtype
-        self.depthwise = nn.Conv2d(cin, cin, source.kernel_size, source.stride, conv_padding(source), source.dilation,
+        self.depthwise = nn.Conv2d(cin, cin, pair(source.kernel_size), pair(source.stride), conv_padding(source), pair(source.dilation),
                                    groups=cin, bias=not bn, padding_mode=source.padding_mode, device=device, dtype=dtype)
         self.bn = nn.BatchNorm2d(cin, eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype) if bn else None
         self.pointwise = nn.Conv2d(cin, cout, 1, bias=source.bias is not None, device=device, dtype=dtype)

@@ -26,12 +26,13 @@ Reference: timm's ``EcaModule`` (timm.layers), the same function and kernel size
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import PluginArgs, odd_kernel
+from plugsurgeon.plugins.args import ODD, PluginArgs, kernel_range
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -42,7 +43,7 @@ def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
 
 
 class ECAArgs(PluginArgs):
-    kernel_size: odd_kernel(1023) | None = Field(None, description="taps of the 1-D conv across channels; None: Eq. 12 from C, gamma, b")
+    kernel_size: Annotated[int, kernel_range(1023), ODD] | None = Field(None, description="taps of the 1-D conv across channels; None: Eq. 12 from C, gamma, b")
     gamma: float = Field(2.0, ge=0.5, le=16.0, description="gamma of Eq. 12 (the paper's 2)")
     b: float = Field(1.0, ge=-16.0, le=16.0, description="b of Eq. 12 (the paper's 1)")
 

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
+from plugsurgeon.plugins.args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -57,10 +57,11 @@ class GlobalContext(nn.Module):
             nn.Conv2d(channels, hidden, 1),
             nn.LayerNorm([hidden, 1, 1]),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, 1),
+            last := nn.Conv2d(hidden, channels, 1),
         )
-        nn.init.zeros_(self.transform[-1].weight)
-        nn.init.zeros_(self.transform[-1].bias)
+        assert last.bias is not None  # made with a bias
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention weights over positions, N x 1 x (H*W); each row sums to 1."""

@@ -30,16 +30,16 @@ the same function (tests/plugins/test_reference_equivalence.py).
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import KERNEL_ON_MAP, BnEps, BnMomentum, OddKernel, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
-from plugsurgeon.plugins._kernels import clamp_groups
+from plugsurgeon.plugins._kernels import clamp_groups, pair
+from plugsurgeon.plugins.args import KERNEL_ON_MAP, BnEps, BnMomentum, OddKernel, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -78,8 +78,8 @@ class GhostModule(nn.Module):
         self.intrinsic = math.ceil(cout / ratio)
         m = self.intrinsic
         device, dtype = source.weight.device, source.weight.dtype
-        bn = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
-        self.primary = nn.Conv2d(cin, m, source.kernel_size, source.stride, conv_padding(source), source.dilation,
+        bn: dict[str, Any] = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
+        self.primary = nn.Conv2d(cin, m, pair(source.kernel_size), pair(source.stride), conv_padding(source), pair(source.dilation),
                                  clamp_groups(source.groups, cin, m), bias=False, padding_mode=source.padding_mode,
                                  device=device, dtype=dtype)
         self.primary_bn = nn.BatchNorm2d(m, **bn)

@@ -31,15 +31,16 @@ function depthwise and dense (tests/plugins/test_reference_equivalence.py).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Literal, cast
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import KERNEL_ON_MAP, Ints, OddKernel, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
-from plugsurgeon.plugins._kernels import clamp_groups, matching_padding, split_channels
+from plugsurgeon.plugins._kernels import clamp_groups, matching_padding, pair, split_channels
+from plugsurgeon.plugins.args import KERNEL_ON_MAP, OddKernel, PluginArgs, tuple_length
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -56,7 +57,7 @@ def _partition(total: int, parts: int, split: str) -> list[int]:
 
 
 class MixConvArgs(PluginArgs):
-    kernels: Annotated[Ints(OddKernel), KERNEL_ON_MAP] = Field((3, 5, 7), description="kernel of each channel group")
+    kernels: Annotated[tuple[OddKernel, ...], tuple_length(), KERNEL_ON_MAP] = Field((3, 5, 7), description="kernel of each channel group")
     split: Literal["equal", "exponential"] = Field("equal", description="channel partition: equal, or the paper's 1/2, 1/4, ...")
 
     site_bounds = {"kernels": "no more groups than the conv's input and output channels can fill"}
@@ -104,12 +105,12 @@ class MixConv(nn.Module):
             self.out_splits = [multiplier * c for c in self.in_splits]
         else:
             self.out_splits = _partition(cout, len(kernels), split)
-        padding, dilation = conv_padding(source), tuple(source.dilation)
+        padding, dilation = conv_padding(source), pair(source.dilation)
         device, dtype = source.weight.device, source.weight.dtype
         self.convs = nn.ModuleList()
         for k, ci, co in zip(kernels, self.in_splits, self.out_splits, strict=True):
             g = ci if self.depthwise else clamp_groups(groups, ci, co)
-            self.convs.append(nn.Conv2d(ci, co, k, source.stride, matching_padding(padding, dilation, kh, k, dilation), dilation,
+            self.convs.append(nn.Conv2d(ci, co, k, pair(source.stride), matching_padding(padding, dilation, kh, k, dilation), dilation,
                                         g, bias=source.bias is not None, padding_mode=source.padding_mode, device=device, dtype=dtype))
         if self.depthwise:
             self._start_from(source)
@@ -119,13 +120,13 @@ class MixConv(nn.Module):
         """Each group's kernel = the replaced depthwise kernel of its channels, zero-padded to its size."""
         k = source.kernel_size[0]
         start = 0
-        for conv, co in zip(self.convs, self.out_splits, strict=True):
+        for conv, co in zip(cast(Iterable[nn.Conv2d], self.convs), self.out_splits, strict=True):
             size = conv.kernel_size[0]
             if size >= k:
                 pad = (size - k) // 2
                 conv.weight.zero_()
                 conv.weight[:, :, pad : pad + k, pad : pad + k] = source.weight[start : start + co]
-                if source.bias is not None:
+                if source.bias is not None and conv.bias is not None:  # the groups have biases when the source has
                     conv.bias.copy_(source.bias[start : start + co])
             start += co
 

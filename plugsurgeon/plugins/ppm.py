@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import KERNEL_ON_MAP, ON_MAP, Ints, OddKernel, PluginArgs
-from plugsurgeon.plugins._context import conv_bn_relu
+from plugsurgeon.plugins._layers import ConvNormAct
+from plugsurgeon.plugins.args import KERNEL_ON_MAP, ON_MAP, OddKernel, PluginArgs, tuple_length
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -42,14 +42,14 @@ class PoolingLevel(nn.Module):
     def __init__(self, channels: int, out_channels: int, bins: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(bins)
-        self.conv = conv_bn_relu(channels, out_channels)
+        self.conv = ConvNormAct(channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(self.conv(self.pool(x)), size=x.shape[-2:], mode="bilinear", align_corners=True)
 
 
 class PPMArgs(PluginArgs):
-    bins: Annotated[Ints(Annotated[int, Field(ge=1, le=64)]), ON_MAP] = Field(
+    bins: Annotated[tuple[Annotated[int, Field(ge=1, le=64)], ...], tuple_length(), ON_MAP] = Field(
         (1, 2, 3, 6), description="side of each pooled level's grid (the paper's 1, 2, 3, 6)")
     kernel_size: Annotated[OddKernel, KERNEL_ON_MAP] = Field(3, description="kernel of the fusing conv (1 cuts it by 9)")
 
@@ -75,7 +75,7 @@ class PyramidPooling(nn.Module):
             raise ValueError(f"kernel_size must be odd to keep the map size, got {kernel_size}")
         reduced = max(1, channels // len(bins))
         self.levels = nn.ModuleList(PoolingLevel(channels, reduced, int(b)) for b in bins)
-        self.bottleneck = conv_bn_relu(channels + len(bins) * reduced, channels, kernel_size)
+        self.bottleneck = ConvNormAct(channels + len(bins) * reduced, channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bottleneck(torch.cat([x, *(level(x) for level in self.levels)], dim=1))

@@ -28,13 +28,15 @@ branches' sum (tests/plugins/test_reference_equivalence.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import BnEps, BnMomentum, PluginArgs
-from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
+from plugsurgeon.plugins._conv import KeepsConvWeights, fold_bn, replaced_conv
 from plugsurgeon.plugins._kernels import square_odd_kernel
+from plugsurgeon.plugins.args import BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -62,7 +64,7 @@ class RepVGGBlock(KeepsConvWeights):
         super().__init__(source)
         k = square_odd_kernel(source, "repvgg", smallest=3)
         device, dtype = self.weight.device, self.weight.dtype
-        bn = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
+        bn: dict[str, Any] = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
         self._centre = (self.dilation[0] * (k // 2), self.dilation[1] * (k // 2))
         self.pointwise = nn.Conv2d(self.in_channels, self.out_channels, 1, self.stride, groups=self.groups, bias=False,
                                    device=device, dtype=dtype)
@@ -85,8 +87,6 @@ class RepVGGBlock(KeepsConvWeights):
     @torch.no_grad()
     def reparameterize(self) -> nn.Conv2d:
         """The single conv this block computes in eval mode: BNs folded, 1x1 and identity added at the kernel centre."""
-        from torch.nn.utils.fusion import fuse_conv_bn_weights
-
         k = self.kernel_size[0]
         c = k // 2
         kernel = self.weight.detach().clone()
@@ -99,11 +99,12 @@ class RepVGGBlock(KeepsConvWeights):
             one_hot[channels, channels % per_group, 0, 0] = 1.0
             branches.append((one_hot, self.identity_bn))
         for weight, bn in branches:
-            w, b = fuse_conv_bn_weights(weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+            w, b = fold_bn(weight, bn)
             kernel[:, :, c : c + 1, c : c + 1] += w
             bias += b
         fused = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
                           self.groups, bias=True, padding_mode=self.padding_mode, device=kernel.device, dtype=kernel.dtype)
+        assert fused.bias is not None  # made with a bias
         fused.weight.copy_(kernel)
         fused.bias.copy_(bias)
         return fused.eval()

@@ -32,24 +32,15 @@ RFB). Checked instead: each branch's receptive field measured with an impulse, w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, cast
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import ON_MAP, Dilation, Ints, PluginArgs, Reduction
+from plugsurgeon.plugins._layers import ConvNormAct
+from plugsurgeon.plugins.args import ON_MAP, Dilation, PluginArgs, Reduction, tuple_length
 from plugsurgeon.plugins.registry import register_plugin, site_channels
-
-
-def conv_bn(cin: int, cout: int, kernel: int | tuple[int, int], dilation: int = 1, relu: bool = True) -> nn.Sequential:
-    """conv (no bias, size-preserving padding) + BatchNorm (+ ReLU)."""
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, (kh, kw), padding=padding, dilation=dilation, bias=False), nn.BatchNorm2d(cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class ScaledResidual(nn.Module):
@@ -59,9 +50,9 @@ class ScaledResidual(nn.Module):
         super().__init__()
         self.channels, self.scale = channels, float(scale)
         self.branches = nn.ModuleList(branches)
-        self.project = conv_bn(concat, channels, 1, relu=False)
+        self.project = ConvNormAct(concat, channels, 1, act_layer=None)
         if zero_init:
-            nn.init.zeros_(self.project[1].weight)
+            nn.init.zeros_(cast(nn.BatchNorm2d, self.project[1]).weight)
         self.relu = nn.ReLU()
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +76,7 @@ def _dilations(dilations: Sequence[int], count: int) -> tuple[int, ...]:
 class RFBArgs(PluginArgs):
     reduction: Reduction = Field(8, description="branch width i = C / reduction (at least 2)")
     scale: float = Field(0.1, ge=0.0, le=10.0, description="residual scaling of the branches: relu(x + scale * branches(x))")
-    dilations: Annotated[Ints(Dilation, min_length=3, max_length=3), ON_MAP] = Field(
+    dilations: Annotated[tuple[Dilation, ...], tuple_length(3, 3), ON_MAP] = Field(
         (1, 3, 5), description="dilation of each branch's last 3x3 conv (the eccentricities)")
     zero_init: bool = Field(True, description="start the final BatchNorm scale at 0 (the block starts as relu(x))")
 
@@ -110,8 +101,8 @@ class RFB(ScaledResidual):
         i = max(2, channels // reduction)
         mid = max(1, 3 * i // 2)
         branches = [
-            nn.Sequential(conv_bn(channels, 2 * i, 1), conv_bn(2 * i, 2 * i, 3, d1, relu=False)),
-            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, 2 * i, 3), conv_bn(2 * i, 2 * i, 3, d2, relu=False)),
-            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, mid, 3), conv_bn(mid, 2 * i, 3), conv_bn(2 * i, 2 * i, 3, d3, relu=False)),
+            nn.Sequential(ConvNormAct(channels, 2 * i, 1), ConvNormAct(2 * i, 2 * i, 3, dilation=d1, act_layer=None)),
+            nn.Sequential(ConvNormAct(channels, i, 1), ConvNormAct(i, 2 * i, 3), ConvNormAct(2 * i, 2 * i, 3, dilation=d2, act_layer=None)),
+            nn.Sequential(ConvNormAct(channels, i, 1), ConvNormAct(i, mid, 3), ConvNormAct(mid, 2 * i, 3), ConvNormAct(2 * i, 2 * i, 3, dilation=d3, act_layer=None)),
         ]
         super().__init__(channels, branches, 6 * i, scale, zero_init)

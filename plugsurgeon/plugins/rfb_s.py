@@ -35,15 +35,16 @@ from typing import Annotated
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import ON_MAP, Dilation, Ints, PluginArgs, Reduction
+from plugsurgeon.plugins._layers import ConvNormAct
+from plugsurgeon.plugins.args import ON_MAP, Dilation, PluginArgs, Reduction, tuple_length
 from plugsurgeon.plugins.registry import register_plugin, site_channels
-from plugsurgeon.plugins.rfb import ScaledResidual, _dilations, conv_bn
+from plugsurgeon.plugins.rfb import ScaledResidual, _dilations
 
 
 class RFBSmallArgs(PluginArgs):
     reduction: Reduction = Field(4, description="branch width i = C / reduction (at least 4)")
     scale: float = Field(0.1, ge=0.0, le=10.0, description="residual scaling of the branches: relu(x + scale * branches(x))")
-    dilations: Annotated[Ints(Dilation, min_length=4, max_length=4), ON_MAP] = Field(
+    dilations: Annotated[tuple[Dilation, ...], tuple_length(4, 4), ON_MAP] = Field(
         (1, 3, 3, 5), description="dilation of each branch's last 3x3 conv (the eccentricities)")
     zero_init: bool = Field(True, description="start the final BatchNorm scale at 0 (the block starts as relu(x))")
 
@@ -68,10 +69,10 @@ class RFBSmall(ScaledResidual):
         i = max(4, channels // reduction)
         half, three_quarters = max(1, i // 2), max(1, 3 * i // 4)
         branches = [
-            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, i, 3, d1, relu=False)),
-            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, i, (3, 1)), conv_bn(i, i, 3, d2, relu=False)),
-            nn.Sequential(conv_bn(channels, i, 1), conv_bn(i, i, (1, 3)), conv_bn(i, i, 3, d3, relu=False)),
-            nn.Sequential(conv_bn(channels, half, 1), conv_bn(half, three_quarters, (1, 3)), conv_bn(three_quarters, i, (3, 1)),
-                          conv_bn(i, i, 3, d4, relu=False)),
+            nn.Sequential(ConvNormAct(channels, i, 1), ConvNormAct(i, i, 3, dilation=d1, act_layer=None)),
+            nn.Sequential(ConvNormAct(channels, i, 1), ConvNormAct(i, i, (3, 1)), ConvNormAct(i, i, 3, dilation=d2, act_layer=None)),
+            nn.Sequential(ConvNormAct(channels, i, 1), ConvNormAct(i, i, (1, 3)), ConvNormAct(i, i, 3, dilation=d3, act_layer=None)),
+            nn.Sequential(ConvNormAct(channels, half, 1), ConvNormAct(half, three_quarters, (1, 3)), ConvNormAct(three_quarters, i, (3, 1)),
+                          ConvNormAct(i, i, 3, dilation=d4, act_layer=None)),
         ]
         super().__init__(channels, branches, 4 * i, scale, zero_init)

@@ -22,6 +22,7 @@ model whose edited block became one loads only with ``weights_only=False``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import types
@@ -39,7 +40,25 @@ def safe_globals() -> list[type]:
 
     Registered plugins (``ps.register_plugin``, built-in or yours) contribute their classes; the
     built-in plugin files also contribute the module classes they define and the torch.nn classes
-    their code builds. Sorted by qualified name, so the list is the same on every call.
+    their code builds. The host model's own classes are the caller's to add, as for the unedited model.
+
+    Returns:
+        The classes, sorted by qualified name, so the list is the same on every call.
+
+    Examples:
+        Save a model edited with a replacement plugin whole, and load it weights-only:
+
+        >>> import io, torch, torchvision
+        >>> import plugsurgeon as ps
+        >>> model = ps.apply(torchvision.models.resnet18(), "acnet", input_shape=(1, 3, 64, 64)).model
+        >>> buffer = io.BytesIO()
+        >>> torch.save(model, buffer)
+        >>> _ = buffer.seek(0)
+        >>> host = {type(m) for m in torchvision.models.resnet18().modules()}
+        >>> with torch.serialization.safe_globals([*ps.safe_globals(), *host]):
+        ...     loaded = torch.load(buffer, weights_only=True)
+        >>> type(loaded.layer1[0].conv1).__name__
+        'ACBlock'
     """
     classes: set[type] = set()
     for spec in catalog().values():
@@ -52,7 +71,7 @@ def safe_globals() -> list[type]:
 
 
 def _plugin_modules() -> Iterator[types.ModuleType]:
-    """Every module of the plugins package, helpers (``_conv``, ``_context``) included."""
+    """Every module of the plugins package, helpers (``_conv``, ``_layers``) included."""
     package = importlib.import_module(_PACKAGE)
     for info in pkgutil.iter_modules(package.__path__):
         yield importlib.import_module(f"{_PACKAGE}.{info.name}")
@@ -65,13 +84,16 @@ def _own_module_classes(module: types.ModuleType) -> Iterator[type]:
 
 
 def _torch_module_classes(module: types.ModuleType) -> set[type]:
-    """torch.nn module classes the module's functions and classes name (``nn.X`` or an imported ``X``)."""
+    """torch.nn module classes the module's functions and classes name (``nn.X`` or an imported ``X``),
+    take as default arguments (``norm_layer=nn.BatchNorm2d``), or wrap in a module-level ``partial``."""
     names: set[str] = set()
     for value in vars(module).values():
-        if isinstance(value, type) and issubclass(value, nn.Module) and value.__module__.startswith("torch.nn."):
-            names.add(value.__name__)  # imported by name: from torch.nn import Conv2d
-        for code in _code_of(value, module.__name__):
+        named = value.func if isinstance(value, functools.partial) else value  # ReLU = partial(nn.ReLU, ...)
+        if isinstance(named, type) and issubclass(named, nn.Module) and named.__module__.startswith("torch.nn."):
+            names.add(named.__name__)  # imported by name: from torch.nn import Conv2d
+        for code, defaults in _code_of(value, module.__name__):
             names.update(_names(code))
+            names.update(_class_names(defaults))
     found = set()
     for name in names:
         value = getattr(nn, name, None)
@@ -80,16 +102,29 @@ def _torch_module_classes(module: types.ModuleType) -> set[type]:
     return found
 
 
-def _code_of(value: object, module_name: str) -> Iterator[types.CodeType]:
-    """The code objects of a function, or of the methods of a class, defined in ``module_name``."""
+def _code_of(value: object, module_name: str) -> Iterator[tuple[types.CodeType, tuple[object, ...]]]:
+    """The code objects of a function, or of the methods of a class, defined in ``module_name``, each
+    with its default argument values."""
     if isinstance(value, types.FunctionType):
         if value.__module__ == module_name:
-            yield value.__code__
+            yield value.__code__, _defaults(value)
     elif isinstance(value, type) and value.__module__ == module_name:
         for member in vars(value).values():
             for function in (getattr(member, "__func__", member), getattr(member, "fget", None), getattr(member, "fset", None)):
                 if isinstance(function, types.FunctionType):
-                    yield function.__code__
+                    yield function.__code__, _defaults(function)
+
+
+def _defaults(function: types.FunctionType) -> tuple[object, ...]:
+    return (*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values())
+
+
+def _class_names(values: tuple[object, ...]) -> Iterator[str]:
+    """The names of the classes among ``values``, or wrapped by a ``functools.partial`` among them."""
+    for value in values:
+        named = value.func if isinstance(value, functools.partial) else value
+        if isinstance(named, type):
+            yield named.__name__
 
 
 def _names(code: types.CodeType) -> Iterator[str]:

@@ -35,16 +35,16 @@ Checked instead against the paper's equations step by step and SCNet-50's count
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import ON_MAP, BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins._conv import conv_padding, replaced_conv
-from plugsurgeon.plugins._kernels import clamp_groups, square_odd_kernel
+from plugsurgeon.plugins._kernels import clamp_groups, pair, square_odd_kernel
+from plugsurgeon.plugins.args import ON_MAP, BnEps, BnMomentum, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -83,11 +83,11 @@ class SCConv(nn.Module):
         ya, yb = cout // 2, cout - cout // 2
         self.splits = (a, b)
         device, dtype = source.weight.device, source.weight.dtype
-        dilation, mode = tuple(source.dilation), source.padding_mode
-        same = tuple(d * (k - 1) // 2 for d in dilation)
-        common = dict(bias=False, device=device, dtype=dtype)
-        host = dict(stride=source.stride, padding=conv_padding(source), dilation=dilation, padding_mode=mode, device=device, dtype=dtype)
-        bn = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
+        dilation, mode = pair(source.dilation), source.padding_mode
+        same = pair([d * (k - 1) // 2 for d in dilation])
+        common: dict[str, Any] = dict(bias=False, device=device, dtype=dtype)
+        host: dict[str, Any] = dict(stride=source.stride, padding=conv_padding(source), dilation=dilation, padding_mode=mode, device=device, dtype=dtype)
+        bn: dict[str, Any] = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
         g = source.groups
         self.k2 = nn.Conv2d(a, a, k, 1, same, dilation, clamp_groups(g, a), **common)  # pooled map: zero padding
         self.k2_bn = nn.BatchNorm2d(a, **bn)
@@ -105,7 +105,7 @@ class SCConv(nn.Module):
         return torch.sigmoid(x1 + up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = torch.split(x, self.splits, dim=1)
+        x1, x2 = torch.split(x, list(self.splits), dim=1)
         y1 = self.k4(self.k3_bn(self.k3(x1)) * self.calibration(x1))
         return torch.cat([y1, self.k1(x2)], dim=1)
 

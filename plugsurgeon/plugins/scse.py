@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import HiddenWidth, PluginArgs, Reduction
+from plugsurgeon.plugins.args import HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 FUSIONS = ("add", "max", "mul")

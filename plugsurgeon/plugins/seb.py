@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import PluginArgs
+from plugsurgeon.plugins.args import PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -69,6 +69,7 @@ class SemanticEmbeddingBranch(nn.Module):
             raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
         self.mode = mode
         self.conv = nn.Conv2d(high_channels, channels, 3, padding=1)
+        assert self.conv.bias is not None  # made with a bias
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import MAX_WIDTH, PluginArgs
+from plugsurgeon.plugins.args import MAX_WIDTH, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 

@@ -30,12 +30,16 @@ release is implus/SKNet (Caffe).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import (
+from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
+from plugsurgeon.plugins._kernels import clamp_groups, matching_padding, pair, square_odd_kernel
+from plugsurgeon.plugins.args import (
     MAX_BRANCHES,
     MAX_WIDTH,
     BnEps,
@@ -44,8 +48,6 @@ from plugsurgeon.plugins._args import (
     PluginArgs,
     Reduction,
 )
-from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
-from plugsurgeon.plugins._kernels import clamp_groups, matching_padding, square_odd_kernel
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -82,12 +84,12 @@ class SKConv(KeepsConvWeights):
             raise ValueError(f"reduction and min_hidden must be positive, got {reduction} and {min_hidden}")
         cin, c = self.in_channels, self.out_channels
         device, dtype = self.weight.device, self.weight.dtype
-        bn = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
+        bn: dict[str, Any] = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
         self.paths = paths
         self.path_groups = clamp_groups(groups, cin, c)
         self.dilated = nn.ModuleList()
         for m in range(2, paths + 1):
-            dilation = tuple(m * d for d in self.dilation)
+            dilation = pair([m * d for d in self.dilation])
             padding = matching_padding(self.padding, self.dilation, k, k, dilation)
             self.dilated.append(nn.Conv2d(cin, c, k, self.stride, padding, dilation, self.path_groups, bias=False,
                                           padding_mode=self.padding_mode, device=device, dtype=dtype))

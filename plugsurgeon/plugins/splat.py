@@ -32,13 +32,15 @@ function up to the documented group order (tests/plugins/test_reference_equivale
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import MAX_BRANCHES, BnEps, BnMomentum, HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
+from plugsurgeon.plugins.args import MAX_BRANCHES, BnEps, BnMomentum, HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin
 
 
@@ -87,7 +89,7 @@ class SplitAttentionConv(KeepsConvWeights):
             )
         self.radix, self.cardinality = radix, card
         device, dtype = self.weight.device, self.weight.dtype
-        bn = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
+        bn: dict[str, Any] = dict(eps=bn_eps, momentum=bn_momentum, device=device, dtype=dtype)
         self.bn0 = nn.BatchNorm2d(c * radix, **bn)
         hidden = max(c * radix // reduction, min_hidden)
         hidden = -(-hidden // card) * card

@@ -34,8 +34,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import KERNEL_ON_MAP, MAX_BRANCHES, Ints, OddKernel, PluginArgs, Reduction
-from plugsurgeon.plugins._context import conv_bn_relu
+from plugsurgeon.plugins._layers import ConvNormAct
+from plugsurgeon.plugins.args import (
+    KERNEL_ON_MAP,
+    MAX_BRANCHES,
+    OddKernel,
+    PluginArgs,
+    Reduction,
+    tuple_length,
+)
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -51,12 +58,12 @@ class _PoolAndFuse(nn.Module):
         if channels < 1 or reduction < 1:
             raise ValueError(f"channels and reduction must be positive, got {channels} and {reduction}")
         hidden = max(1, channels // reduction)
-        self.reduce = conv_bn_relu(channels, hidden) if reduction > 1 else nn.Identity()
-        self.fuse = conv_bn_relu(hidden * (levels + 1), channels)
+        self.reduce = ConvNormAct(channels, hidden) if reduction > 1 else nn.Identity()
+        self.fuse = ConvNormAct(hidden * (levels + 1), channels)
 
 
 class SPPArgs(PluginArgs):
-    kernels: Annotated[Ints(OddKernel), KERNEL_ON_MAP] = Field((5, 9, 13), description="sizes of the stride-1 max pools")
+    kernels: Annotated[tuple[OddKernel, ...], tuple_length(), KERNEL_ON_MAP] = Field((5, 9, 13), description="sizes of the stride-1 max pools")
     reduction: Reduction = Field(1, description="pool C / reduction channels after a 1x1 conv (YOLOv5 halves: 2)")
 
 

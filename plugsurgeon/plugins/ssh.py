@@ -34,14 +34,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import PluginArgs
+from plugsurgeon.plugins._layers import ConvNormAct
+from plugsurgeon.plugins.args import PluginArgs
 from plugsurgeon.plugins.registry import register_plugin, site_channels
-
-
-def _conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
-    if batch_norm:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1))
 
 
 def split_channels(channels: int) -> tuple[int, int, int]:
@@ -74,11 +69,12 @@ class SSHContext(nn.Module):
             raise ValueError(f"SSH splits the channels four ways and needs at least 4, got {channels}")
         detect, five, seven = split_channels(channels)
         stem = channels // 2
-        self.detect = _conv(channels, detect, batch_norm)
-        self.stem = _conv(channels, stem, batch_norm)
-        self.context5 = _conv(stem, five, batch_norm)
-        self.context7_1 = _conv(stem, seven, batch_norm)
-        self.context7_2 = _conv(seven, seven, batch_norm)
+        norm = nn.BatchNorm2d if batch_norm else None  # the paper's convs have biases and no norm
+        self.detect = ConvNormAct(channels, detect, 3, norm_layer=norm, act_layer=None)
+        self.stem = ConvNormAct(channels, stem, 3, norm_layer=norm, act_layer=None)
+        self.context5 = ConvNormAct(stem, five, 3, norm_layer=norm, act_layer=None)
+        self.context7_1 = ConvNormAct(stem, seven, 3, norm_layer=norm, act_layer=None)
+        self.context7_2 = ConvNormAct(seven, seven, 3, norm_layer=norm, act_layer=None)
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from plugsurgeon.plugins._args import ON_MAP, HiddenWidth, PluginArgs
+from plugsurgeon.plugins.args import ON_MAP, HiddenWidth, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin, site_channels
 
 
@@ -63,7 +63,7 @@ def affine_sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     wx1, wy1 = u - x0, v - y0
     wx0, wy0 = 1 - wx1, 1 - wy1
     flat = x.reshape(n, channels, h * w)
-    out = None
+    out: torch.Tensor | None = None
     for dy, dx, weight in ((0, 0, wy0 * wx0), (0, 1, wy0 * wx1), (1, 0, wy1 * wx0), (1, 1, wy1 * wx1)):
         xs, ys = x0 + dx, y0 + dy
         inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
@@ -71,6 +71,7 @@ def affine_sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         values = flat.gather(2, index.reshape(n, 1, h * w).expand(n, channels, h * w))
         term = values * (weight * inside).to(x.dtype).reshape(n, 1, h * w)
         out = term if out is None else out + term
+    assert out is not None  # four corners were added
     return out.reshape(n, channels, h, w)
 
 

@@ -21,8 +21,8 @@ from plugsurgeon.graph.inputs import resize_notes
 from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE, shape_of
 from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, TracedPart, trace
-from plugsurgeon.plugins._args import PluginArgs
 from plugsurgeon.plugins._conv import stride_one
+from plugsurgeon.plugins.args import PluginArgs
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
 from plugsurgeon.sites.blocks import report_blocks  # the picture's boxes, plain data
 from plugsurgeon.sites.find import locate

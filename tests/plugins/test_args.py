@@ -13,7 +13,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 import plugsurgeon as ps
 from plugsurgeon.plugins import registry
-from plugsurgeon.plugins._args import BUDGET_FLOOR, PluginArgs, added_budget
+from plugsurgeon.plugins.args import PluginArgs
+from plugsurgeon.plugins.budget import BUDGET_FLOOR, added_budget
 from tests.nets import TinyResNet
 
 SHAPE = (1, 3, 64, 64)

@@ -1,5 +1,9 @@
 """Plugin arguments: one pydantic model per plugin, typed and bounded, declared next to the module.
 
+Public: ``PluginArgs`` (also ``ps.PluginArgs``) is how any plugin, built in or yours, declares what a
+recipe may set, and the types and bounds below (``Reduction``, ``OddKernel``, ``HIDDEN``...) are there to
+be reused.
+
 A recipe is data from anywhere, and a plugin argument sizes real tensors: ``eca kernel_size:
 1000000001`` is 4 GB of parameters per site. So every settable argument is declared once, with its
 type, the paper's default, an absolute range and a description, and the same model validates recipe
@@ -76,44 +80,103 @@ def _odd(value: int) -> int:
     return value
 
 
+# Types are written as ``Annotated[type, constraint, ...]`` with the constraints as metadata (never a
+# function returning a type), so that type checkers read the fields as what they are.
+
+#: The metadata of an odd integer: ``Annotated[int, kernel_range(1023), ODD]`` (the catalog says "odd").
+ODD = AfterValidator(_odd)
+
+
+def kernel_range(largest: int) -> Any:
+    """The range of a kernel size, 1 to ``largest``, as ``Annotated`` metadata; with ``ODD``, marked odd."""
+    return Field(ge=1, le=largest, json_schema_extra={"odd": True})
+
+
+def tuple_length(min_length: int = 1, max_length: int = MAX_BRANCHES) -> Any:
+    """The metadata of a tuple argument: ``Annotated[tuple[Dilation, ...], tuple_length(3, 3)]``.
+
+    YAML and JSON give lists, which are taken as tuples (the items stay strict); the count is bounded.
+    """
+    return Field(strict=False, min_length=min_length, max_length=max_length)
+
+
 Reduction = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 HiddenWidth = Annotated[int, Field(ge=1, le=MAX_WIDTH), HIDDEN]
-
-
-def odd_kernel(largest: int) -> Any:
-    """An odd kernel size from 1 to ``largest`` (odd, so that "same" padding keeps the map size)."""
-    return Annotated[int, Field(ge=1, le=largest, json_schema_extra={"odd": True}), AfterValidator(_odd)]
-
-
-OddKernel = odd_kernel(MAX_KERNEL)
+OddKernel = Annotated[int, kernel_range(MAX_KERNEL), ODD]  # odd, so that "same" padding keeps the map size
 Dilation = Annotated[int, Field(ge=1, le=MAX_DILATION)]
 BnEps = Annotated[float, Field(gt=0.0, le=1.0, description="BatchNorm epsilon of the new BatchNorms")]
 BnMomentum = Annotated[float, Field(ge=0.0, le=1.0, description="BatchNorm momentum of the new BatchNorms")]
 
 
-def Ints(item: Any, *, min_length: int = 1, max_length: int = MAX_BRANCHES) -> Any:  # noqa: N802 - a type factory
-    """A tuple of ``item``: YAML and JSON give lists, which are taken as tuples; items stay strict."""
-    return Annotated[tuple[item, ...], Field(strict=False, min_length=min_length, max_length=max_length)]
-
-
 class PluginArgs(BaseModel):
-    """The arguments a recipe may set for one plugin. Subclass it once per plugin (fields with types,
-    ranges, paper defaults and descriptions) and pass it to ``register_plugin(args=...)``; structural
-    arguments (channels, the replaced module) come from the graph and are not fields."""
+    """The arguments a recipe may set for one plugin: the base of every plugin's argument model.
+
+    Subclass it once per plugin, with one field per constructor argument that a recipe may set (its
+    type, range, the paper's default and a description), and pass the subclass to
+    ``register_plugin(args=...)``. Structural arguments (the site's channels, the replaced module) come
+    from the graph through the plugin's ``infer`` and are not fields. The registry checks that the
+    fields name exactly the constructor's other parameters, with the same defaults.
+
+    The model is strict (YAML's ``"false"`` is a string, not False; ``true`` is not 1), frozen, refuses
+    unknown names and non-finite floats, and validates its defaults. Lists are accepted where tuples
+    are declared (``Ints``), since YAML and JSON have no tuples. A bound that depends on the site (a
+    kernel no wider than the map) is declared by adding a ``SiteLimit`` (``HIDDEN``, ``KERNEL_ON_MAP``,
+    ``ON_MAP``) to the field's ``Annotated`` metadata, and checked by ``check_site`` when a step is
+    planned on a site.
+
+    Attributes:
+        site_bounds: Per field name, a bound that a subclass checks in its own ``check_site``, in words
+            for the catalog (``SiteLimit`` fields describe themselves).
+
+    Examples:
+        >>> from typing import Annotated
+        >>> from pydantic import Field
+        >>> from plugsurgeon.plugins.args import KERNEL_ON_MAP, OddKernel, PluginArgs, Reduction
+        >>> class MyArgs(PluginArgs):
+        ...     reduction: Reduction = Field(16, description="hidden width C / reduction")
+        ...     kernel_size: Annotated[OddKernel, KERNEL_ON_MAP] = Field(7, description="spatial kernel")
+        >>> MyArgs(reduction=8).kwargs()
+        {'reduction': 8, 'kernel_size': 7}
+        >>> MyArgs.model_validate({"kernel_size": 4})
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for MyArgs
+        ...
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False, validate_default=True)
 
-    # Site bounds a subclass checks in its own ``check_site``, in words for the catalog.
     site_bounds: ClassVar[dict[str, str]] = {}
 
     def kwargs(self) -> dict[str, Any]:
-        """The validated values, as the plugin's constructor takes them."""
+        """The validated values, as the plugin's constructor takes them.
+
+        Returns:
+            Every field's value by name, ready to be passed to the plugin's constructor as keywords.
+
+        Examples:
+            >>> PluginArgs().kwargs()
+            {}
+        """
         return {name: getattr(self, name) for name in type(self).model_fields}
 
     def check_site(self, site: Site, replaced: nn.Module | None) -> None:
-        """Refuse values too large for this site (``SiteLimit`` fields); plugins with bounds of
-        their own (a divisor of the channels) extend this."""
+        """Refuse values too large for ``site``.
+
+        Checks every field declared with a ``SiteLimit``: its value may be at most the bound measured
+        on the site, or the field's default where that is larger (so a default fits every site).
+        Plugins with bounds of their own (a divisor of the channels) override this, call it, and
+        refuse with ``refuse``.
+
+        Args:
+            site: Where the step is planned.
+            replaced: The module a ``mode="replace"`` plugin replaces there, or None.
+
+        Raises:
+            SiteError: A value is too large for this site; the message names the argument, the
+                bound and why.
+        """
         for name, field in type(self).model_fields.items():
             limit = next((m for m in field.metadata if isinstance(m, SiteLimit)), None)
             value = getattr(self, name)
@@ -128,6 +191,18 @@ class PluginArgs(BaseModel):
                 self.refuse(name, largest, f"more than {bound}", site, why)
 
     def refuse(self, name: str, value: Any, bound: str, site: Site, why: str) -> None:
+        """Raise the SiteError of an argument that does not fit ``site``, with the hint every refusal shares.
+
+        Args:
+            name: The argument.
+            value: Its value.
+            bound: What it exceeds, as a phrase ("more than 7", "not a divisor of 96").
+            site: The site it does not fit.
+            why: One clause on why the bound exists.
+
+        Raises:
+            SiteError: Always.
+        """
         raise SiteError(
             f"argument '{name}' = {reprlib.repr(value)} is {bound} at site '{site.path}': {why}",
             hint=f"lower '{name}' for this step, or leave the site out with `where: {{exclude: [...]}}` "
@@ -159,7 +234,7 @@ def _type_name(prop: dict[str, Any]) -> str:
         return "one of " + ", ".join(repr(v) for v in prop["enum"])
     if prop.get("type") == "array":
         return f"list of {_type_name(prop['items'])}"
-    return {"integer": "int", "number": "float", "boolean": "bool", "string": "str", "null": "null"}.get(prop.get("type"), "any")
+    return {"integer": "int", "number": "float", "boolean": "bool", "string": "str", "null": "null"}.get(str(prop.get("type")), "any")
 
 
 def _range(prop: dict[str, Any]) -> str:
@@ -177,21 +252,3 @@ def _range(prop: dict[str, Any]) -> str:
     if prop.get("odd"):
         parts.append("odd")
     return ", ".join(parts)
-
-
-# Planning sizes every new module before allocating it; a plan may add at most this many parameter
-# and buffer elements: ten times the model, with a floor for small models (a context module such as
-# ASPP can outweigh a toy network) and a cap for large ones.
-BUDGET_FACTOR = 10
-BUDGET_FLOOR = 16_000_000
-BUDGET_CAP = 1_000_000_000
-
-
-def added_budget(model_elements: int) -> int:
-    """How many parameter and buffer elements surgery may add to a model of ``model_elements``."""
-    return min(BUDGET_CAP, max(BUDGET_FLOOR, BUDGET_FACTOR * model_elements))
-
-
-def budget_text(model_elements: int) -> str:
-    return (f"{added_budget(model_elements):,} elements ({BUDGET_FACTOR} x the model's {model_elements:,}, "
-            f"at least {BUDGET_FLOOR:,}, at most {BUDGET_CAP:,})")
