@@ -30,6 +30,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from plugsurgeon.deployment.report import Folded, Skipped
+from plugsurgeon.graph.edit import put
 from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.graph.trace import Traced, TracedPart
 
@@ -276,8 +277,7 @@ def apply_folds(model: nn.Module, plan: FoldPlan) -> list[Folded]:
             rest = after_norm(norm)
             replaced[id(norm)] = nn.Sequential(OrderedDict(rest)) if rest else nn.Identity()
             done.append(Folded(layer_path, norm_path, type(layer).__name__, type(norm).__name__, kept=[name for name, _ in rest]))
-    for path in _paths_of(model, replaced):
-        model.set_submodule(path, replaced[id(model.get_submodule(path))])
+    put(model, {path: replaced[id(model.get_submodule(path))] for path in _paths_of(model, replaced)})
     return done
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from plugsurgeon.deployment.report import LeftAlone, Reparameterized
 from plugsurgeon.errors import PlugsurgeonError
+from plugsurgeon.graph.edit import put
 from plugsurgeon.plugins.registry import is_plugin
 
 OWN_METHOD = "reparameterize"
@@ -109,12 +110,7 @@ def reparameterize_all(model: nn.Module) -> Outcome:
     for own in (True, False):
         walk = _Walk(own=own)
         walk.visit(outcome.root, "")
-        for module, paths in walk.replacements.values():
-            for path in paths:
-                if path == "":
-                    outcome.root = module
-                else:
-                    outcome.root.set_submodule(path, module)
+        outcome.root = put(outcome.root, {path: module for module, paths in walk.replacements.values() for path in paths})
         outcome.reparameterized += walk.done
         outcome.left_alone += walk.left_alone
     outcome.root.eval()

@@ -12,7 +12,6 @@ training flags and plain attributes are put back.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch.utils._pytree import tree_map
 
 from plugsurgeon.errors import first_line
 from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended, training_flags_kept
-from plugsurgeon.graph.shapes import needs_values, output_structure
+from plugsurgeon.graph.shapes import named_state, needs_values, output_structure
 
 
 @dataclass(frozen=True)
@@ -65,14 +64,14 @@ def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: Fa
     if fake is not None:
         fakes = {} if fakes is None else fakes
         state = {}
-        for name, t in _named_state(module, with_parameters=True):
+        for name, t in named_state(module, with_parameters=True):
             if id(t) not in fakes:
                 fakes[id(t)] = fake.from_tensor(t)
             state[name] = fakes[id(t)]
     else:
         # Parameters stay as they are on a real run: a forward does not write them. Buffers (BatchNorm
         # statistics) are cloned, so a train-mode check cannot move them.
-        state = {name: t.detach().clone() for name, t in _named_state(module, with_parameters=False)}
+        state = {name: t.detach().clone() for name, t in named_state(module, with_parameters=False)}
     # A real run reads its inputs (zeros); a fake one only their shapes (no memory is filled).
     blank = torch.zeros if fake is None else torch.empty
     args = tree_map(lambda v: blank(v.shape, dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else v, inputs)
@@ -80,12 +79,6 @@ def _run(module: nn.Module, inputs: tuple[Any, ...], training: bool, *, fake: Fa
         args = tree_map(lambda v: fake.from_tensor(v) if isinstance(v, torch.Tensor) else v, args)
     with training_flags_kept(module, training), attributes_preserved(module), hooks_suspended(module), fake or contextlib.nullcontext():
         return functional_call(module, state, args, strict=False, tie_weights=True)
-
-
-def _named_state(module: nn.Module, *, with_parameters: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    if with_parameters:
-        yield from module.named_parameters(remove_duplicate=False)
-    yield from module.named_buffers(remove_duplicate=False)
 
 
 def train_batch(inputs: tuple[Any, ...]) -> tuple[Any, ...]:

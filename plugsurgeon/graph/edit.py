@@ -1,8 +1,9 @@
 """The only code that mutates graphs and models.
 
 Edits are built first (``build_owner``: a new instance of the owner's class running the edited
-graph, referencing the owner's children, never touching the model: see ``edited``) and committed last (``commit``: plain attribute sets, which
-cannot fail half-way). That is what lets surgery promise an untouched model on any failure.
+graph, referencing the owner's children, never touching the model: see ``edited``) and committed
+last (``commit``, and deploy's ``put``: plain attribute sets, which cannot fail half-way). That is
+what lets surgery promise an untouched model on any failure.
 """
 
 from __future__ import annotations
@@ -223,8 +224,13 @@ def commit(model: nn.Module, owners: dict[str, nn.Module], replacements: dict[st
             root = owners[path]
         else:
             root.set_submodule(path, owners[path])
-    for path, module in replacements.items():
-        root.set_submodule(path, module)
+    return put(root, replacements)
+
+
+def put(model: nn.Module, modules: dict[str, nn.Module]) -> nn.Module:
+    """Set each module at its path (``""``: the root itself); returns the (possibly new) root."""
+    root = modules.get("", model)
+    for path, module in modules.items():
+        if path:
+            root.set_submodule(path, module)
     return root
-
-

@@ -8,7 +8,8 @@ difference between "my 512 input" and the 800 the numbers are about.
 
 from __future__ import annotations
 
-from plugsurgeon.graph.trace import Traced, flat_tensors
+from plugsurgeon.graph.shapes import flat_tensors
+from plugsurgeon.graph.trace import Traced
 
 
 def resize_notes(traced: Traced) -> list[str]:

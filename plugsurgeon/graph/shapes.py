@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from plugsurgeon.errors import PlugsurgeonError, TraceError, first_line
@@ -123,14 +124,16 @@ def _blank_state(module: nn.Module, mode: FakeTensorMode) -> dict[str, torch.Ten
     each tensor with ``from_tensor``; nothing here reads values or gradients."""
     blanks: dict[int, torch.Tensor] = {}
     with mode:
-        for _name, t in _named_state(module):
+        for _name, t in named_state(module):
             if id(t) not in blanks:
                 blanks[id(t)] = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-    return {name: blanks[id(t)] for name, t in _named_state(module)}
+    return {name: blanks[id(t)] for name, t in named_state(module)}
 
 
-def _named_state(module: nn.Module):
-    yield from module.named_parameters(remove_duplicate=False)
+def named_state(module: nn.Module, *, with_parameters: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of ``module`` by every name it has (a tied weight under each of its names)."""
+    if with_parameters:
+        yield from module.named_parameters(remove_duplicate=False)
     yield from module.named_buffers(remove_duplicate=False)
 
 
@@ -146,7 +149,7 @@ def needs_values(error: Exception) -> bool:
 
 
 def _shape_error(error: Exception, inputs, where: str) -> TraceError:
-    shapes = [tuple(t.shape) for t in _tensors(inputs)]
+    shapes = [tuple(t.shape) for t in flat_tensors(inputs)]
     cause = error.__cause__ or error  # ShapeProp wraps the model's own error with node metadata
     return TraceError(
         f"{where} does not run on inputs of shape {shapes}: {first_line(cause)}",
@@ -154,14 +157,13 @@ def _shape_error(error: Exception, inputs, where: str) -> TraceError:
     )
 
 
-def _tensors(tree) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_leaves
-
-    return [v for v in tree_leaves(tree) if isinstance(v, torch.Tensor)]
+def flat_tensors(tree) -> list[torch.Tensor]:
+    """The tensors of a nested structure of inputs or outputs, in pytree order."""
+    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
 
 
 def _mode_of(fake_inputs) -> FakeTensorMode | None:
-    for tensor in _tensors(fake_inputs):
+    for tensor in flat_tensors(fake_inputs):
         mode = getattr(tensor, "fake_mode", None)
         if mode is not None:
             return mode
@@ -188,7 +190,7 @@ def record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, t
     try:
         with structure_only():
             records = _record_module_inputs(model, example)
-        if not any(0 in t.shape for t in _tensors(records)):
+        if not any(0 in t.shape for t in flat_tensors(records)):
             return records
     except TraceError:
         pass

@@ -31,6 +31,7 @@ from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended
 from plugsurgeon.graph.shapes import (
     DEFAULT_INPUT_SHAPE,
     fake_inputs_like,
+    flat_tensors,
     propagate_shapes,
     record_module_inputs,
     validate_input_shape,
@@ -672,10 +673,6 @@ def _example_call(forward, args, kwargs) -> tuple[Any, ...]:
     return tuple(bound.arguments.values())
 
 
-def flat_tensors(tree) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_leaves
-
-    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
 
 
 def _short(error: Exception) -> str:

@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from plugsurgeon.graph.trace import flat_tensors
+from plugsurgeon.graph.shapes import flat_tensors
 from plugsurgeon.sites.graphview import GraphView, bit_positions
 from plugsurgeon.sites.site import Site
 
