@@ -21,7 +21,9 @@ ITEM_HOOKS = {"pytest_collection_modifyitems", "pytest_itemcollected", "pytest_c
 
 
 def _conftests() -> list[Path]:
-    return sorted(p for p in ROOT.rglob("conftest.py") if not {".git", ".venv", "node_modules"} & set(p.parts))
+    """The project's own conftests: the root's and those under tests/ (pyproject's testpaths); installed
+    packages' conftests (a virtual environment inside the checkout, as CI's) are not ours to judge."""
+    return sorted([*(p for p in [ROOT / "conftest.py"] if p.is_file()), *(ROOT / "tests").rglob("conftest.py")])
 
 
 def test_no_conftest_chooses_tests_by_name():
