@@ -31,6 +31,8 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from plugsurgeon.errors import PlugsurgeonError
+
 _EDIT = "_plugsurgeon_edit"
 # The pytree specs that fx's generated code reads from ``self`` when the trace flattened its inputs.
 _CODEGEN_ATTRIBUTES = ("_in_spec", "_out_spec")
@@ -165,8 +167,6 @@ def _setattr(self: nn.Module, name: str, value: Any) -> None:
         edit = getattr(type(self), _EDIT)
         method = function.__name__
         if getattr(edit.base, method, None) is function and method not in edit.methods:
-            from plugsurgeon.errors import PlugsurgeonError
-
             raise PlugsurgeonError(
                 f"'{type(self).__name__}.{method}' would replace the forward plugsurgeon edited, dropping the "
                 "modules it inserted into this block",
