@@ -60,7 +60,10 @@ class Picture(str):
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(str(self), encoding="utf-8")
+        # Encoded before the file is opened: text that cannot be written leaves no empty file behind.
+        # A picture drawn here holds no unencodable character; a Picture made from any str may.
+        data = str(self).encode("utf-8", errors="backslashreplace")
+        path.write_bytes(data)
         return path
 
     def _repr_svg_(self) -> str:

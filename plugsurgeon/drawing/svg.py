@@ -11,8 +11,9 @@ follows from its longest line without a font at hand.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax import saxutils
 
 from plugsurgeon.drawing.layout import Layout, Rect
 
@@ -205,6 +206,25 @@ def _clusters(clusters: list[Cluster], boxes: dict[str, Rect]) -> list[tuple[Rec
             continue
         drawn.append((frame, cluster))
     return drawn
+
+
+# What XML 1.0 lets a document hold (its Char production); lone surrogates are outside it too, and
+# UTF-8 cannot even encode them. Names come from models, files and users: any character may be there.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _visible(text: str) -> str:
+    """``text`` with every character XML forbids written as its Python escape (``\\x01``), so the
+    document stays well-formed and the reader still sees that the name holds that character."""
+    return _NOT_XML.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def escape(text: str) -> str:
+    return saxutils.escape(_visible(text))
+
+
+def quoteattr(text: str) -> str:
+    return saxutils.quoteattr(_visible(text))
 
 
 def _n(value: float) -> str:
