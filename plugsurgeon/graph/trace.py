@@ -570,11 +570,26 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) 
         16
     """
     input_shape = validate_input_shape(input_shape)
+    refuse_torchscript(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     progress.step(f"tracing {type(model).__name__} at {'x'.join(map(str, input_shape))}")
     traced = _PartTracer(model, input_shape, dtype).run()
     traced.fingerprint = model_fingerprint(model)
     return traced
+
+
+def refuse_torchscript(model: nn.Module) -> None:
+    """A TorchScript module (``torch.jit.script`` or ``torch.jit.trace``) is compiled code: fx cannot
+    trace it, it takes no hooks, and its attributes cannot be set. Refused before anything touches it,
+    whether it is the model or a part of it."""
+    for path, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            what = f"the model's submodule '{path}'" if path else f"this {type(module).__name__}"
+            raise TraceError(
+                f"{what} is a TorchScript module (made by torch.jit.script or torch.jit.trace): its forward "
+                "is compiled code, which torch.fx cannot trace and surgery cannot edit",
+                hint="pass the nn.Module it was made from, and script or trace the edited model afterwards",
+            )
 
 
 def model_fingerprint(model: nn.Module) -> tuple:
