@@ -38,6 +38,10 @@ _EXPORTS: dict[str, str] = {
     "ROLES": "plugsurgeon.sites.site",
     "Site": "plugsurgeon.sites.site",
     "Plan": "plugsurgeon.surgery.plan",
+    "PlannedEdit": "plugsurgeon.surgery.edits",
+    "PlannedInsertion": "plugsurgeon.surgery.edits",
+    "PlannedReplacement": "plugsurgeon.surgery.edits",
+    "PlannedStrideOne": "plugsurgeon.surgery.edits",
     "SurgeryResult": "plugsurgeon.surgery.commit",
     "apply": "plugsurgeon.surgery.commit",
     "apply_plan": "plugsurgeon.surgery.commit",
@@ -96,5 +100,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from plugsurgeon.store.loader import load_model
     from plugsurgeon.store.saved import load, load_weights, save
     from plugsurgeon.surgery.commit import SurgeryResult, apply, apply_plan
+    from plugsurgeon.surgery.edits import PlannedEdit, PlannedInsertion, PlannedReplacement, PlannedStrideOne
     from plugsurgeon.surgery.plan import Plan, plan
     from plugsurgeon.surgery.recipe import Recipe, Step, builtin_recipes, load_recipe, parse_recipe

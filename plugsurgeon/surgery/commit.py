@@ -6,7 +6,7 @@ import copy
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
@@ -18,7 +18,8 @@ from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, 
 from plugsurgeon.graph.edited import edited_graph
 from plugsurgeon.graph.fake import count_params
 from plugsurgeon.graph.trace import Traced, TracedPart, own_statements
-from plugsurgeon.surgery.plan import Plan, PlannedEdit, owner_call, owner_module, plan, structured_children
+from plugsurgeon.surgery.edits import PlannedInsertion
+from plugsurgeon.surgery.plan import Plan, owner_call, owner_module, plan, structured_children
 from plugsurgeon.surgery.recipe import Recipe
 from plugsurgeon.surgery.record import recipe_step, record_step
 from plugsurgeon.surgery.report import SurgeryReport
@@ -51,9 +52,9 @@ class SurgeryResult:
 def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
     """Every edited owner and replacement module, built without touching ``planned.model``."""
     model, traced = planned.model, planned.traced
-    groups: dict[str, list[PlannedEdit]] = defaultdict(list)
+    groups: dict[str, list[PlannedInsertion]] = defaultdict(list)
     for edit in planned.edits:
-        if edit.spec.mode == "after":
+        if isinstance(edit, PlannedInsertion):
             groups[edit.owner].append(edit)
     owners: dict[str, nn.Module] = {}
     for owner_path, edits in groups.items():
@@ -71,7 +72,7 @@ def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Modul
             raise SiteError(f"cannot edit '{owner_path or type(model).__name__}' (sites {[e.site.path for e in edits]}): "
                             f"{type(error).__name__}: {first_line(error, 200)}",
                             hint="exclude these sites with `where: {exclude: [...]}`") from None
-    replacements = {e.attribute: e.module for e in planned.edits if e.spec.mode == "replace"}
+    replacements = {e.module_path: e.module for e in planned.edits if not isinstance(e, PlannedInsertion)}
     for path, module in replacements.items():
         carry_hooks(model.get_submodule(path), module)
     return owners, replacements
@@ -103,7 +104,7 @@ def _proven_locally(planned: Plan, part: TracedPart, owners: dict[str, nn.Module
     edits = [e for e in planned.edits if e.site.part == part.path]
     if not all(e.proven for e in edits):
         return False
-    scopes = {e.owner: e.scope for e in edits if e.spec.mode == "after"}  # one call per owner (_choose_scope)
+    scopes = {e.owner: e.scope for e in edits if isinstance(e, PlannedInsertion)}  # one call per owner (_choose_scope)
     for path, scope in scopes.items():
         graph = edited_graph(owners[path]) if path in owners else None
         if (structured_children(part, scope.owner, scope.call) or graph is None
@@ -159,8 +160,8 @@ def apply_plan(planned: Plan) -> SurgeryResult:
     """
     model = planned.model
     progress.step(f"building {len(planned.edits)} edits")
-    for edit in planned.edits:  # the plan's modules are fake: build the real ones now
-        edit.materialize(model)
+    # The plan's modules are fake: the committed plan holds the real ones, built from the model's layers.
+    planned = replace(planned, edits=tuple(edit.materialized(model) for edit in planned.edits))
     owners, replacements = build_edits(planned)
     check_edits(planned, owners, replacements)
     keys_before = set(model.state_dict())
@@ -235,7 +236,7 @@ def apply(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: 
     if not inplace:
         # Edits are paths and shapes: they apply to the copy as they would to the model; apply_plan
         # builds every new module from the copy's own layers (a replaced conv's weights included).
-        planned.model = _copy_of(model)
+        planned = replace(planned, model=_copy_of(model))
     target = planned.model
     result = apply_plan(planned)
     record_step(target, result.model, step)

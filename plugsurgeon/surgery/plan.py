@@ -5,7 +5,7 @@ from __future__ import annotations
 import keyword
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,13 +22,19 @@ from plugsurgeon.graph.modes import differs_between_modes
 from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE, shape_of
 from plugsurgeon.graph.trace import ModuleTraceError, Scope, Traced, TracedPart, trace
 from plugsurgeon.plugins._conv import stride_one
-from plugsurgeon.plugins.args import PluginArgs
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
 from plugsurgeon.sites.blocks import report_blocks  # the picture's boxes, plain data
 from plugsurgeon.sites.find import locate
 from plugsurgeon.sites.roles import placement_of
 from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
+from plugsurgeon.surgery.edits import (
+    PlannedEdit,
+    PlannedInsertion,
+    PlannedReplacement,
+    PlannedStrideOne,
+    build_plugin,
+)
 from plugsurgeon.surgery.recipe import Recipe, Step, load_recipe
 from plugsurgeon.surgery.report import EditReport, SurgeryReport
 
@@ -36,55 +42,7 @@ from plugsurgeon.surgery.report import EditReport, SurgeryReport
 Calls = list[tuple[list[tuple[int, ...]], tuple[int, ...]]]
 
 
-@dataclass
-class PlannedEdit:
-    step_index: int  # 1-based, as users count recipe steps
-    spec: PluginSpec
-    site: Site
-    module: nn.Module
-    attribute: str  # new attribute of the owner ("after"), or the replaced module's path ("replace")
-    params_added: int
-    flops_added: int | None
-    owner: str  # absolute path of the module whose forward gets the insertion
-    scope: Scope
-    extra_locals: tuple[int, ...] = ()
-    args: dict = field(default_factory=dict)  # the step's plugin arguments, to build the real module at apply
-    dtype: torch.dtype = torch.float32
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    # The new module keeps shapes and dtype in train and eval mode (check.carries_metadata): with an
-    # owner that traces alone as inside the model, the edit needs no whole-model check.
-    proven: bool = False
-
-    @property
-    def module_path(self) -> str:
-        if self.spec.mode == "replace":
-            return self.attribute
-        return f"{self.owner}.{self.attribute}" if self.owner else self.attribute
-
-    def replaced(self, model: nn.Module) -> nn.Module | None:
-        return model.get_submodule(cast(str, self.site.target)) if self.spec.mode == "replace" else None  # a replace site calls a module
-
-    def materialize(self, model: nn.Module) -> None:
-        """Replace the plan's fake module (shapes only, no memory) by the real one it stands for."""
-        where = f"step {self.step_index} ({self.spec.name}) at '{self.site.path}'"
-        self.module = _build(self.spec, self.site, self.replaced(model), self.args, where, dtype=self.dtype, device=self.device)
-
-
-def _build(spec: PluginSpec, site: Site, replaced: nn.Module | None, args: dict, where: str, **options: Any) -> nn.Module:
-    """``spec.build``, with a constructor's own exception turned into the user's error it is, and a
-    replacement in the mode of the module it replaces."""
-    try:
-        module = spec.build(site, replaced, dict(args), **options)
-    except PlugsurgeonError:
-        raise
-    except Exception as error:  # noqa: BLE001 - constructors raise anything on bad arguments
-        raise RecipeError(f"{where}: cannot build the plugin: {error}", hint=f"`plugsurgeon plugins` shows what '{spec.name}' takes") from None
-    if replaced is not None:
-        module.train(replaced.training)
-    return module
-
-
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     """A recipe planned on a model, every edit built on fake tensors and checked; nothing is changed yet.
 
@@ -94,8 +52,9 @@ class Plan:
         model: The model the plan edits.
         traced: The trace it was planned on (``ps.trace``).
         recipe: The recipe, validated.
-        edits: One planned edit per site: the step, the plugin, the site, the new module's attribute
-            and owner, its parameters and FLOPs.
+        edits: The edits, immutable records of three kinds (``PlannedInsertion``,
+            ``PlannedReplacement``, ``PlannedStrideOne``): the step, the plugin, the site, the new
+            module and where it goes, its parameters and FLOPs.
         notes: What the report will say besides the edits (sites skipped and why, shared modules).
         sites: Every site of the model, of every role.
 
@@ -108,9 +67,9 @@ class Plan:
     model: nn.Module
     traced: Traced
     recipe: Recipe
-    edits: list[PlannedEdit]
-    notes: list[str] = field(default_factory=list)
-    sites: list[Site] = field(default_factory=list)  # every site of the model: the report's picture groups blocks by them
+    edits: tuple[PlannedEdit, ...]
+    notes: tuple[str, ...] = ()
+    sites: tuple[Site, ...] = ()  # every site of the model: the report's picture groups blocks by them
 
     def report(self) -> SurgeryReport:
         """The report of the planned edits, as ``ps.apply`` would return it (``applied`` false).
@@ -125,7 +84,7 @@ class Plan:
             traced=[p.path or "(whole model)" for p in self.traced.parts],
             untraced=list(self.traced.untraced) if not self.traced.whole else [],
             edits=[
-                EditReport(e.step_index, e.spec.name, e.spec.mode, e.site.role, e.site.path, e.module_path, e.site.channels,
+                EditReport(e.step_index, e.spec.name, e.mode, e.site.role, e.site.path, e.module_path, e.site.channels,
                            e.site.spatial, e.site.stage, e.params_added, e.flops_added)
                 for e in self.edits
             ],
@@ -133,7 +92,7 @@ class Plan:
             params_before=count_params(self.model),
             params_after=count_params(self.model) + sum(e.params_added for e in self.edits),
             flops_before=self.traced.flops,
-            blocks=report_blocks(self.traced, self.sites),
+            blocks=report_blocks(self.traced, list(self.sites)),
         )
 
 
@@ -205,10 +164,9 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     check_budget(model, [(e.module, e.replaced(model)) for e in edits], f"recipe '{recipe.name}' ({len(edits)} edits)")
     _check_conflicts(edits, notes)
     _note_shared_instances(model, edits, notes)
-    _name_new_modules(model, edits)
     if not edits:
         raise SiteError(f"recipe '{recipe.name}' matched no site in {type(model).__name__}", hint="`plugsurgeon sites MODEL` lists the sites it has")
-    return Plan(model, traced, recipe, edits, notes, all_sites)
+    return Plan(model, traced, recipe, tuple(_named(model, edits)), tuple(notes), tuple(all_sites))
 
 
 def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module) -> list[Site]:
@@ -341,7 +299,7 @@ def _plan_edit(model: nn.Module, traced: Traced, step: Step, spec: PluginSpec, s
     else:
         # Planning builds on fake tensors (shapes, FLOPs and checks without memory), refused beyond
         # the model's budget; apply_plan builds the real modules of the edits it commits.
-        module = _build(spec, site, replaced, step.args, where, host=model, fake=True, dtype=dtype, device=device)
+        module = build_plugin(spec, site, replaced, step.args, where, host=model, fake=True, dtype=dtype, device=device)
     if known is None:
         flops, dtype_kept = _check_runs(module, calls, dtype, where)
         if replaced is not None:
@@ -356,9 +314,11 @@ def _plan_edit(model: nn.Module, traced: Traced, step: Step, spec: PluginSpec, s
         kept = {id(p) for p in module.parameters()} & {id(p) for p in replaced.parameters()}
         params_added = sum(p.numel() for p in module.parameters() if id(p) not in kept) - sum(
             p.numel() for p in replaced.parameters() if id(p) not in kept)
-    attribute = cast(str, site.target) if spec.mode == "replace" else (step.name or spec.name)  # checked above: a module
-    return PlannedEdit(index, spec, site, module, attribute, params_added, flops, part.absolute(scope.owner), scope, extra_locals,
-                       dict(step.args), dtype, device, proven)
+    common = dict(step_index=index, spec=spec, site=site, module=module, params_added=params_added, flops_added=flops,
+                  owner=part.absolute(scope.owner), scope=scope, args=dict(step.args), dtype=dtype, device=device, proven=proven)
+    if replaced is not None:
+        return PlannedReplacement(path=cast(str, site.target), **common)  # checked above: a replace site calls a module
+    return PlannedInsertion(attribute=step.name or spec.name, extra_locals=extra_locals, **common)
 
 
 def _of_dtype(part: TracedPart, node: fx.Node, site: Site, spec: PluginSpec, dtype: torch.dtype) -> bool:
@@ -438,7 +398,7 @@ def _with_destrides(model: nn.Module, traced: Traced, recipe: Recipe, edits: lis
     forward) makes the site unfit."""
     paired: list[PlannedEdit] = []
     for edit in edits:
-        if edit.site.destride is None or edit.spec.mode != "after":
+        if edit.site.destride is None or not isinstance(edit, PlannedInsertion):
             paired.append(edit)
             continue
         step = recipe.steps[edit.step_index - 1]
@@ -478,21 +438,16 @@ def _stride_one_twin(model: nn.Module, traced: Traced, site: Site, where: str) -
         raise SiteError(f"{where}: the conv whose stride the plugin takes over: {error.message}", hint=error.hint) from None
 
 
-def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedEdit) -> PlannedEdit:
+def _plan_destride(model: nn.Module, traced: Traced, edit: PlannedInsertion) -> PlannedStrideOne:
     part = traced.part(edit.site.part)
-    node, path, twin = _stride_one_twin(model, traced, edit.site, f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}'")
+    node, path, twin = _stride_one_twin(model, traced, edit.site, edit.where)
     conv = model.get_submodule(path)
     dtype = _host_dtype(conv)
     calls: Calls = [([_known_shape(node.all_input_nodes[0])], edit.site.destride_shape)]
-    where = f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}', running '{path}' at stride 1"
-    flops = _check_runs(twin, calls, dtype, where)[0] - run_fake(conv, calls[0][0], dtype)[1]
-    # A replace edit of the same step, so that the report, the manifest and a replay list it; its
-    # module is rebuilt at apply from the conv alone (no arguments).
-    spec = replace(edit.spec, mode="replace", factory=stride_one, classes=(nn.Conv2d,), infer=lambda _site, conv: {"conv": conv},
-                   structural=frozenset({"conv"}), args=PluginArgs)
-    scope = part.scopes(node)[0]
-    return PlannedEdit(edit.step_index, spec, replace(edit.site, target=path), twin, path, 0, flops, part.absolute(scope.owner), scope,
-                       dtype=dtype, device=edit.device)
+    record = PlannedStrideOne(step_index=edit.step_index, spec=edit.spec, site=replace(edit.site, target=path), module=twin, path=path,
+                              params_added=0, flops_added=None, owner="", scope=part.scopes(node)[0], dtype=dtype, device=edit.device)
+    flops = _check_runs(twin, calls, dtype, record.where)[0] - run_fake(conv, calls[0][0], dtype)[1]
+    return replace(record, flops_added=flops, owner=part.absolute(record.scope.owner))
 
 
 def owner_module(model: nn.Module, owner_path: str) -> nn.Module:
@@ -542,15 +497,16 @@ def _known_shape(node: fx.Node) -> tuple[int, ...]:
 def _check_conflicts(edits: list[PlannedEdit], notes: list[str]) -> None:
     replaced: dict[str, PlannedEdit] = {}
     for edit in edits:
-        if edit.spec.mode == "replace":
-            if edit.attribute in replaced:
-                other = replaced[edit.attribute]
-                raise RecipeError(f"steps {other.step_index} ({other.spec.name}) and {edit.step_index} ({edit.spec.name}) both replace '{edit.attribute}'",
-                                  hint="narrow one of the steps with `where: {exclude: [...]}`")
-            replaced[edit.attribute] = edit
+        if isinstance(edit, PlannedInsertion):
+            continue
+        if edit.module_path in replaced:
+            other = replaced[edit.module_path]
+            raise RecipeError(f"steps {other.step_index} ({other.spec.name}) and {edit.step_index} ({edit.spec.name}) both replace '{edit.module_path}'",
+                              hint="narrow one of the steps with `where: {exclude: [...]}`")
+        replaced[edit.module_path] = edit
     stacked: dict[tuple, list[PlannedEdit]] = defaultdict(list)
     for edit in edits:
-        if edit.spec.mode == "after":
+        if isinstance(edit, PlannedInsertion):
             stacked[edit.site.key].append(edit)
     for group in stacked.values():
         if len({e.step_index for e in group}) > 1:
@@ -566,7 +522,7 @@ def _note_shared_instances(model: nn.Module, edits: list[PlannedEdit], notes: li
         paths[id(module)].append(path)
     seen = set()
     for edit in edits:
-        path = edit.attribute if edit.spec.mode == "replace" else edit.owner
+        path = edit.owner if isinstance(edit, PlannedInsertion) else edit.module_path
         if not path or path in seen:
             continue
         seen.add(path)
@@ -576,19 +532,23 @@ def _note_shared_instances(model: nn.Module, edits: list[PlannedEdit], notes: li
                          f"call at '{path}' is edited, the others keep the original module (weights stay shared)")
 
 
-def _name_new_modules(model: nn.Module, edits: list[PlannedEdit]) -> None:
+def _named(model: nn.Module, edits: list[PlannedEdit]) -> list[PlannedEdit]:
+    """The edits with each insertion named as an attribute its owner does not have yet (``se``, ``se_1``, ...)."""
     taken: dict[str, set[str]] = defaultdict(set)
+    named: list[PlannedEdit] = []
     for edit in edits:
-        if edit.spec.mode != "after":
+        if not isinstance(edit, PlannedInsertion):
+            named.append(edit)
             continue
-        owner = model.get_submodule(edit.owner) if edit.owner else model
+        owner = owner_module(model, edit.owner)
         # A keyword (the `nonlocal` plugin) cannot be an attribute in fx's generated code.
         base = edit.attribute + "_" if keyword.iskeyword(edit.attribute) else edit.attribute
         name, suffix = base, 1
         while hasattr(owner, name) or name in taken[edit.owner]:
             name, suffix = f"{base}_{suffix}", suffix + 1
         taken[edit.owner].add(name)
-        edit.attribute = name
+        named.append(edit.named(name))
+    return named
 
 
 def _host_dtype(model: nn.Module) -> torch.dtype:

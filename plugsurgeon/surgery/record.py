@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 from torch import nn
 
 if TYPE_CHECKING:  # annotations only: the plan records itself through these (no import at run time)
-    from plugsurgeon.surgery.plan import Plan, PlannedEdit
+    from plugsurgeon.surgery.edits import PlannedEdit
+    from plugsurgeon.surgery.plan import Plan
     from plugsurgeon.surgery.recipe import Recipe, Step
 
 _ATTRIBUTE = "_plugsurgeon_provenance"
@@ -106,7 +107,7 @@ def edit_record(edit: PlannedEdit, recipe: Recipe) -> dict[str, Any]:
     return {
         "step": edit.step_index,
         "plugin": edit.spec.name,
-        "mode": edit.spec.mode,
+        "mode": edit.mode,
         "role": edit.site.role,
         "site": edit.site.path,
         "path": edit.module_path,
