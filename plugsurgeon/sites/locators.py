@@ -11,6 +11,7 @@ written out, with an example per architecture family, in docs/roles.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -436,6 +437,8 @@ def _find_anatomy(view: GraphView) -> Anatomy:
         head = _upsampling_head(view)
         found.rule = 2 if head is not None else 3
     end = _extractor_end(view, head, pooling=found.rule == 0) if head is not None else _deepest_map(view)
+    if end is not None and found.rule == 1:
+        end = _before_top_run(view, end)
     if end is None or end.op == "placeholder":
         return Anatomy()
     found.end, found.extractor = end, view.ancestors[end]
@@ -451,8 +454,27 @@ def _neck(view: GraphView, found: Anatomy, top_down: list) -> Anatomy:
         source = _one_input(view, first_up)
         # The top of the top-down path is a level computed here: not a merge, not a map handed in.
         found.top = source if source is not None and not view.is_merge(source) and source.op != "placeholder" else None
-    found.levels = _levels(view, found)
+    read = _head_reads(view, found)
+    found.levels = read if read else _levels(view, found)
     return found
+
+
+def _head_reads(view: GraphView, found: Anatomy) -> list[fx.Node]:
+    """The maps a head reads side by side: the last node (no merge, no resize) that reads N,C,H,W maps
+    of several strides, at least one of them computed by the neck (a detection head reading P3, P4, P5).
+    Those maps, in graph order, are the pyramid's levels; an empty list when no node reads them so."""
+    neck = 0
+    for merge, _lateral, _resampling in found.top_down + found.bottom_up:
+        neck |= view.descendants[merge]
+    if not neck:
+        return []
+    for node in reversed(view.nodes):
+        if view.is_merge(node) or view.is_resize(node):
+            continue
+        maps = list(dict.fromkeys(x for x in view.tensor_inputs(node) if _is_map(view, x)))
+        if len({view.total_stride(x) for x in maps}) > 1 and any((neck >> view.position[x]) & 1 for x in maps):
+            return sorted(maps, key=view.position.__getitem__)
+    return []
 
 
 def _one_input(view: GraphView, node: fx.Node) -> fx.Node | None:
@@ -548,6 +570,53 @@ def _extractor_end(view: GraphView, head: fx.Node, *, pooling: bool) -> fx.Node 
     return _pass_back(view, source)
 
 
+def _before_top_run(view: GraphView, end: fx.Node) -> fx.Node:
+    """Back from what the top-down path reads, over the neck's own layers at the top of the pyramid.
+
+    A neck often processes the deepest map before it upsamples it (YOLOv5's 1x1 conv, RT-DETR's
+    projection and attention, YOLOv3's conv set), and hands the processed map to the head too (the top
+    level, directly or through a bottom-up merge). Those layers are *plain* units: one map in, one
+    out, at the same stride, merging no maps and pooling nothing (a residual stage, an SPP or a C2f
+    block is the extractor's). The walk goes back over such units; when one of the maps it passes is
+    also read by something else than the next unit of the run (the fork where the top level leaves for
+    the head), the extractor ends at the map the run starts from. A run with no fork (a U-Net's middle
+    block, read by the decoder alone) is the extractor's: nothing changes.
+    """
+    stride, node, forked = view.total_stride(end), end, False
+    while True:
+        unit = _unit_nodes(view, node)
+        inputs = {x for n in unit for x in view.tensor_inputs(n) if x not in unit}
+        if len(inputs) != 1 or not _plain_unit(view, unit, stride):
+            break
+        source = next(iter(inputs))
+        if not _is_map(view, source) or view.total_stride(source) != stride or source.op == "placeholder":
+            break
+        forked = forked or len(node.users) > 1
+        node = source
+    return node if forked else end
+
+
+def _unit_nodes(view: GraphView, node: fx.Node) -> set[fx.Node]:
+    """The nodes of the outermost module call that ran ``node`` (just ``node`` for the root's own code)."""
+    call = view.outermost_call(node)
+    if call is None:
+        return {node}
+    return {n for n in view.nodes if view.within(n, call)}
+
+
+def _plain_unit(view: GraphView, unit: set[fx.Node], stride: int) -> bool:
+    """No merge of maps, no pooling, no resampling: one map transformed layer by layer at one stride."""
+    for n in unit:
+        maps = [x for x in view.tensor_inputs(n) if _spatial_4d(view, x)]
+        if (view.is_merge(n) or view.is_mul(n)) and len(maps) > 1:
+            return False
+        if view.pool_stride(n) or view.is_resize(n) or view.is_downsample(n) or view.is_pad(n):
+            return False
+        if _is_map(view, n) and view.total_stride(n) != stride:
+            return False
+    return True
+
+
 def _call_input(view: GraphView, call: str, head: fx.Node) -> fx.Node | None:
     inside = [view.nodes[i] for i in bit_positions(view.ancestors[head]) if view.within(view.nodes[i], call)]
     inside_bits = sum(1 << view.position[n] for n in inside)
@@ -608,11 +677,51 @@ def stage_sites(view: GraphView) -> list[Site]:
     found = anatomy(view)
     if found.end is None:
         return []
-    by_stride: dict[int, fx.Node] = {}
+    by_stage: dict[int, fx.Node] = {}
     for node in _cuts(view, found.extractor):
-        if _is_map(view, node):
-            by_stride[view.total_stride(node)] = node
-    return [make_site(view, "stage", _before_norms(view, node)) for _stride, node in sorted(by_stride.items())]
+        if _is_map(view, node) and _whole_stride(view, node):
+            node = _before_downsampling_call(view, node)
+            by_stage[_stage_of(view, node)] = node
+    return [make_site(view, "stage", _before_norms(view, node)) for _stage, node in sorted(by_stage.items())]
+
+
+def _stage_of(view: GraphView, node: fx.Node) -> int:
+    return int(round(math.log2(view.total_stride(node))))
+
+
+def _whole_stride(view: GraphView, node: fx.Node) -> bool:
+    """The map is the image divided by a power of two (rounded either way), not a few pixels off it: a
+    stride-1 pooling or a padding inside a downsampling layer (YOLOv9's ADown, YOLOv3-tiny's last pool)
+    gives a map between two stages, which ends neither."""
+    reference = view.part.input_spatial
+    if reference is None:
+        return True
+    factor = 2 ** _stage_of(view, node)
+    return all(size in (reference[i] // factor, -(-reference[i] // factor)) for i, size in enumerate(_dims(view, node)[2:]))
+
+
+def _before_downsampling_call(view: GraphView, node: fx.Node) -> fx.Node:
+    """The map a downsampling layer reads, for a map computed inside that layer before its stride.
+
+    A stage ends where the layer that takes the map to the next stride starts (YOLOv10's SCDown runs
+    a 1x1 conv before its strided one; MobileNet's block expands before its strided depthwise conv):
+    of the module calls that ran ``node``, innermost first, the first that reads one map at ``node``'s
+    stride and computes a smaller one gives its input."""
+    stride = view.total_stride(node)
+    frame = view.frame(node)
+    parts = frame.split(".") if frame else []
+    for i in range(len(parts), 0, -1):
+        call = ".".join(parts[:i])
+        if call not in view.called_paths:
+            continue
+        unit = {n for n in view.nodes if view.within(n, call)}
+        inputs = {x for n in unit for x in view.tensor_inputs(n) if x not in unit and _is_map(view, x)}
+        if len(inputs) != 1:
+            continue
+        source = next(iter(inputs))
+        if view.total_stride(source) == stride and any(_is_map(view, n) and view.total_stride(n) > stride for n in unit):
+            return source
+    return node
 
 
 def _before_norms(view: GraphView, node: fx.Node) -> fx.Node:
