@@ -22,6 +22,7 @@ STAGES = [
     {"deployment"},
     {"store", "export"},
     {"integrations"},
+    {"sweep"},  # searches placements with recipes, surgery and the framework trainers
     {"cli"},
 ]
 STAGE_OF = {name: index for index, names in enumerate(STAGES) for name in names}

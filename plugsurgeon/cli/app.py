@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from plugsurgeon.cli import deploy_commands, helptext, show_command
+from plugsurgeon.cli import deploy_commands, helptext, show_command, sweep_command
 from plugsurgeon.cli.options import (
     DEFAULT_SHAPE,
     Force,
@@ -358,6 +358,7 @@ def recipes_show(name: Annotated[str, typer.Argument(help="built-in recipe name,
 
 deploy_commands.register(app, user_errors)
 show_command.register(app, user_errors)
+sweep_command.register(app, user_errors)
 
 
 def main() -> None:
