@@ -162,8 +162,24 @@ def save(model: nn.Module, directory: str | Path, *, source: str | None = None, 
                 directory.rmdir()
         if isinstance(error, OSError):
             raise PlugsurgeonError(f"cannot write to '{directory}': {error.strerror or error}", hint="choose a directory you can write to") from None
+        if _is_write_error(error):
+            raise PlugsurgeonError(f"cannot write to '{directory}': {_io_reason(error)}",
+                                   hint="free some space or choose a directory you can write to") from None
         raise
     return directory
+
+
+def _is_write_error(error: BaseException) -> bool:
+    """safetensors reports a failed write (a full disk, a quota) as its own SafetensorError, not OSError;
+    its other errors (a tensor it cannot serialize) are bugs and stay as they are."""
+    from safetensors import SafetensorError
+
+    return isinstance(error, SafetensorError) and "I/O error" in str(error)
+
+
+def _io_reason(error: BaseException) -> str:
+    """'No space left on device (os error 28)' from 'Error while serializing: I/O error: No space ...'."""
+    return str(error).rsplit("I/O error:", 1)[-1].strip() or str(error)
 
 
 def _check_target(directory: Path, force: bool) -> None:
