@@ -23,6 +23,7 @@ from plugsurgeon.graph.trace import (
     OWNER,
     ModuleTraceError,
     body_nodes,
+    fixed_optionals,
     placeholder_local,
     trace_module,
 )
@@ -52,6 +53,14 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
     consumer of the node, the owner's output included, then reads the last module of the chain;
     other inserted modules keep reading the original values (pyramid fusion reads all raw levels).
     """
+    fixed = fixed_optionals(concrete_args) if not owner_path else []
+    if fixed:
+        # The model's own forward is traced as ``model(x)`` calls it; its edited form would be that call only.
+        raise EditError(
+            f"the site is in {type(owner).__name__}.forward itself, which takes optional arguments "
+            f"({', '.join(fixed)}): its edited forward would run only with them left out",
+            hint="choose a site inside one of its submodules: exclude this one with `where: {exclude: [...]}`",
+        )
     try:
         gm, _tracer = trace_module(owner, concrete_args, shallow=True, trace_through=trace_through)
     except ModuleTraceError as error:

@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from plugsurgeon import progress
 from plugsurgeon.errors import TraceError
@@ -332,6 +332,12 @@ def _concrete_args_of(forward, args, kwargs, is_input=lambda v: isinstance(v, fx
     return concrete or None
 
 
+def fixed_optionals(concrete_args: dict[str, Any] | None) -> list[str]:
+    """The arguments a trace fixed to a value rather than kept as inputs (``labels=None``, ``return_dict=None``)."""
+    return [name for name, value in (concrete_args or {}).items()
+            if not any(leaf is fx.PH for leaf in tree_flatten(value)[0])]
+
+
 def _direct_inputs(forward, args, kwargs) -> dict[str, int]:
     """Nodes passed as whole arguments, by the position of the parameter (= placeholder) that receives them."""
     try:
@@ -367,6 +373,8 @@ def _without_variadics(module: nn.Module) -> nn.Module:
     source = f"def forward(self, {', '.join(named)}):\n    return _forward(self, {', '.join(named)})\n"
     namespace: dict[str, Any] = {"_forward": forward}
     exec(compile(source, f"<plugsurgeon forward of {type(module).__name__}>", "exec"), namespace)  # noqa: S102 - names checked above
+    # The defaults stay: fx gives an argument fixed by concrete_args its default, and one without is required.
+    namespace["forward"].__defaults__ = tuple(p.default for p in parameters if not _is_variadic(p) and p.default is not p.empty) or None
     view: nn.Module = object.__new__(type(type(module).__name__, (type(module),), {"forward": namespace["forward"]}))
     view.__dict__ = module.__dict__  # the same module: parameters, children and flags are shared, not copied
     return view
@@ -646,7 +654,11 @@ class _PartTracer:
             return
         kwargs: dict[str, Any]
         if path == "":
-            args, kwargs, concrete = (torch.empty(self.input_shape, dtype=self.dtype),), {}, None
+            # Traced as ``model(x)`` runs it: optional arguments at their defaults. Left as placeholders,
+            # a branch like ``if labels is not None: loss = ...`` traces (Hugging Face's, once
+            # config.problem_type is set) and makes ``labels`` a required input of the graph.
+            args, kwargs = (torch.empty(self.input_shape, dtype=self.dtype),), {}
+            concrete = _concrete_args_of(module.forward, args, kwargs, is_input=lambda v: isinstance(v, torch.Tensor))
         elif path in self.inputs():
             args, kwargs = self.inputs()[path]
             concrete = _concrete_args_of(module.forward, args, kwargs, is_input=lambda v: isinstance(v, torch.Tensor))
