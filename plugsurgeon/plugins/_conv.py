@@ -87,6 +87,18 @@ def check_plain_conv(conv: nn.Module | None, where: str = "") -> None:
     if parametrize.is_parametrized(conv):
         raise SiteError(f"{where} a {cls.__name__} with parametrized weights (weight or spectral norm), which this plugin would freeze",
                         hint="remove the parametrization first (torch.nn.utils.parametrize.remove_parametrizations), or exclude the site")
+    derived = [name for name in ("weight", "bias") if getattr(conv, name, None) is not None and name not in conv._parameters]
+    if derived:
+        # torch.nn.utils.weight_norm/spectral_norm (the hook-based ones) keep weight_g/weight_v or
+        # weight_orig as Parameters and recompute a plain `weight` tensor in a forward pre-hook; a
+        # replacement holding that tensor would be frozen at its last value and lose the hook.
+        hooks = sorted({type(h).__name__ for h in conv._forward_pre_hooks.values()} - {"function", "method"})
+        by = f" by its forward pre-hook {', '.join(hooks)}" if hooks else ""
+        raise SiteError(
+            f"{where} a {cls.__name__} whose {' and '.join(derived)} is not a Parameter but computed{by} "
+            "(hook-based weight or spectral norm), which this plugin cannot carry over",
+            hint="remove it first (torch.nn.utils.remove_weight_norm / remove_spectral_norm), or exclude the site",
+        )
     if cls.forward is nn.Conv2d.forward and cls._conv_forward is nn.Conv2d._conv_forward:
         return
     raise SiteError(
