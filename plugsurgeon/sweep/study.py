@@ -33,7 +33,6 @@ from plugsurgeon.graph.fake import count_params
 from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE
 from plugsurgeon.graph.trace import Traced, trace
 from plugsurgeon.surgery.commit import apply
-from plugsurgeon.surgery.plan import plan
 from plugsurgeon.sweep.expand import edits_key
 from plugsurgeon.sweep.objectives import Metric, costs_of, measure_latency, metric_values, metrics_of, takes_trial
 from plugsurgeon.sweep.results import Row, SweepResult, row_of
@@ -321,14 +320,17 @@ class _Runner:
         trial.set_user_attr("recipe", None if recipe is None else recipe.model_dump(mode="json", exclude_defaults=True))
         progress.step(f"trial {trial.number}: {label}")
         try:
-            planned = plan(self.model, recipe, traced=self.traced) if recipe is not None else None
+            # Applying costs little next to evaluating, and plans once: the plan then says whether an earlier
+            # trial made the same edits.
+            applied = apply(self.model, recipe, traced=self.traced) if recipe is not None else None
+            planned = applied.plan if applied is not None else None
             key = edits_key(planned)
             trial.set_user_attr("key", key)
             earlier = self._same_edits(key, trial.number)
             if earlier is not None:
                 trial.set_user_attr("duplicate_of", earlier.number)
                 return tuple(earlier.values)
-            edited = apply(self.model, recipe, traced=self.traced).model if recipe is not None else copy.deepcopy(self.model)
+            edited = applied.model if applied is not None else copy.deepcopy(self.model)
             measured = self._costs(edited, planned)
             if self.evaluate is not None:
                 result = self.evaluate(edited, trial) if self.with_trial else self.evaluate(edited)
