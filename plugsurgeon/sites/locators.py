@@ -529,6 +529,12 @@ def _resampled_source(view: GraphView, node: fx.Node, resampled: Callable[[fx.No
         if resampled(node):
             return node
         inputs = view.tensor_inputs(node)
+        if len(inputs) > 1:
+            # Through a gate to the map it scales (MAnet's MFAB multiplies the upsampled map by
+            # attention computed from it and the skip, then concatenates the skip).
+            maps = [x for x in inputs if view.shape(x) is not None and len(_dims(view, x)) == 4 and tuple(_dims(view, x)[2:]) == tuple(size)]
+            broadcast = all(x in maps or (view.shape(x) is not None and math.prod(_dims(view, x)[2:]) == 1) for x in inputs)
+            inputs = maps if len(maps) == 1 and view.is_mul(node) and broadcast else inputs
         if len(inputs) != 1 or view.shape(inputs[0]) is None or tuple(_dims(view, inputs[0])[2:]) != tuple(size):
             return None
         node = inputs[0]
@@ -900,6 +906,8 @@ def _extractor_of_a_row(views: list[GraphView], first: int) -> list[tuple[int, S
         if _maps_fed(views[index]) != 1:
             break
         front.append(index)
+        if _returns_a_pyramid(views[index]):
+            break  # an encoder handing over its maps at several strides: what follows reads them (a decoder)
     candidates = [(i, backbone_candidate(views[i])) for i in front]
     found = [(i, c[1]) for i, c in candidates if c is not None]
     if not found:
@@ -911,6 +919,14 @@ def _extractor_of_a_row(views: list[GraphView], first: int) -> list[tuple[int, S
         for site in stage_sites(views[index]):
             stages[site.total_stride] = (index, site)
     return [backbone, *(stages[stride] for stride in sorted(stages))]
+
+
+def _returns_a_pyramid(view: GraphView) -> bool:
+    """The part returns N,C,H,W maps at more than one stride (a features-only encoder), not one map."""
+    if view.output_node is None:
+        return False
+    returned = [n for n in view.output_node.all_input_nodes if n in view.position and _is_map(view, n)]
+    return len({view.total_stride(n) for n in returned}) > 1
 
 
 def _maps_fed(view: GraphView) -> int:
