@@ -46,11 +46,9 @@ def line(*parts: str | Text) -> Text:
 def progress_on_stderr() -> Iterator[None]:
     """A spinner on stderr naming the core's current step (plugsurgeon.progress), gone when the command ends."""
     from plugsurgeon import progress
+    from plugsurgeon.cli.spinner import spinner
 
-    with (
-        errors.status("starting", spinner="dots") as status,
-        progress.reporting(lambda message: status.update(message)),
-    ):
+    with spinner(errors) as step, progress.reporting(step):
         yield
 
 
