@@ -268,6 +268,21 @@ def _gates(view: GraphView, node: fx.Node, source: fx.Node) -> bool:
                for x in view.tensor_inputs(node))
 
 
+def channels_last_merges(view: GraphView) -> list[fx.Node]:
+    """Adds that close a residual block on N,H,W,C maps (channels-last code: MambaOut, ConvNeXt blocks
+    written with permutes): the same rules as ``residual_merges``, on the other layout. No role takes
+    them (plugins read N,C,H,W maps); they say why a model shows no residual sites."""
+    found = []
+    for node in view.nodes:
+        inputs = view.tensor_inputs(node)
+        if (not view.is_add(node) or view.layout(node) != ("N", "H", "W", "C") or len(inputs) != 2
+                or not view.shape(inputs[0]) == view.shape(inputs[1]) == view.shape(node)):
+            continue
+        if _as_residual(view, node) is not None:
+            found.append(node)
+    return found
+
+
 def block_output(view: GraphView, add: fx.Node) -> fx.Node:
     """The add itself, or the activation that follows it when that is its only user."""
     users = list(add.users)

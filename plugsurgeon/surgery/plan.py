@@ -25,6 +25,7 @@ from plugsurgeon.plugins._conv import stride_one
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
 from plugsurgeon.sites.blocks import report_blocks  # the picture's boxes, plain data
 from plugsurgeon.sites.find import locate
+from plugsurgeon.sites.missing import why_no_sites
 from plugsurgeon.sites.roles import placement_of
 from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
@@ -145,7 +146,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     checked: dict[tuple, _Checked] = {}  # what each (plugin, arguments, shapes) signature gave
     for index, step in enumerate(recipe.steps, start=1):
         spec = get_plugin(step.plugin)
-        sites = _sites_for(step, spec, all_sites, index, recipe, model)
+        sites = _sites_for(step, spec, all_sites, index, recipe, model, traced)
         progress.step(f"planning step {index} of '{recipe.name}': {spec.name} at {len(sites)} {step.at} sites")
         for site in sites:
             try:
@@ -169,7 +170,8 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     return Plan(model, traced, recipe, tuple(_named(model, edits)), tuple(notes), tuple(all_sites))
 
 
-def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module) -> list[Site]:
+def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module,
+               traced: Traced) -> list[Site]:
     role = step.role()
     of_role = [s for s in all_sites if role_matches(s.role, role) and spec.fits(s.role)]
     if spec.mode == "replace":  # one replacement per module, however many times it runs
@@ -183,9 +185,12 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
     if not chosen and not step.allow_empty:
         where = f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at})"
         if not of_role:
+            why = why_no_sites(traced, role)  # what the trace holds instead (channels-last blocks, untraceable modules)
             raise SiteError(
-                f"{where}: {type(model).__name__} has no {role} sites ({ROLES.get(role, role)}) on N,C,H,W feature maps",
-                hint=f"`plugsurgeon sites MODEL --kind {role}` lists them; set `allow_empty: true` on the step to skip models without them",
+                f"{where}: {type(model).__name__} has no {role} sites ({ROLES.get(role, role)}) on N,C,H,W feature maps"
+                + (f": {why}" if why else ""),
+                hint=f"`plugsurgeon sites MODEL --kind {role}` lists them; set `allow_empty: true` on the step to skip models without them"
+                if why is None else "set `allow_empty: true` on the step to skip models like this one",
             )
         raise SiteError(
             f"{where}: none of the {len(of_role)} {role} sites passes `where: {step.where.model_dump(exclude_defaults=True)}`",
