@@ -31,7 +31,12 @@ from plugsurgeon.graph.trace import (
 
 @dataclass(frozen=True)
 class Insertion:
-    """Insert ``module`` as attribute ``name`` of the owner, after the node at ``local`` (and reading ``extra_locals``)."""
+    """Insert ``module`` as attribute ``name`` of the owner, after the node at ``local`` (and reading ``extra_locals``).
+
+    ``on_edges``: the module goes where its inputs meet, after the last of them exists, and only the
+    readers of the node that run after that point read its output; earlier readers keep the original
+    value (pyramid levels fused where the head reads them, though each level is built from the one before).
+    """
 
     local: int
     name: str
@@ -39,6 +44,7 @@ class Insertion:
     expected_op: str
     expected_target: object
     extra_locals: tuple[int, ...] = ()
+    on_edges: bool = False
 
 
 class EditError(PlugsurgeonError):
@@ -76,6 +82,7 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
     order: dict[fx.Node, float] = {n: i for i, n in enumerate(graph.nodes)}
     new_nodes: set[fx.Node] = set()
     chains: dict[fx.Node, fx.Node] = {}
+    on_edges: set[fx.Node] = set()
     for insertion in insertions:
         anchor = _resolve(by_local, insertion.local, owner_path, insertion.expected_op, insertion.expected_target, owner)
         extras = [by_local[i] for i in insertion.extra_locals]
@@ -89,8 +96,17 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
         order[node] = order.get(latest, len(order)) + 0.5
         new_nodes.add(node)
         chains[anchor] = node
+        if insertion.on_edges:
+            on_edges.add(anchor)
     for anchor, last in chains.items():
         early = [u for u in anchor.users if u not in new_nodes and u.op != "output" and order.get(u, 0) < order[last]]
+        if anchor in on_edges:
+            if all(u in new_nodes or u in early for u in anchor.users):
+                raise EditError(
+                    f"cannot insert into '{owner_path or type(owner).__name__}': nothing reads '{anchor.name}' after the plugin's inputs exist",
+                    hint="choose a site that the module reading all the levels (a head, a merge) reads")
+            anchor.replace_all_uses_with(last, delete_user_cb=lambda user: user not in new_nodes and user not in early)
+            continue
         if early:
             raise EditError(
                 f"cannot insert into '{owner_path or type(owner).__name__}': node '{early[0].name}' reads '{anchor.name}' "

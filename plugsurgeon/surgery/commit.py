@@ -61,7 +61,7 @@ def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Modul
         part = traced.part(edits[0].site.part)
         concrete, through = owner_call(part, edits[0].scope)
         insertions = [
-            Insertion(e.scope.local, e.attribute, e.module, e.scope.op, e.scope.target, e.extra_locals)
+            Insertion(e.scope.local, e.attribute, e.module, e.scope.op, e.scope.target, e.extra_locals, e.on_edges)
             for e in sorted(edits, key=lambda e: e.step_index)
         ]
         try:

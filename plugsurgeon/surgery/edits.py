@@ -97,6 +97,9 @@ class PlannedInsertion(PlannedEdit):
 
     attribute: str
     extra_locals: tuple[int, ...] = ()
+    # Inserted where all its inputs exist, read only by the site's readers that run after that point
+    # (graph.edit.Insertion.on_edges): a multi-input module whose other inputs are built from the site.
+    on_edges: bool = False
 
     @property
     def module_path(self) -> str:

@@ -25,7 +25,6 @@ from plugsurgeon.plugins._conv import stride_one
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
 from plugsurgeon.sites.blocks import report_blocks  # the picture's boxes, plain data
 from plugsurgeon.sites.find import locate
-from plugsurgeon.sites.missing import why_no_sites
 from plugsurgeon.sites.roles import placement_of
 from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
@@ -146,7 +145,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     checked: dict[tuple, _Checked] = {}  # what each (plugin, arguments, shapes) signature gave
     for index, step in enumerate(recipe.steps, start=1):
         spec = get_plugin(step.plugin)
-        sites = _sites_for(step, spec, all_sites, index, recipe, model, traced)
+        sites = _sites_for(step, spec, all_sites, index, recipe, model)
         progress.step(f"planning step {index} of '{recipe.name}': {spec.name} at {len(sites)} {step.at} sites")
         for site in sites:
             try:
@@ -170,8 +169,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     return Plan(model, traced, recipe, tuple(_named(model, edits)), tuple(notes), tuple(all_sites))
 
 
-def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module,
-               traced: Traced) -> list[Site]:
+def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module) -> list[Site]:
     role = step.role()
     of_role = [s for s in all_sites if role_matches(s.role, role) and spec.fits(s.role)]
     if spec.mode == "replace":  # one replacement per module, however many times it runs
@@ -185,12 +183,9 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
     if not chosen and not step.allow_empty:
         where = f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at})"
         if not of_role:
-            why = why_no_sites(traced, role)  # what the trace holds instead (channels-last blocks, untraceable modules)
             raise SiteError(
-                f"{where}: {type(model).__name__} has no {role} sites ({ROLES.get(role, role)}) on N,C,H,W feature maps"
-                + (f": {why}" if why else ""),
-                hint=f"`plugsurgeon sites MODEL --kind {role}` lists them; set `allow_empty: true` on the step to skip models without them"
-                if why is None else "set `allow_empty: true` on the step to skip models like this one",
+                f"{where}: {type(model).__name__} has no {role} sites ({ROLES.get(role, role)}) on N,C,H,W feature maps",
+                hint=f"`plugsurgeon sites MODEL --kind {role}` lists them; set `allow_empty: true` on the step to skip models without them",
             )
         raise SiteError(
             f"{where}: none of the {len(of_role)} {role} sites passes `where: {step.where.model_dump(exclude_defaults=True)}`",
@@ -211,49 +206,65 @@ def _computed_from(part: TracedPart, node: fx.Node, names: tuple[str, ...]) -> s
     return {name for name in names if _node(part, name) in later}
 
 
-def _scope_candidates(part: TracedPart, site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...]]]:
+def _read_after(part: TracedPart, node: fx.Node, names: tuple[str, ...]) -> list[fx.Node]:
+    """The readers of ``node`` that run after every node of ``names`` exists: the edges into the
+    modules where they all meet (a detection head reading every pyramid level, a merge)."""
+    position = {n: i for i, n in enumerate(part.gm.graph.nodes)}
+    last = max(position[_node(part, name)] for name in names)
+    return [user for user in node.users if position[user] > last and user.op != "output"]
+
+
+def _scope_candidates(part: TracedPart, site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...], bool]]:
     """Module forwards that see the site's node (and, for multi-input plugins, all its extra nodes), in
     order of preference (the role's ``Placement``, sites/roles.py): the smallest first, except that a
     residual branch end goes into the block that holds the add ("before the add" is a place in that
-    block, and its class is what changes)."""
+    block, and its class is what changes). The flag: the module goes on the edges into the readers
+    that run after its inputs exist (``PlannedInsertion.on_edges``)."""
     if spec.inputs == "site":
         scopes = list(site.scopes)
-        return [(s, ()) for s in (reversed(scopes) if placement_of(site.role).outermost_first else scopes)]
+        return [(s, (), False) for s in (reversed(scopes) if placement_of(site.role).outermost_first else scopes)]
     # The lateral input of a merge is changed for the merge only: where the merging block gets it as
     # an argument (a U-Net decoder block's skip connection), that is the place.
     own = [*part.input_scopes(_node(part, site.node)), *site.scopes] if placement_of(site.role).where_passed_in else list(site.scopes)
     # An extra input is readable wherever it is computed or passed in whole (smp's FPN block gets the
     # top-down map as an argument and computes the lateral itself) ...
     readable = [(*scopes, *part.input_scopes(_node(part, name))) for name, scopes in zip(site.extra, site.extra_scopes, strict=True)]
-    # ... except where it would be computed after the site, from the site itself: it cannot flow back.
+    # ... An extra computed after the site, from the site itself, cannot flow back into it: the module
+    # then goes where they all meet, on the edges into the readers of the site that come after them
+    # (ASFF's levels where YOLO's head reads them; a PAN builds P4 and P5 from P3).
     later = _computed_from(part, _node(part, site.node), site.extra)
+    meet = bool(later) and bool(_read_after(part, _node(part, site.node), site.extra))
     found = []
     for scope in own:
-        extras = []
+        extras, on_edges = [], False
         for name, extra_scopes in zip(site.extra, readable, strict=True):
             match = next((s for s in extra_scopes if (s.owner, s.call) == (scope.owner, scope.call)), None)
-            if match is None or (match.op != "placeholder" and name in later):
+            if match is not None and match.op != "placeholder" and name in later:
+                if not meet:
+                    break
+                on_edges = True
+            if match is None:
                 break
             extras.append(match.local)
         else:
-            found.append((scope, tuple(extras)))
+            found.append((scope, tuple(extras), on_edges))
     return found
 
 
-def _choose_scope(model: nn.Module, part: TracedPart, site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tuple[int, ...]]:
+def _choose_scope(model: nn.Module, part: TracedPart, site: Site, spec: PluginSpec, where: str) -> tuple[Scope, tuple[int, ...], bool]:
     """The preferred module forward that can be edited: called once, and tracing to the same graph in
     train and eval mode (else the edit would keep only one of them)."""
     candidates = _scope_candidates(part, site, spec)
     if not candidates:
         later = sorted(_computed_from(part, _node(part, site.node), site.extra))
         if later:
-            raise SiteError(f"{where}: the plugin reads {later}, which the model computes from this site itself, so they "
-                            "cannot flow back into it (each level is built from the one before, as in a U-Net decoder)",
-                            hint="this plugin needs levels computed side by side (an FPN); choose another plugin or role")
+            raise SiteError(f"{where}: the plugin reads {later}, which the model computes from this site itself, and nothing "
+                            "reads the site after they exist, so there is no place where they all meet",
+                            hint="this plugin needs levels read together by one module (a head, a merge); choose another plugin or role")
         raise SiteError(f"{where}: the plugin reads {list(site.extra)}, which no single module forward computes together with the site",
                         hint="multi-input plugins need all their inputs inside one module's forward")
     refusals = []
-    for scope, extras in candidates:
+    for scope, extras, on_edges in candidates:
         owner_path = part.absolute(scope.owner)
         if part.call_count(scope.owner) > 1 or scope.call > 0:
             refusals.append(SiteError(
@@ -265,7 +276,7 @@ def _choose_scope(model: nn.Module, part: TracedPart, site: Site, spec: PluginSp
                 "differs between train and eval mode (it branches on self.training), so an edited copy would keep only one of its two graphs",
                 hint="exclude this site with `where: {exclude: [...]}`, or target sites inside its blocks"))
         else:
-            return scope, extras
+            return scope, extras, on_edges
     raise refusals[0]
 
 
@@ -277,12 +288,12 @@ def _plan_edit(model: nn.Module, traced: Traced, step: Step, spec: PluginSpec, s
     replaced: nn.Module | None = None
     extra_locals: tuple[int, ...]
     if spec.mode == "replace":
-        scope, extra_locals = site.scopes[0], ()
+        scope, extra_locals, on_edges = site.scopes[0], (), False
         if site.target is None:
             raise SiteError(f"{where}: the site is a functional op, and '{spec.name}' replaces modules", hint="choose a site that calls a module")
         replaced = model.get_submodule(site.target)
     else:
-        scope, extra_locals = _choose_scope(model, part, site, spec, where)
+        scope, extra_locals, on_edges = _choose_scope(model, part, site, spec, where)
     # The new module's dtype and device come from what it joins: the replaced module, or the map it
     # reads (a bfloat16 block in a float model), else the model's; only tensors the module makes are
     # converted, never one it shares.
@@ -323,7 +334,7 @@ def _plan_edit(model: nn.Module, traced: Traced, step: Step, spec: PluginSpec, s
                   owner=part.absolute(scope.owner), scope=scope, args=dict(step.args), dtype=dtype, device=device, proven=proven)
     if replaced is not None:
         return PlannedReplacement(path=cast(str, site.target), **common)  # checked above: a replace site calls a module
-    return PlannedInsertion(attribute=step.name or spec.name, extra_locals=extra_locals, **common)
+    return PlannedInsertion(attribute=step.name or spec.name, extra_locals=extra_locals, on_edges=on_edges, **common)
 
 
 def _of_dtype(part: TracedPart, node: fx.Node, site: Site, spec: PluginSpec, dtype: torch.dtype) -> bool:
