@@ -29,8 +29,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from plugsurgeon.deployment.fold_inside import leaves_holding, pair_inside, recorded_run
 from plugsurgeon.deployment.report import Folded, Skipped
 from plugsurgeon.graph.edit import put
+from plugsurgeon.graph.probe import Dataflow
 from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.graph.trace import Traced, TracedPart
 
@@ -137,6 +139,7 @@ def _is_layer(module: nn.Module) -> bool:
 class FoldPlan:
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (layer path, norm path), absolute
     skipped: list[Skipped] = field(default_factory=list)
+    inside: dict[str, str] = field(default_factory=dict)  # norm path -> the leaf of the trace whose own run proved its pair
 
 
 def plan_folds(traced: Traced) -> FoldPlan:
@@ -157,10 +160,55 @@ def plan_folds(traced: Traced) -> FoldPlan:
             else:
                 plan.skipped.append(Skipped(norm_path, reason))
     traced_paths = [p.path for p in traced.parts]
-    for path, module in traced.model.named_modules():
-        if is_norm(module) and id(module) not in seen:
+    left = {path: module for path, module in traced.model.named_modules() if is_norm(module) and id(module) not in seen}
+    inside = _plan_inside(traced, left, graph, plan)
+    for path, module in left.items():
+        if path not in inside:
             plan.skipped.append(Skipped(path, _why_not_called(path, module, traced_paths, graph)))
     return plan
+
+
+def _plan_inside(traced: Traced, norms: dict[str, nn.Module], graph: _GraphFacts, plan: FoldPlan) -> set[str]:
+    """BatchNorms inside a layer the trace keeps as one call (see fold_inside): planned or skipped with the
+    reason read from the layer's own run. Returns the paths accounted for."""
+    runs: dict[str, Dataflow | str] = {}
+    done = set()
+    for norm_path, inside in leaves_holding(traced, list(norms), graph.module).items():
+        if inside.path not in runs:
+            runs[inside.path] = recorded_run(inside)
+        run = runs[inside.path]
+        where = f"inside '{inside.path}' ({type(inside.module).__name__}; {inside.why})"
+        reason = run if isinstance(run, str) else None
+        if reason is None:
+            layer_path, reason = pair_inside(inside, cast(Dataflow, run), norm_path)
+            if layer_path is not None:
+                reason = _why_not_inside(traced.model, layer_path, norm_path, inside.module, graph) or ""
+        if reason:
+            plan.skipped.append(Skipped(norm_path, f"{where}: {reason}"))
+        else:
+            plan.pairs.append((cast(str, layer_path), norm_path))
+            plan.inside[norm_path] = inside.path
+        done.add(norm_path)
+    return done
+
+
+def _why_not_inside(model: nn.Module, layer_path: str, norm_path: str, host: nn.Module, graph: _GraphFacts) -> str | None:
+    layer, norm = model.get_submodule(layer_path), model.get_submodule(norm_path)
+    problem = _norm_problem(norm) or _layer_problem(layer)
+    if problem:
+        return problem
+    if graph.calls[id(host)] != 1:
+        return f"the layer holding them runs {graph.calls[id(host)]} times in the traced forward"
+    paths = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    if paths[id(layer)] != 1 or paths[id(norm)] != 1 or graph.calls[id(layer)] or graph.calls[id(norm)]:
+        return "the conv or the BatchNorm is shared with another part of the model"
+    if graph.reads(layer) or graph.reads(norm):
+        return "the traced forward also reads their tensors directly"
+    channels = cast(nn.modules.conv._ConvNd, layer).out_channels
+    weight = cast(torch.Tensor | None, getattr(norm, "weight", None))
+    if weight is not None and weight.shape[0] != channels:
+        return f"BatchNorm has {weight.shape[0]} features, the conv has {channels} outputs"
+    return None
 
 
 class _GraphFacts:
@@ -276,7 +324,8 @@ def apply_folds(model: nn.Module, plan: FoldPlan) -> list[Folded]:
                 replaced[id(layer)] = fuse_conv_bn_eval(conv, norm, transpose=conv.transposed)  # type: ignore[arg-type]  # duck-typed norm
             rest = after_norm(norm)
             replaced[id(norm)] = nn.Sequential(OrderedDict(rest)) if rest else nn.Identity()
-            done.append(Folded(layer_path, norm_path, type(layer).__name__, type(norm).__name__, kept=[name for name, _ in rest]))
+            done.append(Folded(layer_path, norm_path, type(layer).__name__, type(norm).__name__, kept=[name for name, _ in rest],
+                               inside=plan.inside.get(norm_path, "")))
     put(model, {path: replaced[id(model.get_submodule(path))] for path in _paths_of(model, replaced)})
     return done
 

@@ -39,6 +39,8 @@ class Folded:
     layer_type: str
     norm_type: str
     kept: list[str] = field(default_factory=list)  # children kept at the norm's path, e.g. ["act"]
+    # A layer torch.fx cannot trace (a leaf of the graph) that holds both: the pair was read from its own run.
+    inside: str = ""
 
 
 @dataclass
