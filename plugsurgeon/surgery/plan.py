@@ -25,6 +25,7 @@ from plugsurgeon.plugins._conv import stride_one
 from plugsurgeon.plugins.registry import PluginSpec, check_budget, get_plugin
 from plugsurgeon.sites.blocks import report_blocks  # the picture's boxes, plain data
 from plugsurgeon.sites.find import locate
+from plugsurgeon.sites.missing import why_no_sites
 from plugsurgeon.sites.roles import placement_of
 from plugsurgeon.sites.select import select
 from plugsurgeon.sites.site import ROLES, Site, role_matches
@@ -145,7 +146,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     checked: dict[tuple, _Checked] = {}  # what each (plugin, arguments, shapes) signature gave
     for index, step in enumerate(recipe.steps, start=1):
         spec = get_plugin(step.plugin)
-        sites = _sites_for(step, spec, all_sites, index, recipe, model)
+        sites = _sites_for(step, spec, all_sites, index, recipe, model, traced)
         progress.step(f"planning step {index} of '{recipe.name}': {spec.name} at {len(sites)} {step.at} sites")
         for site in sites:
             try:
@@ -161,6 +162,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
             raise SiteError(f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): every matched site was skipped as unfit",
                             hint="the report's notes say why; set `allow_empty: true` to accept a step that changes nothing")
     edits = _with_destrides(model, traced, recipe, edits, notes)
+    notes += [_on_edges_note(traced, e) for e in edits if isinstance(e, PlannedInsertion) and e.on_edges]
     check_budget(model, [(e.module, e.replaced(model)) for e in edits], f"recipe '{recipe.name}' ({len(edits)} edits)")
     _check_conflicts(edits, notes)
     _note_shared_instances(model, edits, notes)
@@ -169,7 +171,8 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     return Plan(model, traced, recipe, tuple(_named(model, edits)), tuple(notes), tuple(all_sites))
 
 
-def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module) -> list[Site]:
+def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, recipe: Recipe, model: nn.Module,
+               traced: Traced) -> list[Site]:
     role = step.role()
     of_role = [s for s in all_sites if role_matches(s.role, role) and spec.fits(s.role)]
     if spec.mode == "replace":  # one replacement per module, however many times it runs
@@ -183,9 +186,12 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
     if not chosen and not step.allow_empty:
         where = f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at})"
         if not of_role:
+            why = why_no_sites(traced, role)  # what the trace holds instead (channels-last blocks, untraceable modules)
             raise SiteError(
-                f"{where}: {type(model).__name__} has no {role} sites ({ROLES.get(role, role)}) on N,C,H,W feature maps",
-                hint=f"`plugsurgeon sites MODEL --kind {role}` lists them; set `allow_empty: true` on the step to skip models without them",
+                f"{where}: {type(model).__name__} has no {role} sites ({ROLES.get(role, role)}) on N,C,H,W feature maps"
+                + (f": {why}" if why else ""),
+                hint=f"`plugsurgeon sites MODEL --kind {role}` lists them; set `allow_empty: true` on the step to skip models without them"
+                if why is None else "set `allow_empty: true` on the step to skip models like this one",
             )
         raise SiteError(
             f"{where}: none of the {len(of_role)} {role} sites passes `where: {step.where.model_dump(exclude_defaults=True)}`",
@@ -212,6 +218,15 @@ def _read_after(part: TracedPart, node: fx.Node, names: tuple[str, ...]) -> list
     position = {n: i for i, n in enumerate(part.gm.graph.nodes)}
     last = max(position[_node(part, name)] for name in names)
     return [user for user in node.users if position[user] > last and user.op != "output"]
+
+
+def _on_edges_note(traced: Traced, edit: PlannedInsertion) -> str:
+    part = traced.part(edit.site.part)
+    readers = _read_after(part, _node(part, edit.site.node), edit.site.extra)
+    first = next((part.absolute(str(r.target)) for r in readers if r.op == "call_module"), readers[0].name)
+    more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
+    return (f"step {edit.step_index} ({edit.spec.name}) at '{edit.site.path}' goes where its inputs meet: '{first}'{more} {'read' if more else 'reads'} "
+            "its output; the layers that build its other inputs keep reading the original map")
 
 
 def _scope_candidates(part: TracedPart, site: Site, spec: PluginSpec) -> list[tuple[Scope, tuple[int, ...], bool]]:
