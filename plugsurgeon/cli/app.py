@@ -261,6 +261,7 @@ def sites(
     from plugsurgeon.cli import render
     from plugsurgeon.graph.inputs import resize_notes
     from plugsurgeon.sites.find import check_role
+    from plugsurgeon.sites.missing import why_no_sites
 
     if kind is not None:
         check_role(kind)
@@ -286,7 +287,8 @@ def sites(
             f"traced parts: {', '.join(p.path for p in traced.parts)}; "
             f"left alone: {', '.join(p or '(root)' for p, _ in traced.untraced)}"
         )
-    render.notes(resize_notes(traced))
+    why = why_no_sites(traced, kind) if not found and selector is None else None
+    render.notes(resize_notes(traced) + ([f"no {kind + ' ' if kind else ''}sites: {why}"] if why else []))
 
 
 plugins_app = typer.Typer(
