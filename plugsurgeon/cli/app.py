@@ -28,6 +28,7 @@ from plugsurgeon.cli.options import (
     TrustSource,
     Weights,
     check_output,
+    check_recipes,
     load_model,
     parse_shape,
     parse_where,
@@ -211,6 +212,7 @@ def apply(
     import plugsurgeon as ps
     from plugsurgeon.cli import render
 
+    check_recipes(recipe)  # a typo in a name or a file, reported before torch loads
     shape = parse_shape(input_shape)
     recipes = [ps.load_recipe(r) for r in recipe]  # every recipe is validated before the model is even built
     if output is not None:

@@ -109,6 +109,16 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
+def check_recipes(specs: list[str] | None) -> None:
+    """Each ``--recipe`` exists and reads as plain YAML, checked before torch and the model load (which
+    take seconds): a typo in a name or a file is reported at once. The schema is checked next, when
+    the recipe is loaded, still before the model is built."""
+    from plugsurgeon.surgery.recipe_yaml import check_recipe_text
+
+    for spec in specs or []:
+        check_recipe_text(spec)
+
+
 def save(model, output: Path, *, force: bool) -> None:
     """ps.save; --force is passed on so the library does not refuse the directory check_output allowed."""
     import plugsurgeon as ps

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from plugsurgeon.cli.options import DEFAULT_SHAPE, InputShape, TrustSource, load_model, parse_shape
+from plugsurgeon.cli.options import DEFAULT_SHAPE, InputShape, TrustSource, check_recipes, load_model, parse_shape
 
 
 def register(app: typer.Typer, user_errors=None) -> None:
@@ -47,6 +47,7 @@ def show(
     import plugsurgeon as ps
     from plugsurgeon.cli.render import console
 
+    check_recipes(recipe)  # before torch loads
     shape = parse_shape(input_shape)
     recipes = [ps.load_recipe(r) for r in recipe or []]  # every recipe is validated before the model is built
     path = picture_path(output, model, [r.name for r in recipes], deploy)

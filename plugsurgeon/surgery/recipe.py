@@ -1,9 +1,7 @@
 """Recipes: declarative, validated lists of surgery steps, loaded from plain YAML.
 
-A recipe may come from anywhere, so its YAML is data in the plainest sense: no anchors or aliases
-(a few hundred bytes of nested aliases expand to gigabytes), no tags (``!!binary``, ``!!python/...``),
-no duplicate keys, a bounded size and nesting depth, and only JSON's scalar types (a date stays a
-string). Plugin arguments are validated against each plugin's typed, bounded argument model.
+The YAML is read as plain data (``plugsurgeon.surgery.recipe_yaml``: no anchors, aliases or tags, a
+bounded size). Plugin arguments are validated against each plugin's typed, bounded argument model.
 """
 
 from __future__ import annotations
@@ -11,19 +9,22 @@ from __future__ import annotations
 import keyword
 import unicodedata
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from plugsurgeon.errors import RecipeError, UnknownNameError, did_you_mean
+from plugsurgeon.errors import RecipeError, UnknownNameError
 from plugsurgeon.sites.find import ALIASES, check_role
 from plugsurgeon.sites.select import Where
-
-MAX_RECIPE_BYTES = 64 * 1024  # built-in recipes are under 1 KB; a recipe with a step per layer of a big model fits
-MAX_YAML_DEPTH = 16  # a recipe nests five deep (steps, a step, where, a list)
+from plugsurgeon.surgery.recipe_yaml import (  # noqa: F401 - MAX_RECIPE_BYTES, _check_plain, _RecipeLoader: sweep reads spaces with them
+    MAX_RECIPE_BYTES,
+    _check_plain,
+    _RecipeLoader,
+    builtin_dir,
+    read_yaml,
+    recipe_text,
+)
 
 
 class ArgumentError(ValueError):
@@ -168,10 +169,6 @@ class Recipe(BaseModel):
     source: str | None = Field(default=None, exclude=True, description="where the recipe was read from")
 
 
-def _builtin_dir():
-    return resources.files("plugsurgeon.recipes")
-
-
 def builtin_recipes() -> dict[str, Recipe]:
     """Every recipe that ships with plugsurgeon, read and validated.
 
@@ -184,7 +181,7 @@ def builtin_recipes() -> dict[str, Recipe]:
         'residual.branch'
     """
     found = {}
-    for entry in sorted(_builtin_dir().iterdir(), key=lambda e: e.name):
+    for entry in sorted(builtin_dir().iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
             recipe = parse_recipe(entry.read_text(encoding="utf-8"), source=f"built-in recipe '{entry.name[:-5]}'")
             found[recipe.name] = recipe
@@ -227,26 +224,8 @@ def load_recipe(spec: str | Path | Recipe | dict) -> Recipe:
     if not isinstance(spec, (str, Path)):
         raise RecipeError(f"a recipe is a name, a path, a mapping or a ps.Recipe, not {type(spec).__name__}",
                           hint="for example ps.apply(model, 'cbam') or ps.apply(model, {'name': 'mine', 'steps': [...]})")
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in str(spec):
-        if not path.is_file():
-            raise RecipeError(f"recipe file '{path}' does not exist", hint="`plugsurgeon recipes` lists the built-in recipes")
-        try:
-            with path.open("rb") as handle:  # read no more than the limit, whatever the file claims
-                data = handle.read(MAX_RECIPE_BYTES + 1)
-            text = data.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise RecipeError(f"cannot read recipe file '{path}': {error}") from None
-        return parse_recipe(text, source=str(path))
-    entry = _builtin_dir() / f"{spec}.yaml"
-    if not entry.is_file():
-        names = [e.name[:-5] for e in _builtin_dir().iterdir() if e.name.endswith(".yaml")]
-        suggestion = did_you_mean(str(spec), names)
-        raise UnknownNameError(
-            f"unknown recipe '{spec}'" + (f"; {suggestion}" if suggestion else ""),
-            hint="`plugsurgeon recipes` lists the built-in recipes; a file path must end in .yaml",
-        )
-    return parse_recipe(entry.read_text(encoding="utf-8"), source=f"built-in recipe '{spec}'")
+    text, source = recipe_text(spec)
+    return parse_recipe(text, source=source)
 
 
 def parse_recipe(text: str, *, source: str = "<string>") -> Recipe:
@@ -274,16 +253,7 @@ def parse_recipe(text: str, *, source: str = "<string>") -> Recipe:
         ...     where: {stages: [4, 5]}
         ... ''')
     """
-    if len(text) > MAX_RECIPE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{source} is larger than {MAX_RECIPE_BYTES // 1024} KiB, more than any recipe needs",
-                          hint="a recipe lists steps; split a generated one, or check that the file is a recipe")
-    try:
-        _check_plain(text, source)
-        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader with fewer types
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    data = read_yaml(text, source)
     return _validated(data, source)
 
 
@@ -297,54 +267,6 @@ def _validated(data: object, source: str) -> Recipe:
         raise RecipeError(_describe(error, source), hint="`plugsurgeon recipes show cbam` prints a recipe in the format; `plugsurgeon plugins show PLUGIN` lists a plugin's arguments with ranges") from None
     except UnknownNameError as error:
         raise RecipeError(f"{source}: {error.message}", hint=error.hint) from None
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that resolves plain scalars to JSON's types only and refuses duplicate keys.
-
-    YAML 1.1 also reads timestamps (``2024-01-01`` becomes a date) and merge keys (``<<``, which need
-    aliases); neither means anything in a recipe."""
-
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers
-                if tag.rsplit(":", 1)[-1] in ("bool", "int", "float", "null")]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:  # node: a yaml MappingNode (yaml is untyped)
-        seen = set()
-        for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, (str, int, float, bool)):
-                continue  # an unhashable key; the schema refuses it with its field name
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _check_plain(text: str, source: str) -> None:
-    """Refuse anchors, aliases, tags and deep nesting from the event stream, before anything is built
-    (PyYAML would expand an alias bomb while constructing, and recurse on deep nesting)."""
-    depth = 0
-    for event in yaml.parse(text, Loader=_RecipeLoader):
-        line = f" (line {event.start_mark.line + 1})" if event.start_mark is not None else ""
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            name = getattr(event, "anchor", None)
-            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
-            raise RecipeError(f"{source} uses the YAML {kind}{name}{line}: "
-                              "recipes refuse anchors and aliases", hint="write each value out where it is used")
-        tag = getattr(event, "tag", None)
-        if tag is not None and isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
-            tag = tag.replace("tag:yaml.org,2002:", "!!")
-            raise RecipeError(f"{source} uses the YAML tag {tag}{line}: recipes hold plain values only",
-                              hint="remove the tag; arguments are numbers, booleans, strings or lists of them")
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
-                raise RecipeError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels{line}", hint="a recipe nests a few levels at most")
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
 
 
 def _describe(error: ValidationError, source: str) -> str:
