@@ -7,6 +7,8 @@ behind data-dependent control flow.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -103,3 +105,15 @@ def test_mambaout_residual_merges_are_counted():
     assert ps.find_sites(traced, "residual.branch") == []
     why = why_no_sites(traced, "residual")
     assert why is not None and why.startswith(f"{blocks} residual merges found on N,H,W,C")
+
+
+def test_sites_command_says_why_it_lists_none(monkeypatch):
+    from typer.testing import CliRunner
+
+    from plugsurgeon.cli.app import app
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    result = CliRunner().invoke(app, ["sites", "tests.sites.test_missing:ChannelsLastNet", "--kind", "residual.branch",
+                                      "--input-shape", "1,3,32,32"])
+    assert result.exit_code == 0, result.output
+    assert f"{BLOCKS} residual merges found on N,H,W,C" in " ".join(result.output.split())
