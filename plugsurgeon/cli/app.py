@@ -264,13 +264,14 @@ def sites(
     from plugsurgeon.graph.inputs import resize_notes
     from plugsurgeon.sites.find import check_role
     from plugsurgeon.sites.missing import why_no_sites
+    from plugsurgeon.sites.seeds import seed_note, trace_checking_seeds
 
     if kind is not None:
         check_role(kind)
     selector = parse_where(where, kind) if where is not None else None
     shape = parse_shape(input_shape)
     net = load_model(model, trust_source=trust_source)
-    traced = ps.trace(net, shape)
+    traced, unstable = trace_checking_seeds(net, shape)
     if selector is None:
         found = ps.find_sites(traced, kind)
     else:
@@ -290,7 +291,8 @@ def sites(
             f"left alone: {', '.join(p or '(root)' for p, _ in traced.untraced)}"
         )
     why = why_no_sites(traced, kind) if not found and selector is None else None
-    render.notes(resize_notes(traced) + ([f"no {kind + ' ' if kind else ''}sites: {why}"] if why else []))
+    render.notes(resize_notes(traced) + ([f"no {kind + ' ' if kind else ''}sites: {why}"] if why else [])
+                 + [note for note in (seed_note(unstable),) if note])
 
 
 plugins_app = typer.Typer(
