@@ -91,6 +91,9 @@ def sweep(
     result = _run(net, parsed, evaluate, metrics, cost or [], trials, output, storage, study, sampler, traced, seed, timeout, device)
     _print_result(result, model, json_output)
     if result.stopped:
+        from plugsurgeon.cli.stderr import plain
+
+        plain("stopped by Ctrl-C after the current trial; the study is kept: run the same command again to resume")
         raise typer.Exit(130)
 
 
@@ -194,8 +197,6 @@ def _print_result(result, model: str, json_output: bool) -> None:
         render.paragraph(f"written to {where}: results.json, recipes/trial_N.yaml" + (", pareto.png" if (where / "pareto.png").exists() else "")
                          + (f"; apply the best with `plugsurgeon apply {model} -r {where / 'best.yaml'}`" if (where / "best.yaml").exists() else ""))
     render.paragraph(f"study '{result.study_name}' in {result.storage}: run the same command again to resume or extend it (--trials)")
-    if result.stopped:
-        render.paragraph("stopped by Ctrl-C after the current trial; the study is kept")
 
 
 def _value(value: float) -> str:

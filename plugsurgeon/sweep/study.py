@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import json
 import os
 import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from plugsurgeon.sweep.space import Dimension, Space, check_model, describe, dim
 SAMPLERS = ("auto", "grid", "tpe", "nsga2", "random")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 JOURNAL = "study.journal"
+POLL_SECONDS = 0.5  # how often a trial waiting for another worker's trial of the same edits looks again
 AUTO_GRID = 200  # auto: a finite space up to this many combinations is searched exhaustively
 
 
@@ -144,7 +147,7 @@ def sweep(model: nn.Module, space: str | Path | Space | dict, evaluate: Callable
     started = time.monotonic()
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        done = _finished(study)
         if on_trial is not None:
             mine = runner.finished
             left = (time.monotonic() - started) / mine * max(0, target - done) if mine else None
@@ -152,14 +155,18 @@ def sweep(model: nn.Module, space: str | Path | Space | dict, evaluate: Callable
         if done >= target or stop.is_set():
             study.stop()
 
-    already = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if already < target:
+    if _finished(study) < target:
         with _quiet_optuna(), _stop_on_interrupt(stop):
             study.optimize(runner, timeout=timeout, catch=(Exception,), callbacks=[after_trial])
     result = SweepResult(name, where, objectives, [row_of(t, objectives) for t in study.get_trials(deepcopy=False)], stopped=stop.is_set())
     if out is not None:
         result.write(out)
     return result
+
+
+def _finished(study: optuna.Study) -> int:
+    """Trials finished, less those of killed workers (queued again: their candidate still has to run)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if not t.user_attrs.get("requeued"))
 
 
 def _grid_size(dims: list[Dimension]) -> int | None:
@@ -183,19 +190,32 @@ def _sampler_name(sampler: str, size: int | None, trials: int | None, objectives
 def _storage(storage: str | None, output: Path | None) -> tuple[Any, str]:
     """The Optuna storage, and where it is in words: a journal file, or a database with heartbeats (a
     worker killed mid-trial is noticed by the others and its trial run again)."""
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     if storage is None or not ("://" in storage):
         path = Path(storage) if storage is not None else (output or Path(".")) / JOURNAL
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path))), str(path)
-    try:
-        return RDBStorage(storage, heartbeat_interval=30, grace_period=90,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1)), _redacted(storage)
-    except Exception as error:  # noqa: BLE001 - drivers raise their own types
-        raise PlugsurgeonError(f"cannot open the study storage '{_redacted(storage)}': {first_line(error, 200)}",
-                               hint="check the URL, that the database server runs and its driver is installed (psycopg2 for postgresql)") from None
+    url = storage
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as the psycopg 3 driver; the `sweep` extra installs psycopg2.
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and say so at every start
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=30, grace_period=90,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1)), _redacted(storage)
+        except ImportError as error:
+            failure: Exception = error
+            break
+        except Exception as error:  # noqa: BLE001 - drivers raise their own types
+            # Workers started together race to create Optuna's tables; the loser finds them made on a retry.
+            failure = error
+            time.sleep(1 + attempt)
+    raise PlugsurgeonError(f"cannot open the study storage '{_redacted(storage)}': {first_line(failure, 200)}",
+                           hint="check the URL, that the database server runs and its driver is installed (psycopg2 for postgresql)") from None
 
 
 def _redacted(url: str) -> str:
@@ -255,6 +275,7 @@ def _reclaim_dead_workers(study: optuna.Study, storage: Any, name: str) -> None:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "error", "its worker stopped before the trial finished; queued again")
+        storage.set_trial_user_attr(trial_id, "requeued", True)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         study.enqueue_trial(dict(trial.params), skip_if_exists=False)
 
@@ -347,10 +368,19 @@ class _Runner:
         return tuple(measured[o.name] for o in self.objectives)
 
     def _same_edits(self, key: str, number: int) -> optuna.trial.FrozenTrial | None:
-        for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if other.number != number and other.user_attrs.get("key") == key:
-                return other
-        return None
+        """The complete trial that made these edits; one still running, started earlier by another worker
+        (a grid sampler hands out running grid points once none is left), is waited for."""
+        while True:
+            running = False
+            for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+                if other.number == number or other.user_attrs.get("key") != key:
+                    continue
+                if other.state == TrialState.COMPLETE:
+                    return other
+                running = running or other.number < number
+            if not running:
+                return None
+            time.sleep(POLL_SECONDS)
 
     def _costs(self, edited: nn.Module, planned: Any) -> dict[str, float]:
         names = {o.name for o in self.objectives}
