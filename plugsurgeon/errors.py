@@ -12,11 +12,14 @@ class PlugsurgeonError(Exception):
 
     Args:
         message: What is wrong, one sentence.
-        hint: How to fix it, ideally a command to run.
+        hint: How to fix it, ideally a command to run, in Python's words (``input_shape=(1, 3, 224, 224)``).
+        cli_hint: The same fix in the command line's words (``--input-shape 1,3,224,224``), where they
+            differ; the CLI shows it instead of ``hint``.
 
     Attributes:
         message: What is wrong.
         hint: How to fix it, or None.
+        cli_hint: How to fix it on the command line, or None (then ``hint`` says it for both).
 
     Examples:
         >>> try:
@@ -28,10 +31,11 @@ class PlugsurgeonError(Exception):
         `plugsurgeon recipes` lists the built-in recipes; a file path must end in .yaml
     """
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, cli_hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.cli_hint = cli_hint
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"

@@ -123,8 +123,8 @@ def exit_code_for(error: BaseException) -> int:
 
     Never raises: every printer it calls falls back to plain stderr.
     """
-    if isinstance(error, PlugsurgeonError):
-        _show(str(error.message), error.hint)
+    if isinstance(error, PlugsurgeonError):  # the core's hints speak Python; its flag form, where there is one, is ours
+        _show(str(error.message), getattr(error, "cli_hint", None) or error.hint)
         return 1
     if isinstance(error, _USAGE_ERROR):  # unknown option, missing argument, bad value: typer's message
         context = getattr(error, "ctx", None)

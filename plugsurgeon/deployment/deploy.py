@@ -82,7 +82,8 @@ def deploy(model: nn.Module, *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE
         raise PlugsurgeonError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="load one with ps.load_model('resnet50')")
     input_shape = validate_input_shape(input_shape)
     if not (atol >= 0 and rtol >= 0):
-        raise PlugsurgeonError(f"tolerances must be non-negative, got atol={atol}, rtol={rtol}", hint="for example --atol 1e-4 --rtol 1e-4")
+        raise PlugsurgeonError(f"tolerances must be non-negative, got atol={atol}, rtol={rtol}", hint="for example atol=1e-4, rtol=1e-4",
+                               cli_hint="for example --atol 1e-4 --rtol 1e-4")
     was_training = any(m.training for m in model.modules())
     progress.step(f"deploying {type(model).__name__}: copying it (the model you pass is never changed)")
     reference = _copy(model).eval()
@@ -190,9 +191,10 @@ def _verification_error(report: DeployReport) -> VerificationError:
                   "library's own tools (Ultralytics: model.fuse(), model.export(format='onnx')), or report it"
                   if foreign else "a block's reparameterize() changed what the model returns: report it"),
         )
+    check = f"check reparameterize() of {', '.join(blocks)}; " if blocks else ""
     return VerificationError(
         f"the deployed {report.model} differs from the original{where} by {worst.max_abs_diff:.3g} "
         f"(relative {worst.max_rel_diff:.3g}), over atol={v.atol:g} + rtol={v.rtol:g} x max|output|; the model you passed is unchanged",
-        hint=(f"check reparameterize() of {', '.join(blocks)}; " if blocks else "")
-        + "for fp16/bf16 models raise the tolerance with --atol/--rtol",
+        hint=check + "for fp16/bf16 models raise the tolerance with atol=/rtol=",
+        cli_hint=check + "for fp16/bf16 models raise the tolerance with --atol/--rtol",
     )

@@ -121,7 +121,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: Sequence[int
     if unfused and not allow_unfused:
         raise PlugsurgeonError(
             f"{name} is not deployed: it still holds {'; '.join(unfused)}. Exporting it would ship the slower train-time structure",
-            hint="run `plugsurgeon deploy DIR -o OUT` first (ps.deploy(model) in Python), or pass --allow-unfused to export it as it is",
+            hint="deploy it first (ps.deploy(model).model), or pass allow_unfused=True to export it as it is",
+            cli_hint="run `plugsurgeon deploy DIR -o OUT` first, or pass --allow-unfused to export it as it is",
         )
     dtype = next((p.dtype for p in work.parameters() if p.is_floating_point()), torch.float32)
     progress.step(f"running {name} in PyTorch on {len(_SEEDS)} random inputs")
@@ -163,17 +164,18 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_shape: Sequence[int
                 f"onnxruntime's output differs from PyTorch's by {report.max_abs_diff:.3g} (relative {report.max_rel_diff:.3g}), "
                 f"over atol={atol:g} + rtol={rtol:g} x max|output|; the file was written to '{path}' but does not compute the same function",
                 hint=_mismatch_hint(passed),
+                cli_hint=_mismatch_hint(passed, flags=True),
             )
     return report
 
 
-def _mismatch_hint(passed: list[bool]) -> str:
+def _mismatch_hint(passed: list[bool], *, flags: bool = False) -> str:
     """Why the graph differs, as far as which inputs it differs on tells."""
     if passed[0]:
         return ("the graph is right on the input it was exported with and wrong on another: the exporter recorded something "
                 "that input did as a constant (a size or count read as a Python number, a branch on a value); "
                 "make the model's forward compute it with tensor operations, or report the model")
-    return "try another opset with --opset, or report the model: the exporter mistranslated an op"
+    return f"try another opset with {'--opset' if flags else 'opset='}, or report the model: the exporter mistranslated an op"
 
 
 _SEEDS = (0, 1)  # the first input is the one the graph is exported with; the second catches a graph that kept
@@ -194,7 +196,8 @@ def _reference_runs(model: nn.Module, input_shape: tuple[int, ...], dtype: torch
         except Exception as error:  # noqa: BLE001 - any failure here is the model's on this shape
             raise PlugsurgeonError(
                 f"{type(model).__name__} does not run on a {'x'.join(map(str, input_shape))} input: {type(error).__name__}: {first_line(error)}",
-                hint="pass the shape the model takes with --input-shape N,C,H,W",
+                hint="pass the shape the model takes as input_shape=(N, C, H, W)",
+                cli_hint="pass the shape the model takes with --input-shape N,C,H,W",
             ) from None
 
     # A detector takes images in [0, 1] (torchvision's transform normalises them): noise in that range is what
@@ -226,7 +229,8 @@ def _run_onnx(onnx, ort, path: Path, inputs: list[torch.Tensor]):
         raise
     except Exception as error:  # noqa: BLE001 - onnx/onnxruntime raise their own types
         raise PlugsurgeonError(f"onnxruntime cannot run the exported '{path}': {type(error).__name__}: {str(error).strip()[:300]}",
-                               hint="try another opset with --opset; the exporter produced a graph onnxruntime does not support") from None
+                               hint="try another opset with opset=; the exporter produced a graph onnxruntime does not support",
+                               cli_hint="try another opset with --opset; the exporter produced a graph onnxruntime does not support") from None
     return proto, session, actual
 
 
@@ -265,6 +269,7 @@ def _check_detections(report: ExportReport, expected: list[Any], actual: list[li
             + (f" ({'; '.join(check.problems[:3])})" if check.problems else "")
             + f"; the file was written to '{report.path}' but does not compute the same detections",
             hint=_mismatch_hint(passed),
+            cli_hint=_mismatch_hint(passed, flags=True),
         )
 
 

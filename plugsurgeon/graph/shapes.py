@@ -33,14 +33,16 @@ def validate_input_shape(shape: Any) -> tuple[int, ...]:
     if len(dims) < 3 or any(d <= 0 for d in dims):
         raise PlugsurgeonError(
             f"input shape {shape!r} is not a list of positive sizes",
-            hint="pass it as N,C,H,W, for example --input-shape 1,3,224,224",
+            hint="pass it as N,C,H,W, for example input_shape=(1, 3, 224, 224)",
+            cli_hint="pass it as N,C,H,W, for example --input-shape 1,3,224,224",
         )
     if math.prod(dims) > MAX_INPUT_ELEMENTS:
         # Some models must run for real once (a detector's transform, a head reading its strides):
         # an input this large would allocate gigabytes just to find sites.
         raise PlugsurgeonError(
             f"input shape {dims} has {math.prod(dims):,} elements, more than the {MAX_INPUT_ELEMENTS:,} surgery needs to see a model",
-            hint="sites and shapes do not change with size past a few hundred pixels: pass for example --input-shape 1,3,512,512",
+            hint="sites and shapes do not change with size past a few hundred pixels: pass for example input_shape=(1, 3, 512, 512)",
+            cli_hint="sites and shapes do not change with size past a few hundred pixels: pass for example --input-shape 1,3,512,512",
         )
     return dims
 
@@ -153,7 +155,8 @@ def _shape_error(error: Exception, inputs, where: str) -> TraceError:
     cause = error.__cause__ or error  # ShapeProp wraps the model's own error with node metadata
     return TraceError(
         f"{where} does not run on inputs of shape {shapes}: {first_line(cause)}",
-        hint="pass the shape the model expects with --input-shape N,C,H,W",
+        hint="pass the shape the model expects as input_shape=(N, C, H, W)",
+        cli_hint="pass the shape the model expects with --input-shape N,C,H,W",
     )
 
 
@@ -223,6 +226,7 @@ def _record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, 
             raise TraceError(
                 f"{type(model).__name__} cannot be traced by torch.fx and does not run on an input of shape "
                 f"{tuple(example.shape)}: {first_line(error)}",
-                hint="pass the shape the model expects with --input-shape N,C,H,W",
+                hint="pass the shape the model expects as input_shape=(N, C, H, W)",
+                cli_hint="pass the shape the model expects with --input-shape N,C,H,W",
             ) from None
     return records

@@ -639,7 +639,8 @@ class _PartTracer:
             reason = self.untraced[0][1] if self.untraced else "no traceable submodule"
             raise TraceError(
                 f"torch.fx cannot trace {type(self.model).__name__} nor any of its submodules: {reason}",
-                hint="check that the model runs on an input of --input-shape; fx cannot follow data-dependent control flow",
+                hint="check that the model runs on an input of input_shape; fx cannot follow data-dependent control flow",
+                cli_hint="check that the model runs on an input of --input-shape; fx cannot follow data-dependent control flow",
             )
         if len(self.parts) > 1:
             # Strides are relative to the image the backbone sees: a head part fed pyramid levels must

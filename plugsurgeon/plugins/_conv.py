@@ -105,7 +105,9 @@ def check_plain_conv(conv: nn.Module | None, where: str = "") -> None:
         f"{where} a {cls.__name__} ({cls.__module__}{_purpose(cls)}), whose forward is not nn.Conv2d's; the plugin "
         "rebuilds the convolution from its weight as a plain conv and would change what it computes",
         hint=f"leave the {cls.__name__} layers out with `where: {{exclude: [...]}}` or let the step skip them with "
-             "`on_unfit: skip`; `plugsurgeon sites MODEL --kind conv` lists the convs",
+             "`on_unfit: skip`; ps.find_sites(model, 'conv') lists the convs",
+        cli_hint=f"leave the {cls.__name__} layers out with `where: {{exclude: [...]}}` or let the step skip them with "
+                 "`on_unfit: skip`; `plugsurgeon sites MODEL --kind conv` lists the convs",
     )
 
 

@@ -188,7 +188,8 @@ def _check_target(directory: Path, force: bool) -> None:
     existing = [name for name in (MANIFEST, WEIGHTS) if os.path.lexists(directory / name)]
     if existing and not force:
         raise PlugsurgeonError(f"'{directory}' already holds a saved model ({', '.join(existing)}); nothing was written",
-                               hint="choose a new directory, or pass force=True (command line: --force) to replace it")
+                               hint="choose a new directory, or pass force=True to replace it",
+                               cli_hint="choose a new directory, or pass --force to replace it")
 
 
 def _check_rebuilt(rebuilt: nn.Module, model: nn.Module) -> None:
@@ -272,7 +273,8 @@ def read_manifest(directory: str | Path) -> Manifest:
     root = _model_directory(directory)
     path = directory / MANIFEST
     if not os.path.lexists(path):
-        raise ModelLoadError(f"'{directory}' is not a plugsurgeon model directory (no {MANIFEST})", hint="write one with `plugsurgeon apply MODEL --recipe R -o DIR`")
+        raise ModelLoadError(f"'{directory}' is not a plugsurgeon model directory (no {MANIFEST})", hint="write one with ps.save(model, DIR)",
+                             cli_hint="write one with `plugsurgeon apply MODEL --recipe R -o DIR`")
     path = _inside(directory, root, MANIFEST)
     data = _parse_json(_read_bounded(path, MAX_MANIFEST_BYTES, "manifest"), path)
     if not isinstance(data, dict):

@@ -69,8 +69,8 @@ def build_source(source: str, *, trusted: bool, directory: Path | None = None) -
         raise ModelLoadError(
             f"{where} names Python code to build its model: source '{name}' would import '{module_name}' and call "
             f"{attribute}(); a saved directory runs no code unless you say you trust it",
-            hint="if you trust whoever wrote it, load it with ps.load(DIR, trust_source=True) (command line: --trust-source); "
-            "directories of torchvision and timm models need neither",
+            hint="if you trust whoever wrote it, pass trust_source=True; directories of torchvision and timm models need neither",
+            cli_hint="if you trust whoever wrote it, pass --trust-source; directories of torchvision and timm models need neither",
         )
     if directory is not None:
         _refuse_code_inside(name, directory)

@@ -167,7 +167,8 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     _check_conflicts(edits, notes)
     _note_shared_instances(model, edits, notes)
     if not edits:
-        raise SiteError(f"recipe '{recipe.name}' matched no site in {type(model).__name__}", hint="`plugsurgeon sites MODEL` lists the sites it has")
+        raise SiteError(f"recipe '{recipe.name}' matched no site in {type(model).__name__}", hint="ps.find_sites(model) lists the sites it has",
+                        cli_hint="`plugsurgeon sites MODEL` lists the sites it has")
     return Plan(model, traced, recipe, tuple(_named(model, edits)), tuple(notes), tuple(all_sites))
 
 
@@ -190,12 +191,15 @@ def _sites_for(step: Step, spec: PluginSpec, all_sites: list[Site], index: int, 
             raise SiteError(
                 f"{where}: {type(model).__name__} has no {role} sites ({ROLES.get(role, role)}) on N,C,H,W feature maps"
                 + (f": {why}" if why else ""),
-                hint=f"`plugsurgeon sites MODEL --kind {role}` lists them; set `allow_empty: true` on the step to skip models without them"
+                hint=f"ps.find_sites(model, '{role}') lists them; set `allow_empty: true` on the step to skip models without them"
                 if why is None else "set `allow_empty: true` on the step to skip models like this one",
+                cli_hint=f"`plugsurgeon sites MODEL --kind {role}` lists them; set `allow_empty: true` on the step to skip models without them"
+                if why is None else None,
             )
         raise SiteError(
             f"{where}: none of the {len(of_role)} {role} sites passes `where: {step.where.model_dump(exclude_defaults=True)}`",
-            hint=f"`plugsurgeon sites MODEL --kind {role}` shows paths, channels and stages to select on",
+            hint=f"ps.find_sites(model, '{role}') shows paths, channels and stages to select on",
+            cli_hint=f"`plugsurgeon sites MODEL --kind {role}` shows paths, channels and stages to select on",
         )
     return chosen
 

@@ -95,10 +95,7 @@ class Step(BaseModel):
         check_role(self.at)
         role = ALIASES.get(self.at, (self.at, {}))[0]
         if not spec.fits(role):
-            raise ValueError(
-                f"plugin '{self.plugin}' takes {', '.join(spec.roles)} sites, not '{self.at}'"
-                + ("; ACBlock-style replacements target `at: conv` with `where: {kernel: 3}`" if spec.mode == "replace" else "")
-            )
+            raise ValueError(f"plugin '{self.plugin}' takes {', '.join(spec.roles)} sites, not '{self.at}'; {_fitting_step(spec)}")
         structural = sorted(set(self.args) & spec.structural)
         if structural:
             raise ValueError(f"argument(s) {structural} of plugin '{self.plugin}' come from the graph and cannot be set")
@@ -167,6 +164,13 @@ class Recipe(BaseModel):
     paper: str | None = None
     steps: list[Step] = Field(min_length=1)
     source: str | None = Field(default=None, exclude=True, description="where the recipe was read from")
+
+
+def _fitting_step(spec) -> str:
+    """How a step of this plugin is written: its role, and the selector a typical step uses."""
+    where = ", ".join(f"{key}: {value}" for key, value in spec.suggested_where)
+    at = " or ".join(f"`at: {role}`" for role in spec.roles)
+    return f"write {at}" + (f" with `where: {{{where}}}`" if where else "")
 
 
 def builtin_recipes() -> dict[str, Recipe]:

@@ -82,7 +82,7 @@ def test_import_paths_are_refused_unless_trusted(plain_dir, source):
     with pytest.raises(ps.ModelLoadError) as refused:
         ps.load(plain_dir)
     assert f"source '{source}' would import '{module}'" in refused.value.message
-    assert "trust_source=True" in refused.value.hint and "--trust-source" in refused.value.hint
+    assert "trust_source=True" in refused.value.hint and "--trust-source" in refused.value.cli_hint  # Python, and the CLI's words
 
 
 def test_trusted_factory_that_exits_is_one_load_error(plain_dir):

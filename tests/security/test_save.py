@@ -25,7 +25,7 @@ def test_an_existing_model_directory_is_kept_unless_forced(plain_dir, small):
     before = snapshot(plain_dir)
     with pytest.raises(ps.PlugsurgeonError, match="already holds a saved model .manifest.json, weights.safetensors.; nothing was written") as refused:
         ps.save(small, plain_dir)
-    assert "force=True" in refused.value.hint and "--force" in refused.value.hint
+    assert "force=True" in refused.value.hint and "--force" in refused.value.cli_hint  # Python, and the CLI's words
     assert snapshot(plain_dir) == before
     with torch.no_grad():
         small.classifier[1].bias.add_(1)  # the autouse seed would build the saved weights again
