@@ -104,6 +104,9 @@ def deploy(model: nn.Module, *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE
         params_after=count_params(deployed),
         notes=_notes(traced, reparameterized, outcome.left_alone, was_training),
     )
+    if plan.checked_alone:
+        report.notes.append(f"folded inside modules that no traced part calls, each compared alone with its folded copy "
+                            f"(the verification below does not reach them): {', '.join(plan.checked_alone[:5])}")
     if verify:
         progress.step("verifying the deployed model against the original")
         expected, report.flops_before = run(reference, calls)

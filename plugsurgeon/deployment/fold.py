@@ -17,6 +17,7 @@ runs once, so a conv shared by two call sites gets corrupted there. Here it is s
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -29,11 +30,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from plugsurgeon.deployment.fold_inside import leaves_holding, pair_inside, recorded_run
+from plugsurgeon.deployment.fold_inside import Inside, leaves_holding, pair_inside, recorded_run
 from plugsurgeon.deployment.report import Folded, Skipped
 from plugsurgeon.graph.edit import put
+from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended, training_flags_kept
 from plugsurgeon.graph.probe import Dataflow
-from plugsurgeon.graph.shapes import shape_of
+from plugsurgeon.graph.shapes import flat_tensors, shape_of
 from plugsurgeon.graph.trace import Traced, TracedPart
 
 _STOCK_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -140,6 +142,7 @@ class FoldPlan:
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (layer path, norm path), absolute
     skipped: list[Skipped] = field(default_factory=list)
     inside: dict[str, str] = field(default_factory=dict)  # norm path -> the leaf of the trace whose own run proved its pair
+    checked_alone: list[str] = field(default_factory=list)  # norms folded in a module no traced part calls
 
 
 def plan_folds(traced: Traced) -> FoldPlan:
@@ -182,23 +185,47 @@ def _plan_inside(traced: Traced, norms: dict[str, nn.Module], graph: _GraphFacts
         if reason is None:
             layer_path, reason = pair_inside(inside, cast(Dataflow, run), norm_path)
             if layer_path is not None:
-                reason = _why_not_inside(traced.model, layer_path, norm_path, inside.module, graph) or ""
+                reason = _why_not_inside(traced.model, layer_path, norm_path, inside, graph) or ""
+                if not reason and inside.outside_parts:
+                    reason = _changes_alone(inside, layer_path, norm_path) or ""
         if reason:
             plan.skipped.append(Skipped(norm_path, f"{where}: {reason}"))
         else:
             plan.pairs.append((cast(str, layer_path), norm_path))
             plan.inside[norm_path] = inside.path
+            if inside.outside_parts:
+                plan.checked_alone.append(norm_path)
         done.add(norm_path)
     return done
 
 
-def _why_not_inside(model: nn.Module, layer_path: str, norm_path: str, host: nn.Module, graph: _GraphFacts) -> str | None:
+def _changes_alone(inside: Inside, layer_path: str, norm_path: str) -> str | None:
+    """Outside every traced part, deploy's verification does not reach: the module holding the pair is
+    compared with a folded copy of itself, on random inputs of its recorded shapes."""
+    prefix = inside.path + "."
+    folded = copy.deepcopy(inside.module).eval()
+    apply_folds(folded, FoldPlan(pairs=[(layer_path[len(prefix):], norm_path[len(prefix):])]))
+    args, kwargs = inside.example()
+    with hooks_suspended(inside.module), training_flags_kept(inside.module, False), attributes_preserved(inside.module), torch.no_grad():
+        expected, actual = flat_tensors(inside.module(*args, **kwargs)), flat_tensors(folded(*args, **kwargs))
+    if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual)):
+        return "folding it changes what the module holding it returns"
+    for e, a in zip(expected, actual):
+        if e.numel() == 0:
+            continue
+        diff, scale = float((e.float() - a.float()).abs().max()), float(e.float().abs().max())
+        if diff > 1e-4 + 1e-4 * scale:
+            return f"folding it changes the output of the module holding it by {diff:.3g} (no traced part calls that module, so it was compared alone)"
+    return None
+
+
+def _why_not_inside(model: nn.Module, layer_path: str, norm_path: str, inside: Inside, graph: _GraphFacts) -> str | None:
     layer, norm = model.get_submodule(layer_path), model.get_submodule(norm_path)
     problem = _norm_problem(norm) or _layer_problem(layer)
     if problem:
         return problem
-    if graph.calls[id(host)] != 1:
-        return f"the layer holding them runs {graph.calls[id(host)]} times in the traced forward"
+    if not inside.outside_parts and graph.calls[id(inside.module)] != 1:
+        return f"the layer holding them runs {graph.calls[id(inside.module)]} times in the traced forward"
     paths = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     if paths[id(layer)] != 1 or paths[id(norm)] != 1 or graph.calls[id(layer)] or graph.calls[id(norm)]:
         return "the conv or the BatchNorm is shared with another part of the model"

@@ -19,34 +19,68 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
+from torch.utils._pytree import tree_map
 
 from plugsurgeon.errors import first_line
 from plugsurgeon.graph.probe import Dataflow, record_dataflow
-from plugsurgeon.graph.trace import Traced, TracedPart
+from plugsurgeon.graph.trace import Traced
 
 
 @dataclass
 class Inside:
-    """The leaf of the trace a BatchNorm lies in: the (part, node) that calls it, and why fx kept it whole."""
+    """The leaf of the trace a BatchNorm lies in, and why fx kept it whole. Its inputs come from the node that
+    calls it in a traced part, or, for a submodule no traced part calls, from the forward that recorded them;
+    a fold there is outside what deploy's verification compares, so it is checked on the module alone."""
 
     path: str
     module: nn.Module
-    part: TracedPart
-    node: fx.Node
     why: str
+    node: fx.Node | None = None
+    recorded: tuple[tuple, dict] | None = None
+
+    @property
+    def outside_parts(self) -> bool:
+        return self.node is None
+
+    def example(self) -> tuple[tuple, dict]:
+        """Random inputs of the shapes the trace saw for this module."""
+        if self.node is None:
+            args, kwargs = cast(tuple[tuple, dict], self.recorded)
+            return tree_map(_random_like, args), tree_map(_random_like, kwargs)
+        return tuple(fx.node.map_arg(self.node.args, _from_meta)), dict(fx.node.map_arg(self.node.kwargs, _from_meta))
+
+
+def _random_like(value: Any) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    return torch.randn(value.shape).to(value.dtype) if value.is_floating_point() else torch.zeros_like(value)
+
+
+def _from_meta(node: fx.Node) -> Any:
+    meta = node.meta.get("tensor_meta")
+    if not isinstance(meta, TensorMetadata):
+        raise LookupError(f"the trace recorded no single tensor for its input '{node.name}'")
+    return _random_like(torch.empty(tuple(meta.shape), dtype=meta.dtype))
 
 
 def leaves_holding(traced: Traced, norms: list[str], module_of) -> dict[str, Inside]:
-    """For each BatchNorm path, the innermost module called as one node of a traced graph that contains it."""
+    """For each BatchNorm path, the innermost module that contains it and that a traced graph calls as one node,
+    or that was left untraced with its inputs recorded."""
     untraced = dict(traced.untraced)
+
+    def why(path: str) -> str:
+        reason = untraced.get(path)
+        return f"torch.fx cannot trace its forward: {reason.split(': ', 1)[-1]}" if reason else "the trace keeps it as one call"
+
     leaves: dict[str, Inside] = {}
     for part in traced.parts:
         for node in part.gm.graph.nodes:
             if node.op == "call_module":
                 path = part.absolute(cast(str, node.target))
-                reason = untraced.get(path)
-                why = f"torch.fx cannot trace its forward: {reason.split(': ', 1)[-1]}" if reason else "the trace keeps it as one call"
-                leaves.setdefault(path, Inside(path, module_of(part, node), part, node, why))
+                leaves.setdefault(path, Inside(path, module_of(part, node), why(path), node=node))
+    for path, recorded in traced.untraced_inputs.items():
+        if path not in leaves and not any(part.path == "" or path.startswith(part.path + ".") for part in traced.parts):
+            leaves[path] = Inside(path, traced.model.get_submodule(path), why(path), recorded=recorded)
     found = {}
     for norm in norms:
         holders = [path for path in leaves if norm.startswith(path + ".")]
@@ -57,18 +91,9 @@ def leaves_holding(traced: Traced, norms: list[str], module_of) -> dict[str, Ins
 
 def recorded_run(inside: Inside) -> Dataflow | str:
     """The leaf's run on tensors shaped as the trace recorded its inputs, or why it could not be run."""
-    def example(node: fx.Node) -> Any:
-        meta = node.meta.get("tensor_meta")
-        if not isinstance(meta, TensorMetadata):
-            raise LookupError(f"the trace recorded no single tensor for its input '{node.name}'")
-        if meta.dtype.is_floating_point:
-            return torch.randn(tuple(meta.shape)).to(meta.dtype)
-        return torch.zeros(tuple(meta.shape), dtype=meta.dtype)
-
     try:
-        args = fx.node.map_arg(inside.node.args, example)
-        kwargs = fx.node.map_arg(inside.node.kwargs, example)
-        return record_dataflow(inside.module, tuple(args), dict(kwargs))
+        args, kwargs = inside.example()
+        return record_dataflow(inside.module, args, kwargs)
     except Exception as error:  # noqa: BLE001 - the layer's own forward may raise anything
         return f"running it alone failed: {first_line(error, 200) or type(error).__name__}"
 

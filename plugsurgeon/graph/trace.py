@@ -526,6 +526,9 @@ class Traced:
     parts: list[TracedPart]
     input_shape: tuple[int, ...]
     untraced: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # What each untraced submodule was called with, where one forward recorded it (empty tensors of the shapes
+    # seen): deploy runs such a module alone to see its structure.
+    untraced_inputs: dict[str, tuple[tuple, dict]] = field(default_factory=dict)
     # The fake mode shapes were propagated in; whole-model checks of the same trace share it (and the
     # fake copies of the model's tensors it memoises once the first of them converts them).
     fake_mode: FakeTensorMode | None = None
@@ -624,6 +627,7 @@ class _PartTracer:
         self.dtype = dtype
         self.parts: list[TracedPart] = []
         self.untraced: list[tuple[str, str]] = []
+        self.untraced_inputs: dict[str, tuple[tuple, dict]] = {}
         self._inputs: dict[str, tuple[tuple, dict]] | None = None
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
 
@@ -648,7 +652,7 @@ class _PartTracer:
             reference = max((p.input_spatial for p in self.parts if p.input_spatial), key=lambda s: s[0] * s[1], default=None)
             for part in self.parts:
                 part.input_spatial = reference
-        return Traced(self.model, self.parts, self.input_shape, self.untraced, self.fake_mode)
+        return Traced(self.model, self.parts, self.input_shape, self.untraced, self.untraced_inputs, self.fake_mode)
 
     def visit(self, path: str, module: nn.Module) -> None:
         if is_leaf_type(module):
@@ -671,6 +675,8 @@ class _PartTracer:
                 gm, tracer, opaque = trace_isolating(module, concrete)
             except ModuleTraceError as error:
                 self.untraced.append((path, f"{type(module).__name__}: {_short(error.cause)}"))
+                if path:
+                    self.untraced_inputs[path] = (args, kwargs)
             else:
                 try:
                     example = _example_call(module.forward, args, kwargs) if path else args

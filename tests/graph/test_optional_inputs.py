@@ -45,21 +45,18 @@ class WithLabels(nn.Module):
         return {"logits": logits, "loss": loss}
 
 
-def test_optional_arguments_are_traced_at_their_defaults():
+def test_optional_arguments_are_traced_at_their_defaults_and_kept_by_apply_and_deploy():
     model = WithLabels()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     traced = ps.trace(model, (1, 3, 32, 32))
     assert traced.whole
     assert [s.path for s in ps.find_sites(traced, "residual.branch")] == ["blocks.0.bn2", "blocks.1.bn2"]
 
-
-def test_apply_and_deploy_keep_the_optional_arguments():
-    model = WithLabels()
-    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.5, 2)
-    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
-
-    edited = ps.apply(model, "se", input_shape=(1, 3, 32, 32)).model
+    edited = ps.apply(model, "se", input_shape=(1, 3, 32, 32), traced=traced).model
     out = edited(x, labels=labels)
     assert out["loss"] is not None and out["loss"].requires_grad
     out["loss"].backward()

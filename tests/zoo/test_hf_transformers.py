@@ -80,8 +80,7 @@ def batchnorms(model: nn.Module) -> list[str]:
     return [path for path, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@pytest.mark.parametrize("name", slow_except(CONFIGS, default={"ConvNext"}))
-@pytest.mark.parametrize("recipe", ["se", "cbam"])
+@pytest.mark.parametrize(("name", "recipe"), slow_except([(n, r) for n in CONFIGS for r in ("se", "cbam")], default={("ConvNext", "se")}))
 def test_recipes_apply_after_a_training_step(name, recipe):
     model = trained(name)
     x, labels = torch.randn(2, *SHAPE[1:]), torch.tensor([1, 0])
