@@ -85,6 +85,7 @@ class Change:
     flops: int | None = None
     site: str = ""  # the site's path: places a new module that no box holds
     plugin: str = ""
+    role: str = ""  # the site's role, which with its path names what else the module reads
 
 
 def picture(
@@ -223,7 +224,9 @@ def _surgery_picture(reports: list, title: str | None) -> Picture:
     for report in reports:
         for edit in report.edits:
             kind = "replaced" if edit.mode == "replace" else "inserted"
-            changes.append(Change(kind, edit.module, "", edit.params_added, edit.flops_added, edit.site, edit.plugin))
+            changes.append(
+                Change(kind, edit.module, "", edit.params_added, edit.flops_added, edit.site, edit.plugin, edit.role)
+            )
     first, last = reports[0], reports[-1]
     flops_before = first.flops_before
     added = [r.flops_added for r in reports]
@@ -292,6 +295,7 @@ def _place(graph: BlockGraph, changes: list[Change]):
     placed: dict[str, list[Change]] = defaultdict(list)
     unplaced: list[Change] = []
     last_after: dict[str, str] = {}  # site box -> the last new box put after it
+    reads: set[tuple[str, str]] = set()  # edges into multi-input modules from the other levels they read
     for change in changes:
         holder = graph.holder(change.module)
         if holder is not None:
@@ -318,7 +322,12 @@ def _place(graph: BlockGraph, changes: list[Change]):
             blocks.index(next(b for b in blocks if b.id == last_after.get(site_box, site_box))) + 1, new
         )
         after = last_after.get(site_box, site_box)
-        edges = [(new.id, t) if s == after else (s, t) for s, t in edges] + [(after, new.id)]
+        edges = [(new.id, t) if s == after and (s, t) not in reads else (s, t) for s, t in edges] + [(after, new.id)]
+        # A multi-input module (ASFF, SEB) also reads other levels, as they were before any module went
+        # after them: an edge from each box that holds one, which later insertions leave where it is.
+        read = [(box, new.id) for box in graph.site_reads.get((change.role, change.site), ()) if box not in (after, site_box)]
+        edges += read
+        reads.update(read)
         last_after[site_box] = new.id
         placed[new.id].append(change)
     return blocks, list(dict.fromkeys(edges)), placed, unplaced

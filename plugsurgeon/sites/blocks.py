@@ -94,6 +94,9 @@ class BlockGraph:
     groups: dict[str, str] = field(default_factory=dict)  # opened module path -> class name: the clusters
     untraced: tuple[str, ...] = ()  # modules left out of the trace (drawn as a note)
     site_blocks: dict[str, str] = field(default_factory=dict)  # site path -> id of the box holding its node
+    # (role, site path) -> ids of the boxes holding the other nodes a multi-input plugin there reads
+    # (ASFF's other pyramid levels, SEB's top-down input): a module inserted there has an edge from each.
+    site_reads: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def block(self, block_id: str) -> Block:
         for block in self.blocks:
@@ -132,6 +135,11 @@ def block_graph(traced: Traced, sites: list[Site], *, max_boxes: int = MAX_BOXES
         holder = node_box.get((site.part, site.node))
         if holder is not None:
             site_blocks.setdefault(site.path, holder)
+    site_reads = {
+        (site.role, site.path): tuple(dict.fromkeys(b for b in (node_box.get((site.part, n)) for n in site.extra) if b))
+        for site in sites
+        if site.extra
+    }
     groups = {b.group: calls.get(b.group, "") for b in blocks if b.group}
     return BlockGraph(
         model=type(model).__name__,
@@ -143,6 +151,7 @@ def block_graph(traced: Traced, sites: list[Site], *, max_boxes: int = MAX_BOXES
         groups=groups,
         untraced=tuple(path or "(model)" for path, _reason in traced.untraced) if not traced.whole else (),
         site_blocks=site_blocks,
+        site_reads=site_reads,
     )
 
 
