@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from plugsurgeon.cli.options import DEFAULT_SHAPE, InputShape, TrustSource, check_recipes, load_model, parse_shape
+from plugsurgeon.cli.options import (
+    DEFAULT_SHAPE,
+    InputShape,
+    Json,
+    TrustSource,
+    check_recipes,
+    load_model,
+    parse_shape,
+)
 
 
 def register(app: typer.Typer, user_errors=None) -> None:
@@ -42,10 +50,11 @@ def show(
     ] = False,
     input_shape: InputShape = DEFAULT_SHAPE,
     trust_source: TrustSource = False,
+    json_output: Json = False,
 ) -> None:
     """Draw the model as blocks (stages, residual blocks, neck, head), the edited ones highlighted with their parameter and FLOP deltas."""
     import plugsurgeon as ps
-    from plugsurgeon.cli.render import console
+    from plugsurgeon.cli.render import console, print_json
 
     check_recipes(recipe)  # before torch loads
     shape = parse_shape(input_shape)
@@ -64,6 +73,9 @@ def show(
         svg = ps.picture(net, input_shape=shape)
     write(svg, path)
     edited = sum(len(r.report.edits) for r in results)
+    if json_output:  # the file is written either way; the JSON says where, and what it shows
+        print_json({"output": str(path), "edits": edited, "deployed": deploy, "picture": svg.data})
+        return
     what = (
         f"{edited} edits marked"
         if results and not deploy

@@ -56,7 +56,10 @@ _KEYS = {"inserted": "module inserted", "replaced": "module replaced", "fused": 
 
 
 class Picture(str):
-    """SVG text. A notebook shows it as the picture; ``save(path)`` writes it."""
+    """SVG text. A notebook shows it as the picture; ``save(path)`` writes it; ``data`` is what it
+    shows as plain JSON-able data (boxes, edges, frames, changes), for programs (``show --json``)."""
+
+    data: dict[str, Any]
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -187,7 +190,36 @@ def draw(
         legend.append(Line(f"{change.kind} outside the drawn boxes: {change.module}: {change.text}"))
     legend.extend(Line(note) for note in notes)
     keys = [(kind, meaning) for kind, meaning in _KEYS.items() if kind in used]
-    return Picture(render(cards, where, clusters, title=title, legend=legend, keys=keys))
+    drawn = Picture(render(cards, where, clusters, title=title, legend=legend, keys=keys))
+    drawn.data = _data(graph, blocks, edges, placed_changes, unplaced, title=title, totals=totals, notes=notes)
+    return drawn
+
+
+def _data(graph: BlockGraph, blocks, edges, placed, unplaced, *, title: str, totals: str, notes) -> dict[str, Any]:
+    """The picture as data: every box (with the changes it shows), every edge, every frame; the same
+    boxes and edges the SVG draws, so a program reads what a person sees."""
+
+    def change(c: Change) -> dict[str, Any]:
+        return {"kind": c.kind, "module": c.module, "plugin": c.plugin or None, "site": c.site or None,
+                "text": c.text or None, "params_added": c.params, "flops_added": c.flops}
+
+    return {
+        "title": title,
+        "model": graph.model,
+        "input_shape": list(graph.input_shape),
+        "totals": totals,
+        "boxes": [
+            {"id": b.id, "kind": "new" if "new" in b.tags else b.kind, "path": b.path or None, "label": b.label,
+             "params": b.params, "group": b.group or None, "tags": [t for t in b.tags if t != "new"],
+             "changes": [change(c) for c in placed.get(b.id, [])]}
+            for b in blocks
+        ],
+        "edges": [list(e) for e in edges],
+        "groups": dict(graph.groups),
+        "untraced": list(graph.untraced),
+        "unplaced": [change(c) for c in unplaced],
+        "notes": list(notes),
+    }
 
 
 # -- sources --------------------------------------------------------------------------------------
