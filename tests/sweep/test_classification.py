@@ -9,6 +9,9 @@ from plugsurgeon.errors import PlugsurgeonError
 from plugsurgeon.sweep.classification import ImageFolderObjective
 from plugsurgeon.sweep.study import sweep
 from tests.sweep.tiny import FourStages
+from tests.sweep.tiny import one_thread  # noqa: F401 - the fixture, used below
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 

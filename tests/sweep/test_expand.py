@@ -5,6 +5,9 @@ import pytest
 import plugsurgeon as ps
 from plugsurgeon.sweep.expand import expand
 from tests.slow import slow_except
+from tests.sweep.tiny import one_thread  # noqa: F401 - the fixture, used below
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subsets_space(**step):

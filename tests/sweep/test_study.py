@@ -8,6 +8,9 @@ import plugsurgeon as ps
 from plugsurgeon.errors import PlugsurgeonError
 from plugsurgeon.sweep.study import sweep
 from tests.sweep.tiny import WEIGHTS, FourStages, score, stages_with
+from tests.sweep.tiny import one_thread  # noqa: F401 - the fixture, used below
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE = (1, 3, 32, 32)
 SPACE = {"sweep": {"name": "stages", "steps": [{"plugin": "se", "at": "residual.branch", "stages": {"subsets_of": [2, 3, 4, 5]}}]}}

@@ -5,6 +5,10 @@ import json
 from typer.testing import CliRunner
 
 from plugsurgeon.cli.app import app
+import pytest
+from tests.sweep.tiny import one_thread  # noqa: F401 - the fixture, used below
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODEL = "tests.sweep.tiny:FourStages"
 SHAPE = "1,3,32,32"

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,3 +56,12 @@ def logged_score(model: nn.Module) -> float:
     with log.open("a") as handle:
         handle.write(f"done {stages}\n")
     return score(model)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread: more only spin against each other on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
