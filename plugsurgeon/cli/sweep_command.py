@@ -14,7 +14,15 @@ from typing import Annotated, Any
 
 import typer
 
-from plugsurgeon.cli.options import DEFAULT_SHAPE, InputShape, Json, TrustSource, Weights, load_model, parse_shape
+from plugsurgeon.cli.options import (
+    DEFAULT_SHAPE,
+    InputShape,
+    Json,
+    TrustSource,
+    Weights,
+    load_model,
+    parse_shape,
+)
 
 BUILTIN_OBJECTIVES = ("classification", "detection")
 
@@ -170,7 +178,7 @@ def _print_expansion(expansion, model: str, name: str, json_output: bool) -> Non
 
 def _print_result(result, model: str, json_output: bool) -> None:
     from plugsurgeon.cli import render
-    from plugsurgeon.cli.render import Column, human
+    from plugsurgeon.cli.render import Column
 
     if json_output:
         render.print_json(result.to_dict())

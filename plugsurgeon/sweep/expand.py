@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from plugsurgeon.errors import PlugsurgeonError, first_line
+from plugsurgeon.errors import PlugsurgeonError
 from plugsurgeon.graph.fake import count_params
 from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE
 from plugsurgeon.graph.trace import Traced, trace

@@ -36,9 +36,25 @@ from plugsurgeon.graph.shapes import DEFAULT_INPUT_SHAPE
 from plugsurgeon.graph.trace import Traced, trace
 from plugsurgeon.surgery.commit import apply
 from plugsurgeon.sweep.expand import edits_key
-from plugsurgeon.sweep.objectives import Metric, costs_of, measure_latency, metric_values, metrics_of, takes_trial
+from plugsurgeon.sweep.objectives import (
+    Metric,
+    costs_of,
+    measure_latency,
+    metric_values,
+    metrics_of,
+    takes_trial,
+)
 from plugsurgeon.sweep.results import Row, SweepResult, row_of
-from plugsurgeon.sweep.space import Dimension, Space, check_model, describe, dimensions, invalid, load_space, resolve
+from plugsurgeon.sweep.space import (
+    Dimension,
+    Space,
+    check_model,
+    describe,
+    dimensions,
+    invalid,
+    load_space,
+    resolve,
+)
 
 SAMPLERS = ("auto", "grid", "tpe", "nsga2", "random")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -193,7 +209,7 @@ def _storage(storage: str | None, output: Path | None) -> tuple[Any, str]:
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
-    if storage is None or not ("://" in storage):
+    if storage is None or "://" not in storage:
         path = Path(storage) if storage is not None else (output or Path(".")) / JOURNAL
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path))), str(path)

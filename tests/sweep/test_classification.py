@@ -8,8 +8,10 @@ from PIL import Image
 from plugsurgeon.errors import PlugsurgeonError
 from plugsurgeon.sweep.classification import ImageFolderObjective
 from plugsurgeon.sweep.study import sweep
-from tests.sweep.tiny import FourStages
-from tests.sweep.tiny import one_thread  # noqa: F401 - the fixture, used below
+from tests.sweep.tiny import (
+    FourStages,
+    one_thread,  # noqa: F401 - the fixture, used below
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,8 +7,13 @@ import pytest
 import plugsurgeon as ps
 from plugsurgeon.errors import PlugsurgeonError
 from plugsurgeon.sweep.study import sweep
-from tests.sweep.tiny import WEIGHTS, FourStages, score, stages_with
-from tests.sweep.tiny import one_thread  # noqa: F401 - the fixture, used below
+from tests.sweep.tiny import (
+    WEIGHTS,
+    FourStages,
+    one_thread,  # noqa: F401 - the fixture, used below
+    score,
+    stages_with,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,10 +2,10 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from plugsurgeon.cli.app import app
-import pytest
 from tests.sweep.tiny import one_thread  # noqa: F401 - the fixture, used below
 
 pytestmark = pytest.mark.usefixtures("one_thread")
