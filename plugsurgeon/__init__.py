@@ -56,7 +56,8 @@ _EXPORTS: dict[str, str] = {
 }
 # Framework integrations, as submodules (ps.timm.register(...), ps.ultralytics.train(...)); left out of
 # __all__, since each imports its framework, an optional extra.
-_INTEGRATIONS = {"timm": "plugsurgeon.integrations.timm", "ultralytics": "plugsurgeon.integrations.ultralytics"}
+_INTEGRATIONS = {"timm": "plugsurgeon.integrations.timm", "ultralytics": "plugsurgeon.integrations.ultralytics",
+                 "sweep": "plugsurgeon.sweep"}  # the placement search (ps.sweep.run), on the optional optuna
 
 __all__ = ["__version__", *_EXPORTS]
 

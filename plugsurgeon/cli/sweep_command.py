@@ -34,6 +34,7 @@ def register(app: typer.Typer, user_errors=None) -> None:
 
 
 def sweep(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="torchvision name, timm:NAME, package.module:factory, or a saved directory")],
     space: Annotated[Path, typer.Option("--space", "-s", dir_okay=False, help="the search space YAML (docs/sweep.md)")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the distinct placements with params and MACs; train nothing")] = False,
@@ -96,7 +97,8 @@ def sweep(
         expansion = expand(net, parsed, traced=traced, model_name=model)
         _print_expansion(expansion, model, parsed.name, json_output)
         return
-    result = _run(net, parsed, evaluate, metrics, cost or [], trials, output, storage, study, sampler, traced, seed, timeout, device)
+    quiet = bool(ctx.find_root().params.get("quiet"))
+    result = _run(net, parsed, evaluate, metrics, cost or [], trials, output, storage, study, sampler, traced, seed, timeout, device, quiet)
     _print_result(result, model, json_output)
     if result.stopped:
         from plugsurgeon.cli.stderr import plain
@@ -127,14 +129,13 @@ def _objective(spec: str, data: Path | None, metrics: dict[str, str], **options:
     return import_objective(spec), metrics
 
 
-def _run(net, space, evaluate, metrics, costs, trials, output, storage, study, sampler, traced, seed, timeout, device):
-    from plugsurgeon.cli.app import _options
+def _run(net, space, evaluate, metrics, costs, trials, output, storage, study, sampler, traced, seed, timeout, device, quiet):
     from plugsurgeon.cli.render import errors
     from plugsurgeon.sweep.study import sweep as run_sweep
 
     def report(done) -> None:
         row = done.row
-        if _options.get("quiet"):
+        if quiet:
             return
         values = ", ".join(f"{k} {_value(v)}" for k, v in row.values.items())
         left = f"; about {_duration(done.seconds_left)} left" if done.seconds_left is not None and done.done < done.total else ""

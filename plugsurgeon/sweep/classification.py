@@ -36,9 +36,9 @@ class ImageFolderObjective:
     Raises:
         PlugsurgeonError: ``root`` lacks ``train/`` or ``val/``, or they hold no images.
 
-    Example:
-        >>> evaluate = ImageFolderObjective("data/flowers", steps=200, image_size=160)
-        >>> ps.sweep(model, "space.yaml", evaluate, metrics={"top1": "maximize"}, costs=["macs"])
+    Examples:
+        >>> evaluate = ps.sweep.ImageFolderObjective("data/flowers", steps=200, image_size=160)
+        >>> ps.sweep.run(model, "space.yaml", evaluate, metrics={"top1": "maximize"}, costs=["macs"])
     """
 
     def __init__(self, root: str | Path, *, steps: int = 100, batch_size: int = 32, lr: float = 0.01, image_size: int = 224,

@@ -77,7 +77,7 @@ class SweepResult:
         stopped: Whether Ctrl-C stopped the sweep before its trials were done.
 
     Examples:
-        >>> result = ps.sweep(model, "space.yaml", evaluate, costs=["macs"], trials=20)
+        >>> result = ps.sweep.run(model, "space.yaml", evaluate, costs=["macs"], trials=20)
         >>> result.best.label, result.best.values
         >>> result.plot()  # metric against MACs, the Pareto front drawn
     """

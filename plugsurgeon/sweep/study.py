@@ -126,12 +126,12 @@ def sweep(model: nn.Module, space: str | Path | Space | dict, evaluate: Callable
         PlugsurgeonError: No objective, an unknown cost or sampler, or the stored study was made with
             another space or objectives.
 
-    Example:
+    Examples:
         >>> def evaluate(model):
         ...     return top1(model, val_loader)
-        >>> result = ps.sweep(torchvision.models.resnet18(), "space.yaml", evaluate, costs=["macs"], trials=30)
+        >>> result = ps.sweep.run(torchvision.models.resnet18(), "space.yaml", evaluate, costs=["macs"], trials=30)
         >>> print(result.best.label)
-        >>> ps.apply(model, result.recipe_text(result.best))
+        >>> edited = ps.apply(model, result.output / "best.yaml").model
     """
     space = load_space(space)
     objectives = metrics_of(metrics, evaluate is not None) + costs_of(costs)
