@@ -3,6 +3,8 @@ them with one clear error before touching them (they take no hooks, so a raw Run
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,7 @@ from torch import nn
 import plugsurgeon as ps
 from plugsurgeon.errors import PlugsurgeonError
 from tests.nets import TinyResNet
+from tests.slow import slow_except
 
 SHAPE = (1, 3, 32, 32)
 CALLS = {
@@ -43,8 +46,13 @@ def models():
     }
 
 
-@pytest.mark.parametrize("call", list(CALLS))
-@pytest.mark.parametrize("kind", ["script", "trace", "scripted part"])
+@pytest.mark.parametrize(
+    ("kind", "call"),
+    slow_except(
+        itertools.product(["script", "trace", "scripted part"], CALLS),
+        default=[*(("script", call) for call in CALLS), ("trace", "deploy"), ("scripted part", "find_sites")],
+    ),
+)
 def test_torchscript_models_are_refused_clearly_by_every_entry_point(models, kind, call):
     model = models[kind]
     state = {k: v.clone() for k, v in model.state_dict().items()}
