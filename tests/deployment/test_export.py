@@ -34,7 +34,8 @@ def test_undeployed_acnet_model_is_refused(tmp_path):
     model = ps.apply(TinyResNet(), "acnet", input_shape=SHAPE).model
     with pytest.raises(ps.PlugsurgeonError) as caught:
         ps.export_onnx(model, tmp_path / "x.onnx", input_shape=SHAPE)
-    assert "reparameterize()" in caught.value.message and "plugsurgeon deploy" in caught.value.hint
+    assert "reparameterize()" in caught.value.message and "ps.deploy(model)" in caught.value.hint
+    assert "allow_unfused=True" in caught.value.hint and "plugsurgeon deploy" in caught.value.cli_hint
     assert not (tmp_path / "x.onnx").exists()
     report = ps.export_onnx(model, tmp_path / "x.onnx", input_shape=SHAPE, allow_unfused=True)
     assert report.passed and any("reparameterize()" in u for u in report.unfused)
