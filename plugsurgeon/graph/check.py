@@ -22,6 +22,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
 from plugsurgeon.errors import first_line
+from plugsurgeon.graph.fake import own_fake_mode
 from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended, training_flags_kept
 from plugsurgeon.graph.shapes import named_state, needs_values, output_structure
 
@@ -145,7 +146,7 @@ def carries_metadata(module: nn.Module, calls: list[tuple[list[tuple[int, ...]],
             return False  # the batch does not run straight through: only the whole model can tell
         inputs = tuple(torch.empty((2, *shape[1:]), dtype=dtype, device=device) for shape in shapes)
         wanted = output_structure(torch.empty((2, *expected[1:]), dtype=dtype, device="meta"))
-        if run_outcome(module, inputs, training=True).structure != wanted:
+        if run_outcome(module, inputs, training=True, mode=own_fake_mode(module)).structure != wanted:
             return False
     return True
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from plugsurgeon.graph.guards import hooks_suspended, training_flags_kept
@@ -18,11 +18,20 @@ def run_fake(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtyp
     Eval mode keeps BatchNorm from writing fake statistics into real buffers.
     """
 
-    with training_flags_kept(module, False), hooks_suspended(module), FakeTensorMode(allow_non_fake_inputs=True):
+    with training_flags_kept(module, False), hooks_suspended(module), own_fake_mode(module) or FakeTensorMode(allow_non_fake_inputs=True):
         inputs = [torch.empty(shape, dtype=dtype) for shape in shapes]
         with FlopCounterMode(display=False) as counter:
             output = module(*inputs)
     return output, counter.get_total_flops()
+
+
+def own_fake_mode(module: nn.Module) -> FakeTensorMode | None:
+    """The fake tensor mode a module built on fake tensors belongs to, if it has one.
+
+    Running the module in that mode costs a third of running it in a new one: a new mode treats every
+    parameter as another mode's tensor and bypasses its dispatch cache on each op that reads one."""
+    modes = {id(t.fake_mode): t.fake_mode for t in (*module.parameters(), *module.buffers()) if isinstance(t, FakeTensor)}
+    return next(iter(modes.values())) if len(modes) == 1 else None
 
 
 def count_params(module: nn.Module) -> int:

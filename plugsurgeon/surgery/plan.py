@@ -252,14 +252,16 @@ def _scope_candidates(part: TracedPart, site: Site, spec: PluginSpec) -> list[tu
     # then goes where they all meet, on the edges into the readers of the site that come after them
     # (ASFF's levels where YOLO's head reads them; a PAN builds P4 and P5 from P3).
     later = _computed_from(part, _node(part, site.node), site.extra)
-    meet = bool(later) and bool(_read_after(part, _node(part, site.node), site.extra))
+    readers = _read_after(part, _node(part, site.node), site.extra) if later else []
+    # The forwards that run such a reader: there the module can go on the reader's edge.
+    meeting = {(s.owner, s.call) for reader in readers for s in part.scopes(reader)}
     found = []
     for scope in own:
         extras, on_edges = [], False
         for name, extra_scopes in zip(site.extra, readable, strict=True):
             match = next((s for s in extra_scopes if (s.owner, s.call) == (scope.owner, scope.call)), None)
             if match is not None and match.op != "placeholder" and name in later:
-                if not meet:
+                if (scope.owner, scope.call) not in meeting:
                     break
                 on_edges = True
             if match is None:
