@@ -37,7 +37,7 @@ def test_recipe_mistakes_are_reported_before_torch_loads(tmp_path):
                          cwd=ROOT, timeout=120)
     assert ran.returncode == 0, ran.stderr
     seen = json.loads(ran.stdout.strip().splitlines()[-1])
-    assert seen == [[1, False]] * len(cases), list(zip(cases, seen))
+    assert seen == [[1, False]] * len(cases), list(zip(cases, seen, strict=False))
     messages = ran.stderr
     assert "unknown recipe 'cbma'; did you mean 'cbam'" in messages
     assert "missing.yaml' does not exist" in messages and "is not valid YAML at line 2" in messages

@@ -9,7 +9,9 @@ import re
 
 import pytest
 
-from tests.cli.terminal import SPINNER, run_in_terminal, screen
+pytest.importorskip("termios", reason="pseudo-terminals are POSIX")
+
+from tests.cli.terminal import SPINNER, run_in_terminal, screen  # noqa: E402 - after the POSIX check
 from tests.slow import slow_except
 
 TINY = "tests.nets:TinyResNet"
