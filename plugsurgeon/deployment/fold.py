@@ -208,9 +208,9 @@ def _changes_alone(inside: Inside, layer_path: str, norm_path: str) -> str | Non
     args, kwargs = inside.example()
     with hooks_suspended(inside.module), training_flags_kept(inside.module, False), attributes_preserved(inside.module), torch.no_grad():
         expected, actual = flat_tensors(inside.module(*args, **kwargs)), flat_tensors(folded(*args, **kwargs))
-    if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual)):
+    if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual, strict=True)):
         return "folding it changes what the module holding it returns"
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=True):
         if e.numel() == 0:
             continue
         diff, scale = float((e.float() - a.float()).abs().max()), float(e.float().abs().max())
