@@ -41,7 +41,8 @@ def sweep(
     objective: Annotated[
         str | None,
         typer.Option("--objective", help="your metric: package.module:function (imported and run: a module you trust), "
-                     "or a built-in: classification (--data an ImageFolder root) or detection (--data a data.yaml)"),
+                     "or a built-in: classification (--data an ImageFolder root) or detection (--data a data.yaml; "
+                     "MODEL an Ultralytics model such as ultralytics.nn.tasks:DetectionModel)"),
     ] = None,
     data: Annotated[Path | None, typer.Option("--data", help="the built-in objective's data: ImageFolder root (train/, val/) or YOLO data.yaml")] = None,
     maximize: Annotated[list[str] | None, typer.Option("--maximize", help="a metric your function returns, larger better; repeat")] = None,
@@ -121,7 +122,10 @@ def _objective(spec: str, data: Path | None, metrics: dict[str, str], **options:
 
             return ImageFolderObjective(data, steps=options["train_steps"], batch_size=options["batch"], device=options["device"],
                                         image_size=options["image_size"]), {"top1": "maximize"}
-        raise PlugsurgeonError("--objective detection is not available yet", hint="pass your own --objective package.module:function")
+        from plugsurgeon.sweep.detection import DetectionObjective
+
+        return DetectionObjective(data, epochs=options["epochs"], imgsz=options["image_size"], batch=options["batch"],
+                                  device=options["device"]), {"map50_95": "maximize"}
     from plugsurgeon.sweep.objectives import import_objective
 
     if os.getcwd() not in sys.path and "" not in sys.path:  # the console script, unlike python -m, does not look here

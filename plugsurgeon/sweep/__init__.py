@@ -7,10 +7,11 @@
 """
 
 from plugsurgeon.sweep.classification import ImageFolderObjective
+from plugsurgeon.sweep.detection import DetectionObjective
 from plugsurgeon.sweep.expand import Candidate, Expansion, expand
 from plugsurgeon.sweep.results import Row, SweepResult
 from plugsurgeon.sweep.space import Space, load_space
 from plugsurgeon.sweep.study import TrialDone
 from plugsurgeon.sweep.study import sweep as run
 
-__all__ = ["Candidate", "Expansion", "ImageFolderObjective", "Row", "Space", "SweepResult", "TrialDone", "expand", "load_space", "run"]
+__all__ = ["Candidate", "DetectionObjective", "Expansion", "ImageFolderObjective", "Row", "Space", "SweepResult", "TrialDone", "expand", "load_space", "run"]
