@@ -37,6 +37,7 @@ class Row:
     error: str | None = None
     duplicate_of: int | None = None
     seconds: float | None = None
+    invalid: bool = False  # the sampler's choice was no candidate (a step that must be used chose no stage)
 
 
 def row_of(trial: Any, objectives: list[Metric]) -> Row:
@@ -45,7 +46,7 @@ def row_of(trial: Any, objectives: list[Metric]) -> Row:
     values = dict(zip([o.name for o in objectives], trial.values, strict=False)) if trial.values else {}
     seconds = trial.duration.total_seconds() if trial.duration is not None else None
     return Row(trial.number, trial.state.name, attrs.get("label", ""), values, attrs.get("recipe"), attrs.get("key"),
-               attrs.get("error"), attrs.get("duplicate_of"), seconds)
+               attrs.get("error"), attrs.get("duplicate_of"), seconds, bool(attrs.get("invalid")))
 
 
 def dominates(a: dict[str, float], b: dict[str, float], objectives: list[Metric]) -> bool:
@@ -117,8 +118,8 @@ class SweepResult:
 
     @property
     def failed(self) -> list[Row]:
-        """The trials that failed or were pruned, with why."""
-        return [r for r in self.rows if r.state in ("FAIL", "PRUNED")]
+        """The trials that failed or were pruned, with why (not the sampler's choices that were no candidate)."""
+        return [r for r in self.rows if r.state in ("FAIL", "PRUNED") and not r.invalid]
 
     def to_dict(self) -> dict[str, Any]:
         pareto = {r.number for r in self.pareto}

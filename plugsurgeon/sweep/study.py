@@ -350,6 +350,7 @@ class _Runner:
         reason = invalid(self.space, values)
         if reason is not None:
             trial.set_user_attr("error", reason)
+            trial.set_user_attr("invalid", True)  # no candidate: not listed among the failures
             raise optuna.TrialPruned(reason)
         recipe = resolve(self.space, values)
         label = describe(recipe)
