@@ -280,14 +280,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _dead_here(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's worker ran on this machine and is gone (killed: the trial will never finish)."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
 def _reclaim_dead_workers(study: optuna.Study, storage: Any, name: str) -> None:
     """A trial left running by a worker of this machine that no longer exists (killed) is failed, with
     why, and its candidate queued again; a journal file has no heartbeats to notice it otherwise."""
-    host = socket.gethostname()
     study_id = storage.get_study_id_from_name(name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
+        if not _dead_here(trial):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "error", "its worker stopped before the trial finished; queued again")
@@ -394,7 +398,7 @@ class _Runner:
                     continue
                 if other.state == TrialState.COMPLETE:
                     return other
-                running = running or other.number < number
+                running = running or (other.number < number and not _dead_here(other))
             if not running:
                 return None
             time.sleep(POLL_SECONDS)
