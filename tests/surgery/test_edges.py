@@ -18,7 +18,7 @@ from tests.nets import randomize_batchnorm
 from tests.slow import slow_except
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-SHAPE = (1, 3, 128, 128)
+SHAPE = (1, 3, 64, 64)
 
 
 def _yolo(cfg: str) -> nn.Module:
@@ -90,20 +90,12 @@ def test_asff_fuses_the_levels_where_the_head_reads_them(cfg: str) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before[head], after[head], strict=True))
     for i in levels[:-1]:
         assert all(torch.equal(a, b) for a, b in zip(before[f"model.{i + 1}"], after[f"model.{i + 1}"], strict=True))
-    # It trains: the fused maps reach the loss, so every ASFF gets a gradient.
-    edited.train()
-    outputs = edited(torch.randn(2, *SHAPE[1:]))
-    sum(o.float().mean() for o in torch.utils._pytree.tree_leaves(outputs) if isinstance(o, torch.Tensor)).backward()
-    grads = [p.grad for n, p in edited.named_parameters() if _plugin_of(n).startswith("asff") and n.endswith("gamma")]
-    assert len(grads) == len(levels) and all(g is not None and g.abs().sum() > 0 for g in grads)
-    # Deploy folds the edited detector and checks it computes the same function.
-    deployed = ps.deploy(edited.eval(), input_shape=SHAPE)
-    assert deployed.report.verification is not None and deployed.report.folded
-    with torch.no_grad():
-        torch.testing.assert_close(deployed.model(x)[0], edited(x)[0], rtol=1e-3, atol=1e-3)
+    # It trains (the fused maps reach the loss, so every ASFF gets a gradient) and deploys.
+    _trains_and_deploys(edited, "asff", len(levels), x)
 
 
-@pytest.mark.parametrize("cfg", slow_except(["yolov8n.yaml", "yolo11n.yaml", "yolov5nu.yaml"], default=["yolov8n.yaml"]))
+# Edge placement runs by default through asff on YOLOv8n (and SEB's merge through MAnet below).
+@pytest.mark.parametrize("cfg", slow_except(["yolov8n.yaml", "yolo11n.yaml", "yolov5nu.yaml"], default=[]))
 def test_seb_goes_on_the_lateral_edge_into_each_merge(cfg: str) -> None:
     model = _yolo(cfg)
     x = torch.randn(*SHAPE)
@@ -118,6 +110,23 @@ def test_seb_goes_on_the_lateral_edge_into_each_merge(cfg: str) -> None:
     lateral = result.report.edits[0].site.split(".")
     following = f"model.{int(lateral[1]) + 1}"
     assert torch.equal(_inputs_of(model, [following], x)[following][0], _inputs_of(edited, [following], x)[following][0])
+    _trains_and_deploys(edited, "seb", len(result.report.edits), x)
+
+
+def _trains_and_deploys(edited: nn.Module, plugin: str, count: int, x: torch.Tensor) -> None:
+    """A train-mode step reaches every inserted module's parameters; deploy keeps the function."""
+    edited.train()
+    outputs = edited(torch.randn(2, *x.shape[1:]))
+    sum(o.float().mean() for o in torch.utils._pytree.tree_leaves(outputs) if isinstance(o, torch.Tensor)).backward()
+    reached = {_plugin_of(n) for n, p in edited.named_parameters() if _plugin_of(n).startswith(plugin) and p.grad is not None
+               and p.grad.abs().sum() > 0}
+    assert len(reached) == count
+    edited.eval()
+    deployed = ps.deploy(edited, input_shape=tuple(x.shape))
+    assert deployed.report.verification is not None and all(part.passed for part in deployed.report.verification.parts)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.model.modules())  # every BN folded, by us or by fuse()
+    with torch.no_grad():
+        torch.testing.assert_close(deployed.model(x)[0], edited(x)[0], rtol=1e-3, atol=1e-3)
 
 
 def test_seb_at_manet_merges_behind_the_attention_gate() -> None:
