@@ -17,14 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from plugsurgeon.errors import RecipeError, UnknownNameError
 from plugsurgeon.sites.find import ALIASES, check_role
 from plugsurgeon.sites.select import Where
-from plugsurgeon.surgery.recipe_yaml import (  # noqa: F401 - MAX_RECIPE_BYTES, _check_plain, _RecipeLoader: sweep reads spaces with them
-    MAX_RECIPE_BYTES,
-    _check_plain,
-    _RecipeLoader,
-    builtin_dir,
-    read_yaml,
-    recipe_text,
-)
+from plugsurgeon.surgery.recipe_yaml import builtin_dir, read_yaml, recipe_text
 
 
 class ArgumentError(ValueError):
@@ -268,12 +261,13 @@ def _validated(data: object, source: str) -> Recipe:
     try:
         return Recipe.model_validate({**data, "source": source})
     except ValidationError as error:
-        raise RecipeError(_describe(error, source), hint="`plugsurgeon recipes show cbam` prints a recipe in the format; `plugsurgeon plugins show PLUGIN` lists a plugin's arguments with ranges") from None
+        raise RecipeError(describe_invalid(error, source), hint="`plugsurgeon recipes show cbam` prints a recipe in the format; `plugsurgeon plugins show PLUGIN` lists a plugin's arguments with ranges") from None
     except UnknownNameError as error:
         raise RecipeError(f"{source}: {error.message}", hint=error.hint) from None
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def describe_invalid(error: ValidationError, source: str) -> str:
+    """The first problem of a recipe's (or a space's) validation error, with its field, as one line."""
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"]) or "recipe"
     cause = first.get("ctx", {}).get("error")

@@ -26,20 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from plugsurgeon.errors import PlugsurgeonError, RecipeError, UnknownNameError
 from plugsurgeon.sites.select import Where
-from plugsurgeon.surgery.recipe import (
-    MAX_RECIPE_BYTES,
-    ArgumentError,
-    Recipe,
-    Step,
-    _check_plain,
-    _describe,
-    _RecipeLoader,
-)
+from plugsurgeon.surgery.recipe import ArgumentError, Recipe, Step, describe_invalid
+from plugsurgeon.surgery.recipe_yaml import MAX_RECIPE_BYTES, read_yaml
 
 Density = Literal["every", "per_stage_last", "last"]
 # What each density adds to a step's `where:` (applied after the stage filter).
@@ -215,16 +207,7 @@ def load_space(spec: str | Path | dict | Space) -> Space:
             text = handle.read(MAX_RECIPE_BYTES + 1).decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"cannot read space file '{path}': {error}") from None
-    if len(text) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{path} is larger than {MAX_RECIPE_BYTES // 1024} KiB, more than any space needs")
-    try:
-        _check_plain(text, str(path))
-        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - the recipes' SafeLoader with fewer types
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-    return _validated(data, str(path))
+    return _validated(read_yaml(text, str(path)), str(path))  # plain data, as recipes are read
 
 
 def _validated(data: object, source: str) -> Space:
@@ -236,7 +219,7 @@ def _validated(data: object, source: str) -> Space:
     try:
         return Space.model_validate({**data, "source": source})
     except ValidationError as error:
-        raise RecipeError(_describe(error, source).replace("field 'steps.", "field 'sweep.steps."),
+        raise RecipeError(describe_invalid(error, source).replace("field 'steps.", "field 'sweep.steps."),
                           hint="`plugsurgeon plugins show PLUGIN` lists a plugin's arguments with their ranges") from None
     except UnknownNameError as error:
         raise RecipeError(f"{source}: {error.message}", hint=error.hint) from None
