@@ -475,19 +475,32 @@ def _neck(view: GraphView, found: Anatomy, top_down: list) -> Anatomy:
 
 
 def _head_reads(view: GraphView, found: Anatomy) -> list[fx.Node]:
-    """The maps a head reads side by side: the last node (no merge, no resize) that reads N,C,H,W maps
-    of several strides, at least one of them computed by the neck (a detection head reading P3, P4, P5).
+    """The maps a head reads side by side: the last module call (or node of the root's code, no merge,
+    no resize) that reads N,C,H,W maps of several strides from outside, none of the extractor's and at
+    least one computed by the neck (a detection head reading P3, P4, P5; a segmentation head fusing two).
     Those maps, in graph order, are the pyramid's levels; an empty list when no node reads them so."""
     neck = 0
     for merge, _lateral, _resampling in found.top_down + found.bottom_up:
         neck |= view.descendants[merge]
     if not neck:
         return []
+    seen: set[str] = set()
     for node in reversed(view.nodes):
-        if view.is_merge(node) or view.is_resize(node):
+        call = view.outermost_call(node)
+        if call is not None and call in seen:
             continue
-        maps = list(dict.fromkeys(x for x in view.tensor_inputs(node) if _is_map(view, x)))
-        if len({view.total_stride(x) for x in maps}) > 1 and any((neck >> view.position[x]) & 1 for x in maps):
+        if call is not None:  # a head's module call: what it reads from outside (its first node may be a resize)
+            seen.add(call)
+            unit = _unit_nodes(view, node)
+            maps = list(dict.fromkeys(x for n in unit for x in view.tensor_inputs(n) if x not in unit and _is_map(view, x)))
+        elif view.is_merge(node) or view.is_resize(node):
+            continue
+        else:
+            maps = list(dict.fromkeys(x for x in view.tensor_inputs(node) if _is_map(view, x)))
+        # Levels are the neck's outputs: none is an extractor map, here or handed in (a decoder block reading
+        # its skip is no head).
+        if (len({view.total_stride(x) for x in maps}) > 1 and any((neck >> view.position[x]) & 1 for x in maps)
+                and not any(found.in_extractor(view, x) or x.op == "placeholder" for x in maps)):
             return sorted(maps, key=view.position.__getitem__)
     return []
 
@@ -702,8 +715,9 @@ def stage_sites(view: GraphView) -> list[Site]:
     for node in _cuts(view, found.extractor):
         if _is_map(view, node) and _whole_stride(view, node):
             node = _before_downsampling_call(view, node)
-            by_stage[_stage_of(view, node)] = node
-    return [make_site(view, "stage", _before_norms(view, node)) for _stage, node in sorted(by_stage.items())]
+            by_stage[_stage_of(view, node)] = _before_norms(view, node)
+    # The image itself ends no stage (a layer that returns its input unchanged leaves it as the first "map").
+    return [make_site(view, "stage", node) for _stage, node in sorted(by_stage.items()) if node.op != "placeholder"]
 
 
 def _stage_of(view: GraphView, node: fx.Node) -> int:
