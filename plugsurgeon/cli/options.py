@@ -6,9 +6,12 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command needs it
+    from torch import nn
 
 InputShape = Annotated[
     str, typer.Option("--input-shape", help="input shape N,C,H,W used for tracing", metavar="N,C,H,W")
@@ -119,7 +122,7 @@ def check_recipes(specs: list[str] | None) -> None:
         check_recipe_text(spec)
 
 
-def save(model, output: Path, *, force: bool) -> None:
+def save(model: nn.Module, output: Path, *, force: bool) -> None:
     """ps.save; --force is passed on so the library does not refuse the directory check_output allowed."""
     import plugsurgeon as ps
 

@@ -245,7 +245,7 @@ def _is_deploy_result(source: Any) -> bool:
     return isinstance(getattr(source, "model", None), nn.Module) and all(hasattr(report, name) for name in _DEPLOY_REPORT)
 
 
-def _trace_blocks(model, input_shape) -> BlockGraph:
+def _trace_blocks(model: nn.Module, input_shape) -> BlockGraph:
     traced = trace(model, tuple(input_shape or DEFAULT_INPUT_SHAPE))
     return block_graph(traced, locate(traced))
 

@@ -105,7 +105,8 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
                 raise EditError(
                     f"cannot insert into '{owner_path or type(owner).__name__}': nothing reads '{anchor.name}' after the plugin's inputs exist",
                     hint="choose a site that the module reading all the levels (a head, a merge) reads")
-            anchor.replace_all_uses_with(last, delete_user_cb=lambda user: user not in new_nodes and user not in early)
+            for user in [u for u in anchor.users if u not in new_nodes and u not in early]:
+                user.replace_input_with(anchor, last)
             continue
         if early:
             raise EditError(

@@ -115,7 +115,7 @@ def record_dataflow(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
         return tuple(id(t) for t in tensors)
 
     def enter(path: str):
-        def hook(_module, call_args, call_kwargs):
+        def hook(_module: nn.Module | None, call_args, call_kwargs):
             tensors = tuple(id(a) for a in call_args if isinstance(a, torch.Tensor))
             keep(call_args)
             flow.calls.setdefault(path, []).append(ModuleCall(path, tensors, len(call_args), tuple(call_kwargs)))
@@ -123,7 +123,7 @@ def record_dataflow(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
         return hook
 
     def leave(path: str):
-        def hook(_module, _args, output):
+        def hook(_module: nn.Module | None, _args, output):
             stack.pop()
             flow.calls[path][-1].outputs = keep(output)
         return hook

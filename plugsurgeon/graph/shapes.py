@@ -204,7 +204,7 @@ def _record_module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, 
     records: dict[str, tuple[tuple, dict]] = {}
 
     def hook(path):
-        def record(module, args, kwargs):
+        def record(module: nn.Module, args, kwargs):
             if path not in records:
                 detach = lambda v: torch.empty(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v  # noqa: E731
                 records[path] = (tree_map(detach, args), tree_map(detach, kwargs))

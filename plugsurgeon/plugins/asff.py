@@ -49,6 +49,7 @@ from torch import nn
 from plugsurgeon.plugins._layers import ConvNormAct
 from plugsurgeon.plugins.args import HiddenWidth, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.sites.site import Site
 
 LeakyReLU = partial(nn.LeakyReLU, 0.1)  # YOLOv3's activation, which the paper builds on
 
@@ -59,7 +60,7 @@ def scale_step(target: Sequence[int], other: Sequence[int]) -> int:
     return round(math.log2(max(ratios, key=lambda r: abs(math.log2(r)))))
 
 
-def _levels(site, _module):
+def _levels(site: Site, _module: nn.Module | None):
     if not site.extra_shapes:
         raise ValueError("ASFF fuses pyramid levels: the site has no other levels (Site.extra is empty)")
     if any(len(shape) != 4 for shape in site.extra_shapes):

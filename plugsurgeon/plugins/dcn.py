@@ -43,6 +43,7 @@ from torchvision.ops import deform_conv2d
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
 from plugsurgeon.plugins.args import MAX_WIDTH, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.sites.site import Site
 
 
 class DeformConv(KeepsConvWeights):
@@ -80,7 +81,7 @@ class DCNv1Args(PluginArgs):
 
     site_bounds = {"deformable_groups": "a divisor of the replaced conv's input channels"}
 
-    def check_site(self, site, replaced) -> None:
+    def check_site(self, site: Site, replaced: nn.Module | None) -> None:
         super().check_site(site, replaced)
         channels = getattr(replaced, "in_channels", site.in_channels)
         if channels % self.deformable_groups:

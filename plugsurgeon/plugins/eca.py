@@ -34,6 +34,7 @@ from torch import nn
 
 from plugsurgeon.plugins.args import ODD, PluginArgs, kernel_range
 from plugsurgeon.plugins.registry import register_plugin, site_channels
+from plugsurgeon.sites.site import Site
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -49,7 +50,7 @@ class ECAArgs(PluginArgs):
 
     site_bounds = {"kernel_size": "at most 2 x the site's channels - 1, as is the kernel Eq. 12 gives from gamma and b"}
 
-    def check_site(self, site, replaced) -> None:
+    def check_site(self, site: Site, replaced: nn.Module | None) -> None:
         # Beyond 2C - 1 taps every output channel already sees every input channel; more only read padding.
         bound = 2 * site.channels - 1
         if self.kernel_size is not None:

@@ -42,6 +42,7 @@ from plugsurgeon.plugins._conv import conv_padding, replaced_conv
 from plugsurgeon.plugins._kernels import clamp_groups, matching_padding, pair, split_channels
 from plugsurgeon.plugins.args import KERNEL_ON_MAP, OddKernel, PluginArgs, tuple_length
 from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.sites.site import Site
 
 
 def _partition(total: int, parts: int, split: str) -> list[int]:
@@ -62,7 +63,7 @@ class MixConvArgs(PluginArgs):
 
     site_bounds = {"kernels": "no more groups than the conv's input and output channels can fill"}
 
-    def check_site(self, site, replaced) -> None:
+    def check_site(self, site: Site, replaced: nn.Module | None) -> None:
         super().check_site(site, replaced)
         cin, cout = getattr(replaced, "in_channels", site.in_channels), getattr(replaced, "out_channels", site.channels)
         try:

@@ -37,9 +37,10 @@ from torch import nn
 
 from plugsurgeon.plugins.args import PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.sites.site import Site
 
 
-def _channels(site, _module):
+def _channels(site: Site, _module: nn.Module | None):
     if len(site.extra_shapes) != 1 or len(site.extra_shapes[0]) != 4:
         raise ValueError(f"SEB reads one higher-level N,C,H,W feature, the site offers {list(site.extra_shapes)}")
     return {"channels": site.channels, "high_channels": int(site.extra_shapes[0][1])}

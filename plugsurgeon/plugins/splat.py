@@ -42,6 +42,7 @@ from torch import nn
 from plugsurgeon.plugins._conv import KeepsConvWeights, replaced_conv
 from plugsurgeon.plugins.args import MAX_BRANCHES, BnEps, BnMomentum, HiddenWidth, PluginArgs, Reduction
 from plugsurgeon.plugins.registry import register_plugin
+from plugsurgeon.sites.site import Site
 
 
 class SplatArgs(PluginArgs):
@@ -53,7 +54,7 @@ class SplatArgs(PluginArgs):
 
     site_bounds = {"radix": "a divisor of the replaced conv's input channels per group"}
 
-    def check_site(self, site, replaced) -> None:
+    def check_site(self, site: Site, replaced: nn.Module | None) -> None:
         super().check_site(site, replaced)
         per_group = getattr(replaced, "in_channels", site.in_channels) // max(1, getattr(replaced, "groups", 1))
         if per_group % self.radix:

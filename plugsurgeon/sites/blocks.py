@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import nn
 
-from plugsurgeon.graph.trace import Traced
+from plugsurgeon.graph.trace import Traced, TracedPart
 from plugsurgeon.sites.site import Site
 
 MAX_BOXES = 40  # opening by size stops here; residual blocks are boxes whatever their number
@@ -155,13 +156,13 @@ def block_graph(traced: Traced, sites: list[Site], *, max_boxes: int = MAX_BOXES
     )
 
 
-def _stack(part, node) -> list[str]:
+def _stack(part: TracedPart, node: fx.Node) -> list[str]:
     """Absolute paths of the module calls around ``node``, outermost first (a call_module's own target last)."""
     stack = [part.absolute(path) for path, _cls in node.meta.get("nn_module_stack", {}).values()]
     if part.path and part.path not in stack:
         stack.insert(0, part.path)
     if node.op == "call_module":
-        target = part.absolute(node.target)
+        target = part.absolute(str(node.target))
         if not stack or stack[-1] != target:
             stack.append(target)
     return stack
@@ -318,7 +319,7 @@ class _Builder:
             if source != target:
                 self.edges[(source, target)] = None
 
-    def _part(self, part) -> None:
+    def _part(self, part: TracedPart) -> None:
         sources: dict[str, tuple[str, ...]] = {}  # node name -> boxes its value comes from
         where = part.path or "model"
         for node in part.gm.graph.nodes:
@@ -367,7 +368,7 @@ class _Builder:
                     self.node_box[(part.path, node.name)] = feeding[0]
 
 
-def _reads_metadata(node) -> bool:
+def _reads_metadata(node: fx.Node) -> bool:
     """``x.shape``, ``x.size()``, ``x.dim()``: an interpolate to ``size=c4.shape[-2:]`` takes no data from c4."""
     if node.op == "call_method":
         return node.target in ("size", "dim", "numel")
@@ -378,16 +379,16 @@ def _reads_metadata(node) -> bool:
     )
 
 
-def _is_merge(node) -> bool:
+def _is_merge(node: fx.Node) -> bool:
     return node.op in ("call_function", "call_method") and node.target in _MERGES
 
 
-def _symbol(node) -> str:
+def _symbol(node: fx.Node) -> str:
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     return _SYMBOLS.get(name, name)
 
 
-def _shape(node) -> tuple[int, ...]:
+def _shape(node: fx.Node) -> tuple[int, ...]:
     meta = node.meta.get("tensor_meta")
     shape = getattr(meta, "shape", None)
     return tuple(int(d) for d in shape) if shape is not None else ()

@@ -95,7 +95,7 @@ class GraphView:
                 self._modules[target] = None
         return self._modules[target]
 
-    def shape(self, node) -> tuple[int, ...] | None:
+    def shape(self, node: fx.Node) -> tuple[int, ...] | None:
         return shape_of(node) if isinstance(node, fx.Node) else None
 
     def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
@@ -411,7 +411,7 @@ def _is_method_or_function(node: fx.Node, *names: str) -> bool:
     return node.op == "call_function" and any(node.target in _FUNCTIONS_BY_NAME.get(name, ()) for name in names)
 
 
-def _is_split(node) -> bool:
+def _is_split(node: object) -> bool:
     if not isinstance(node, fx.Node) or node.op not in ("call_method", "call_function"):
         return False
     if node.op == "call_function" and node.target not in (torch.split, torch.chunk, torch.tensor_split):
