@@ -633,9 +633,15 @@ def _before_top_run(view: GraphView, end: fx.Node) -> fx.Node:
 def _unit_nodes(view: GraphView, node: fx.Node) -> set[fx.Node]:
     """The nodes of the outermost module call that ran ``node`` (just ``node`` for the root's own code)."""
     call = view.outermost_call(node)
-    if call is None:
-        return {node}
-    return {n for n in view.nodes if view.within(n, call)}
+    return {node} if call is None else _call_nodes(view, call)
+
+
+def _call_nodes(view: GraphView, call: str) -> set[fx.Node]:
+    """The nodes a module call's forward ran (computed once per call path)."""
+    calls = _cached(view, "call_nodes", dict)
+    if call not in calls:
+        calls[call] = {n for n in view.nodes if view.within(n, call)}
+    return calls[call]
 
 
 def _plain_unit(view: GraphView, unit: set[fx.Node], stride: int) -> bool:
@@ -749,7 +755,7 @@ def _before_downsampling_call(view: GraphView, node: fx.Node) -> fx.Node:
         call = ".".join(parts[:i])
         if call not in view.called_paths:
             continue
-        unit = {n for n in view.nodes if view.within(n, call)}
+        unit = _call_nodes(view, call)
         inputs = {x for n in unit for x in view.tensor_inputs(n) if x not in unit and _is_map(view, x)}
         if len(inputs) != 1:
             continue
