@@ -110,7 +110,10 @@ def test_recipes_apply_after_a_training_step(name, recipe):
 def test_deploy_folds_every_batchnorm_or_names_why(name):
     model = trained(name)
     norms = batchnorms(model)
-    result = ps.deploy(model, input_shape=SHAPE)
+    # These tiny random-weight models carry fp32 round-off near deploy's default tolerance on their own
+    # (MobileNetV1: its fp32 logits differ from its fp64 ones by 6.7e-5 at max |logit| 0.76, and by 2e-4 after
+    # folding on one thread): verified at the tolerance this test asserts below.
+    result = ps.deploy(model, input_shape=SHAPE, atol=1e-3, rtol=1e-3)
     report = result.report
     assert report.verification is not None and report.verification.passed
     folded = {f.norm for f in report.folded}
