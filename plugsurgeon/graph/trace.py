@@ -533,6 +533,9 @@ class Traced:
     # fake copies of the model's tensors it memoises once the first of them converts them).
     fake_mode: FakeTensorMode | None = None
     fingerprint: tuple = ()  # the model's modules and tensors when traced (model_fingerprint)
+    # The forward drew from torch's random generator while traced (``if torch.rand(1).item() < p:``
+    # picks the branch fx records): its sites may depend on the seed (surgery/seeds.py traces again).
+    drew_random: bool = False
 
     def describes(self, model: nn.Module) -> bool:
         """True if this is a trace of ``model`` as it is now: the same modules holding the same tensors."""
@@ -584,7 +587,10 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) 
     refuse_torchscript(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     progress.step(f"tracing {type(model).__name__} at {'x'.join(map(str, input_shape))}")
-    traced = _PartTracer(model, input_shape, dtype).run()
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is theirs: a draw in forward leaves it
+        before = torch.random.get_rng_state()
+        traced = _PartTracer(model, input_shape, dtype).run()
+        traced.drew_random = not torch.equal(before, torch.random.get_rng_state())
     traced.fingerprint = model_fingerprint(model)
     return traced
 

@@ -2,8 +2,8 @@
 < p:`` to skip a block) is traced along one branch, chosen by the draw, so its sites change from run to run.
 
 fx records no draw on concrete values, so the graph cannot show it; the random state can. A trace that
-consumed the generator (a draw, or dropout in the eager run that records inputs) is traced once more from
-another seed, and the two site lists are compared: what differs is reported.
+consumed the generator (``Traced.drew_random``) is traced once more from another seed, and the two site
+lists are compared: what differs is reported.
 """
 
 from __future__ import annotations
@@ -37,10 +37,8 @@ def trace_checking_seeds(model: nn.Module, input_shape: Sequence[int]) -> tuple[
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEEDS[0])
-        before = torch.random.get_rng_state()
         traced = trace(model, tuple(input_shape))
-        drew = not torch.equal(before, torch.random.get_rng_state())
-    if not drew:
+    if not traced.drew_random:
         return traced, []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEEDS[1])

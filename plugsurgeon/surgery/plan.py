@@ -38,6 +38,7 @@ from plugsurgeon.surgery.edits import (
 )
 from plugsurgeon.surgery.recipe import Recipe, Step, load_recipe
 from plugsurgeon.surgery.report import EditReport, SurgeryReport
+from plugsurgeon.surgery.seeds import check_seed_stable
 
 # (input shapes, output shape) of each call a new module serves.
 Calls = list[tuple[list[tuple[int, ...]], tuple[int, ...]]]
@@ -143,6 +144,7 @@ def plan(model: nn.Module, recipe: str | Path | Recipe | dict, *, input_shape: S
     dtype = _host_dtype(model)
     edits: list[PlannedEdit] = []
     notes: list[str] = resize_notes(traced)  # a model that resizes its input: at which size the numbers are
+    notes += check_seed_stable(model, traced, recipe, all_sites, _sites_for)  # traces again only if the trace drew random numbers
     checked: dict[tuple, _Checked] = {}  # what each (plugin, arguments, shapes) signature gave
     for index, step in enumerate(recipe.steps, start=1):
         spec = get_plugin(step.plugin)
