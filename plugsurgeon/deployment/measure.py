@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from plugsurgeon.deployment.verify import Calls, module_at
 from plugsurgeon.graph.fake import count_params
+from plugsurgeon.graph.flops import TotalFlops
 from plugsurgeon.graph.shapes import fake_inputs_like
 
 __all__ = ["count_flops", "count_params"]
@@ -21,9 +21,9 @@ def count_flops(model: nn.Module, calls: Calls) -> int | None:
         try:
             with FakeTensorMode(allow_non_fake_inputs=True) as mode:
                 fake = fake_inputs_like(inputs, mode)
-                with FlopCounterMode(display=False) as counter:
+                with TotalFlops() as counter:
                     module(*fake)
         except Exception:  # noqa: BLE001 - a count is a nicety, never a failure
             return None
-        total += counter.get_total_flops()
+        total += counter.total
     return total

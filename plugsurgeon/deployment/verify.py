@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
-from torch.utils.flop_counter import FlopCounterMode
 
 from plugsurgeon.deployment.report import DetectionCheck, PartCheck, Verification
+from plugsurgeon.graph.flops import TotalFlops
 from plugsurgeon.graph.trace import Traced
 
 Calls = list[tuple[str, tuple[Any, ...]]]  # (part path, inputs of its forward)
@@ -50,9 +50,9 @@ def run(model: nn.Module, calls: Calls) -> tuple[list[Any], int]:
         module = module_at(model, path)
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         copied = tree_map(lambda v, device=device: v.to(device, copy=True) if isinstance(v, torch.Tensor) else v, inputs)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), TotalFlops() as counter:
             outputs.append(module(*copied))
-        flops += counter.get_total_flops()
+        flops += counter.total
     return outputs, flops
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-from torch.utils.flop_counter import FlopCounterMode
 
+from plugsurgeon.graph.flops import TotalFlops
 from plugsurgeon.graph.guards import hooks_suspended, training_flags_kept
 
 
@@ -20,9 +20,9 @@ def run_fake(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtyp
 
     with training_flags_kept(module, False), hooks_suspended(module), own_fake_mode(module) or FakeTensorMode(allow_non_fake_inputs=True):
         inputs = [torch.empty(shape, dtype=dtype) for shape in shapes]
-        with FlopCounterMode(display=False) as counter:
+        with TotalFlops() as counter:
             output = module(*inputs)
-    return output, counter.get_total_flops()
+    return output, counter.total
 
 
 def own_fake_mode(module: nn.Module) -> FakeTensorMode | None:

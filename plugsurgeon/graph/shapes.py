@@ -15,9 +15,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
-from torch.utils.flop_counter import FlopCounterMode
 
 from plugsurgeon.errors import PlugsurgeonError, TraceError, first_line
+from plugsurgeon.graph.flops import TotalFlops
 from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended, training_flags_kept
 from plugsurgeon.graph.probe import structure_only
 
@@ -56,7 +56,7 @@ def fake_inputs_like(example: tuple[Any, ...], mode: FakeTensorMode | None = Non
 
 
 def propagate_shapes(gm: fx.GraphModule, fake_inputs: tuple[Any, ...], *, where: str) -> tuple[int, tuple]:
-    """Fill ``node.meta['tensor_meta']``; return the FLOPs torch's counter saw on the way and the
+    """Fill ``node.meta['tensor_meta']``; return the FLOPs torch's formulas count on the way and the
     output's structure (``output_structure``) in eval mode.
 
     Fake tensors first (no compute, no memory). A graph holding a module that reads tensor values
@@ -86,7 +86,7 @@ def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode
     # model's state is swapped for blank fake tensors instead.
     propagation = ShapeProp(gm)
     # ShapeProp prints a traceback before re-raising; the core never prints.
-    with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as counter:
+    with contextlib.redirect_stderr(io.StringIO()), TotalFlops() as counter:
         if mode is None:
             output = propagation.propagate(*inputs)
         else:
@@ -96,7 +96,7 @@ def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: FakeTensorMode
             with training_flags_kept(gm, False), attributes_preserved(gm), mode:
                 output = functional_call(_Propagating(propagation), {f"gm.{k}": v for k, v in state.items()}, inputs,
                                          strict=False, tie_weights=True)
-    return counter.get_total_flops(), output_structure(output)
+    return counter.total, output_structure(output)
 
 
 def output_structure(output: Any) -> tuple:
