@@ -18,6 +18,7 @@ from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, 
 from plugsurgeon.graph.edited import edited_graph
 from plugsurgeon.graph.fake import count_params
 from plugsurgeon.graph.trace import Traced, TracedPart, own_statements
+from plugsurgeon.surgery.carried_hooks import check_carried_hooks
 from plugsurgeon.surgery.edits import PlannedInsertion
 from plugsurgeon.surgery.plan import Plan, owner_call, owner_module, plan, structured_children
 from plugsurgeon.surgery.recipe import Recipe
@@ -95,6 +96,7 @@ def check_edits(planned: Plan, owners: dict[str, nn.Module], replacements: dict[
         where = f"the edit at '{culprit}' (site {', '.join(sites)})" if culprit else f"the edits in '{part.path or type(model).__name__}'"
         raise SiteError(f"{where} breaks the model: {problem}",
                         hint="exclude the site with `where: {exclude: [...]}`; nothing was changed")
+    check_carried_hooks(planned, replacements)  # the runs above suspend hooks; a replacement's carried ones must work too
 
 
 def _proven_locally(planned: Plan, part: TracedPart, owners: dict[str, nn.Module]) -> bool:
