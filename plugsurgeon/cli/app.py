@@ -212,12 +212,15 @@ def apply(
     import plugsurgeon as ps
     from plugsurgeon.cli import render
 
-    check_recipes(recipe)  # a typo in a name or a file, reported before torch loads
+    pending = check_recipes(recipe, model, trust_source=trust_source)  # a typo in a name or a file, before torch loads
     shape = parse_shape(input_shape)
+    # A plugin the model's own module registers exists once it is imported: then the model comes first.
+    net = load_model(model, trust_source=trust_source) if pending else None
     recipes = [ps.load_recipe(r) for r in recipe]  # every recipe is validated before the model is even built
     if output is not None:
         check_output(output, force=force)  # before any work: a refusal costs nothing and changes nothing
-    net = load_model(model, trust_source=trust_source)
+    if net is None:
+        net = load_model(model, trust_source=trust_source)
     if weights is not None:
         ps.load_weights(net, weights)
     reports = []

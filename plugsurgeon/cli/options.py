@@ -112,14 +112,16 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def check_recipes(specs: list[str] | None) -> None:
-    """Each ``--recipe`` exists and reads as plain YAML, checked before torch and the model load (which
-    take seconds): a typo in a name or a file is reported at once. The schema is checked next, when
-    the recipe is loaded, still before the model is built."""
+def check_recipes(specs: list[str] | None, model: str, *, trust_source: bool) -> bool:
+    """Each ``--recipe`` exists, reads as plain YAML and names known plugins and roles, checked before
+    torch and the model load (which take seconds): a typo in a name or a file is reported at once. The
+    schema is checked next, when the recipe is loaded, still before the model is built -- unless a step
+    names a plugin that the model's own module may register (``package.module:factory``, a trusted
+    directory): True then, and the caller builds the model first."""
     from plugsurgeon.surgery.recipe_yaml import check_recipe_text
 
-    for spec in specs or []:
-        check_recipe_text(spec)
+    user_code = trust_source if Path(model).is_dir() else ":" in model and not model.startswith(("timm:", "torchvision:"))
+    return any([check_recipe_text(spec, user_plugins=user_code) for spec in specs or []])
 
 
 def save(model: nn.Module, output: Path, *, force: bool) -> None:

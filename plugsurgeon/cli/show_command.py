@@ -56,11 +56,14 @@ def show(
     import plugsurgeon as ps
     from plugsurgeon.cli.render import console, print_json
 
-    check_recipes(recipe)  # before torch loads
+    pending = check_recipes(recipe, model, trust_source=trust_source)  # before torch loads
     shape = parse_shape(input_shape)
+    # A plugin the model's own module registers exists once it is imported: then the model comes first.
+    net = load_model(model, trust_source=trust_source) if pending else None
     recipes = [ps.load_recipe(r) for r in recipe or []]  # every recipe is validated before the model is built
     path = picture_path(output, model, [r.name for r in recipes], deploy)
-    net = load_model(model, trust_source=trust_source)
+    if net is None:
+        net = load_model(model, trust_source=trust_source)
     results = []
     for each in recipes:
         results.append(ps.apply(net, each, input_shape=shape))

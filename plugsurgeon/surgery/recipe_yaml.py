@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from plugsurgeon.errors import RecipeError, UnknownNameError, did_you_mean
+from plugsurgeon.surgery.recipe_names import check_step_names
 
 MAX_RECIPE_BYTES = 64 * 1024  # built-in recipes are under 1 KB; a recipe with a step per layer of a big model fits
 MAX_YAML_DEPTH = 16  # a recipe nests five deep (steps, a step, where, a list)
@@ -78,20 +79,28 @@ def read_yaml(text: str, source: str) -> object:
         raise RecipeError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
 
 
-def check_recipe_text(spec: str | Path) -> None:
+def check_recipe_text(spec: str | Path, *, user_plugins: bool = False) -> list[str]:
     """Everything about the recipe ``spec`` names that needs no torch: that it exists, reads, parses
-    as plain YAML and is a mapping with ``name`` and ``steps``. The schema is checked when the recipe
-    is loaded (``load_recipe``).
+    as plain YAML and is a mapping, and that its steps name known plugins and roles
+    (``recipe_names.check_step_names``). The schema is checked when the recipe is loaded (``load_recipe``).
+
+    Args:
+        spec: A built-in recipe's name or a path to a recipe file.
+        user_plugins: Whether the user's code, imported before the recipe is loaded, may register plugins.
+
+    Returns:
+        The plugin names left for ``load_recipe``: not built in, but possibly registered.
 
     Raises:
         RecipeError: As ``recipe_text`` and ``read_yaml``, or the YAML is not a mapping with steps.
-        UnknownNameError: ``spec`` names no built-in recipe.
+        UnknownNameError: ``spec`` names no built-in recipe, or a step an unknown plugin or role.
     """
     text, source = recipe_text(spec)
     data = read_yaml(text, source)
     if not isinstance(data, dict):
         raise RecipeError(f"{source} must be a mapping with 'name' and 'steps', got {type(data).__name__}",
                           hint="`plugsurgeon recipes show cbam` prints a recipe in the format, ready to copy")
+    return check_step_names(data, source, user_plugins=user_plugins)
 
 
 class _RecipeLoader(yaml.SafeLoader):
