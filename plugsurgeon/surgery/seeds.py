@@ -10,6 +10,7 @@ draws nothing pays no second trace. The caller's random state is left as it was.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,9 @@ _OTHER_SEEDS = (1, 2)
 # How planning chooses a step's sites (plan._sites_for: step, plugin, sites, index, recipe, model, trace),
 # passed in by plan(), which imports this module.
 Choose = Callable[..., list[Site]]
+# The second trace of each trace that drew, by the first one's id while it lives: a sweep plans many
+# recipes on one trace, and traces it again once.
+_OTHER: dict[int, tuple[Traced, list[Site]]] = {}
 
 
 def check_seed_stable(model: nn.Module, traced: Traced, recipe: Recipe, sites: list[Site], choose: Choose) -> list[str]:
@@ -48,8 +52,11 @@ def check_seed_stable(model: nn.Module, traced: Traced, recipe: Recipe, sites: l
     """
     if not traced.drew_random:
         return []
-    other = _traced_from_another_seed(model, traced.input_shape)
-    other_sites = locate(other)
+    if id(traced) not in _OTHER:
+        other = _traced_from_another_seed(model, traced.input_shape)
+        _OTHER[id(traced)] = (other, locate(other))
+        weakref.finalize(traced, _OTHER.pop, id(traced), None)
+    other, other_sites = _OTHER[id(traced)]
     for index, step in enumerate(recipe.steps, start=1):
         first = _chosen(choose, step, index, recipe, model, traced, sites)
         second = _chosen(choose, step, index, recipe, model, other, other_sites)

@@ -83,8 +83,11 @@ def test_a_seed_dependence_away_from_the_plan_is_a_note(traces):
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
     # The stem is traced the same whatever the draws; the blocks' sites are not.
-    planned = ps.plan(model, _recipe(plugin="acnet", at="conv", where={"include": ["stem"]}), input_shape=SHAPE)
+    traced = ps.trace(model, SHAPE)
+    planned = ps.plan(model, _recipe(plugin="acnet", at="conv", where={"include": ["stem"]}), traced=traced)
     assert traces[0] == 2 and torch.equal(state, torch.random.get_rng_state())
+    ps.plan(model, _recipe(plugin="acnet", at="conv", where={"include": ["stem"]}), traced=traced)
+    assert traces[0] == 2  # the second trace of a trace is made once (a sweep plans many recipes on one trace)
     result = ps.apply_plan(planned)  # (its new modules' weights are drawn from the caller's generator, as any module's)
     assert [e.site for e in result.report.edits] == ["stem"]
     assert any("depend on the random seed" in note and "blocks." in note for note in result.report.notes), result.report.notes
@@ -108,3 +111,17 @@ def test_a_trace_records_its_draws_and_leaves_the_callers_state():
     assert ps.trace(model, SHAPE).drew_random
     assert not ps.trace(model.eval(), SHAPE).drew_random
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_the_command_line_refuses_it_in_flags(monkeypatch):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from plugsurgeon.cli.app import app
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    result = CliRunner().invoke(app, ["apply", "tests.surgery.test_seeds:LayerDropNet", "--recipe", "se", "--input-shape", "1,3,32,32"])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "depend on the random seed" in text and "where: {exclude: [...]}" in text and "model.eval()" not in text
