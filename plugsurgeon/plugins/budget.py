@@ -36,6 +36,8 @@ def check_budget(host: nn.Module, modules: list[tuple[nn.Module, nn.Module | Non
     the numbers. Fake modules are counted as real ones, without memory."""
     new = [t for module, replaced in modules for t in new_tensors(module, replaced)]
     added = sum(t.numel() for t in new)
+    if added <= BUDGET_FLOOR:  # within any model's budget: the host need not be counted
+        return
     model = sum(t.numel() for t in (*host.parameters(), *host.buffers()))
     if added > added_budget(model):
         size = sum(t.numel() * t.element_size() for t in new)

@@ -265,6 +265,9 @@ def _convert_new(module: nn.Module, replaced: nn.Module | None, dtype: torch.dty
     converted: dict[int, torch.Tensor] = {}
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
+        wanted_dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        if tensor.dtype == wanted_dtype and (device is None or tensor.device == torch.device(device)):
+            return tensor  # already there: re-wrapping a Parameter costs a detach, and a fake one a dispatch
         if id(tensor) not in converted:
             moved = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
             if isinstance(tensor, nn.Parameter):

@@ -76,6 +76,7 @@ class GraphView:
         self.position = {n: i for i, n in enumerate(self.nodes)}
         self.output_node = next((n for n in self.gm.graph.nodes if n.op == "output"), None)
         self._modules: dict[str, nn.Module | None] = {}
+        self._shapes: dict[fx.Node, tuple[int, ...] | None] = {}  # locators ask each node's shape many times
         self.cache: dict[str, object] = {}  # derived analyses (locators.anatomy) computed once per view
 
     # -- what a node is ---------------------------------------------------------------------------
@@ -96,7 +97,11 @@ class GraphView:
         return self._modules[target]
 
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
-        return shape_of(node) if isinstance(node, fx.Node) else None
+        if not isinstance(node, fx.Node):
+            return None
+        if node not in self._shapes:
+            self._shapes[node] = shape_of(node)
+        return self._shapes[node]
 
     def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
         return [a for a in node.all_input_nodes if a in self.position and self.shape(a) is not None]
