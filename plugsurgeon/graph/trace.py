@@ -13,6 +13,7 @@ that trace, found top-down, with input structures recorded by hooks on one eval 
 from __future__ import annotations
 
 import inspect
+import operator
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,7 +28,16 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from plugsurgeon import progress
 from plugsurgeon.errors import TraceError
-from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended
+from plugsurgeon.graph.guards import attributes_preserved, hooks_suspended, training_flags_kept
+from plugsurgeon.graph.shape_conditions import (
+    ConditionDecider,
+    ConditionKey,
+    conditions_of,
+    guard_message,
+    record_condition,
+    shape_expression,
+    with_conditions,
+)
 from plugsurgeon.graph.shapes import (
     DEFAULT_INPUT_SHAPE,
     fake_inputs_like,
@@ -130,6 +140,7 @@ class CallRecord:
     slot: int = -1
     output: str | None = None  # name of the node the call returned, when it returned a single value
     inputs: dict[str, int] = field(default_factory=dict)  # node passed straight in -> index of its placeholder
+    conditions: dict[ConditionKey, Any] = field(default_factory=dict)  # shape conditions decided in it (shape_conditions)
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,7 @@ class _Frame:
     call: int
     module: nn.Module | None = None
     counter: int = 0
+    conditions: dict[ConditionKey, Any] = field(default_factory=dict)
 
 
 class _CountedProxy(fx.Proxy):
@@ -210,8 +222,11 @@ class PlugsurgeonTracer(fx.Tracer):
     """
 
     def __init__(self, shallow: bool = False, trace_through: frozenset[str] = frozenset(),
-                 opaque: frozenset[int] = frozenset()) -> None:
+                 opaque: frozenset[int] = frozenset(), example: tuple[tuple, dict] | None = None,
+                 fake_mode: FakeTensorMode | None = None, replay: dict[ConditionKey, Any] | None = None) -> None:
         super().__init__()
+        # Shape conditions (``if x.shape[1] != 0``) are decided at the example's shapes, or as an earlier trace did.
+        self.decider = ConditionDecider(example, fake_mode, replay or {})
         self.shallow = shallow
         self.trace_through = trace_through
         self.opaque = opaque  # ids of modules fx cannot trace through: kept as leaves
@@ -221,6 +236,53 @@ class PlugsurgeonTracer(fx.Tracer):
         self._call_counts: dict[str, int] = {}
         self._making_root_args = False
         self._local_names: dict[int, dict[int, str]] = {}
+
+    @property
+    def conditions(self) -> dict[ConditionKey, Any]:
+        """The shape conditions decided in the traced module's own call (and the calls inside it)."""
+        return self._frames[0].conditions if self._frames else {}
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        value = self._specialise(obj, bool, "bool")
+        return super().to_bool(obj) if value is None else value
+
+    def iter(self, obj: fx.Proxy) -> Iterator:
+        count = self._specialise(obj, len, "len")  # ``for size in x.shape[2:]``
+        return super().iter(obj) if count is None else iter([obj[i] for i in range(count)])  # type: ignore[index]
+
+    def _specialise(self, obj: fx.Proxy, of: Callable[[Any], Any], what: str) -> Any:
+        """``of(value)`` of a shape condition at the traced shapes (graph/shape_conditions.py), with a
+        guard in the graph that it stays so; None where it is no such condition or cannot be known."""
+        node = obj.node
+        expression = shape_expression(node)
+        if expression is None or not self._frames:
+            return None
+        terms, numbered, named = expression
+        frame = self._frames[-1]
+        key: ConditionKey = (frame.path, frame.counter, f"{what}({numbered})")
+        try:
+            value = of(self.decider.decide(node, terms, key, self.root, self._run_outside_trace))
+        except LookupError:
+            return None
+        for outer in self._frames:  # each enclosing call keeps it, by the frame's path relative to its own
+            if outer.path == frame.path or frame.path.startswith(outer.path + ".") or not outer.path:
+                relative = frame.path[len(outer.path) + 1:] if outer.path else frame.path
+                record_condition(outer.conditions, (relative, *key[1:]), value)
+        where = type(frame.module).__name__ if frame.module is not None else "a forward"
+        if of is len:
+            check, condition = self.create_proxy("call_function", len, (obj,), {}) == value, f"len({named})"
+        else:
+            check, condition = obj if value else self.create_proxy("call_function", operator.not_, (obj,), {}), named
+        self.create_proxy("call_function", torch._assert, (check, guard_message(where, condition, value)), {})
+        return value
+
+    def _run_outside_trace(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        # Eval mode keeps BatchNorm from counting a fake batch.
+        with training_flags_kept(module, False):
+            return module(*args, **kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        return attr_val if self.decider.evaluating else super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.opaque:
@@ -264,9 +326,11 @@ class PlugsurgeonTracer(fx.Tracer):
         # Placeholders and the asserts fx adds for concrete args are not part of the forward body.
         self._making_root_args = True
         try:
-            return super().create_args_for_root(root_fn, is_module, concrete_args)
+            made = super().create_args_for_root(root_fn, is_module, concrete_args)
         finally:
             self._making_root_args = False
+        self.decider.bind(self.root, root_fn, [n for n in self.graph.nodes if n.op == "placeholder"], concrete_args)
+        return made
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
@@ -279,6 +343,8 @@ class PlugsurgeonTracer(fx.Tracer):
         return node
 
     def call_module(self, m, forward, args, kwargs):
+        if self.decider.evaluating:  # a module run on fake tensors to decide a shape condition: not traced
+            return forward(*args, **kwargs)
         path = self.path_of_module(m)
         if self.is_leaf_module(m, path):
             return super().call_module(m, forward, args, kwargs)
@@ -290,7 +356,7 @@ class PlugsurgeonTracer(fx.Tracer):
         record = CallRecord(path, call, _concrete_args_of(m.forward, args, kwargs), (parent.path, parent.call), slot,
                             inputs=_direct_inputs(m.forward, args, kwargs))
         self.calls.append(record)
-        self._frames.append(_Frame(path, call, m))
+        self._frames.append(_Frame(path, call, m, conditions=record.conditions))
         try:
             result = super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -299,6 +365,7 @@ class PlugsurgeonTracer(fx.Tracer):
             raise
         finally:
             self._frames.pop()
+        record.concrete_args = with_conditions(record.concrete_args, record.conditions)
         if isinstance(result, fx.Proxy):
             record.output = result.node.name
         return result
@@ -390,8 +457,12 @@ class ModuleTraceError(Exception):
 
 
 def trace_module(module: nn.Module, concrete_args: dict[str, Any] | None = None, *, shallow: bool = False,
-                 trace_through: frozenset[str] = frozenset(), opaque: frozenset[int] = frozenset()) -> tuple[fx.GraphModule, PlugsurgeonTracer]:
-    tracer = PlugsurgeonTracer(shallow=shallow, trace_through=trace_through, opaque=opaque)
+                 trace_through: frozenset[str] = frozenset(), opaque: frozenset[int] = frozenset(),
+                 example: tuple[tuple, dict] | None = None, fake_mode: FakeTensorMode | None = None) -> tuple[fx.GraphModule, PlugsurgeonTracer]:
+    """Trace ``module`` (see PlugsurgeonTracer). Shape conditions are decided at ``example``'s shapes
+    (args, kwargs of one call), or as the trace that made ``concrete_args`` decided them."""
+    tracer = PlugsurgeonTracer(shallow=shallow, trace_through=trace_through, opaque=opaque, example=example,
+                               fake_mode=fake_mode, replay=conditions_of(concrete_args))
     # The caller's hooks on modules traced through would run on Proxies (and record them).
     with warnings.catch_warnings(), attributes_preserved(module), hooks_suspended(module):
         # fx warns that it cannot assert on specialised container inputs; surgery keeps the structure.
@@ -409,7 +480,8 @@ def trace_module(module: nn.Module, concrete_args: dict[str, Any] | None = None,
 _MAX_OPAQUE = 32
 
 
-def trace_isolating(module: nn.Module, concrete_args: dict[str, Any] | None = None) -> tuple[fx.GraphModule, PlugsurgeonTracer, list[tuple[str, str]]]:
+def trace_isolating(module: nn.Module, concrete_args: dict[str, Any] | None = None, example: tuple[tuple, dict] | None = None,
+                    fake_mode: FakeTensorMode | None = None) -> tuple[fx.GraphModule, PlugsurgeonTracer, list[tuple[str, str]]]:
     """Trace ``module``, keeping as leaves the submodules whose own forward fx cannot follow.
 
     A detector whose head compares shapes in Python (Ultralytics' ``Detect`` in eval mode) is still
@@ -420,7 +492,7 @@ def trace_isolating(module: nn.Module, concrete_args: dict[str, Any] | None = No
     opaque: dict[int, tuple[str, str]] = {}
     while True:
         try:
-            gm, tracer = trace_module(module, concrete_args, opaque=frozenset(opaque))
+            gm, tracer = trace_module(module, concrete_args, opaque=frozenset(opaque), example=example, fake_mode=fake_mode)
             return gm, tracer, list(opaque.values())
         except ModuleTraceError as error:
             if error.failed_in is None or id(error.failed_in[1]) in opaque or len(opaque) >= _MAX_OPAQUE:
@@ -678,7 +750,8 @@ class _PartTracer:
         if args is not None:
             gm = None
             try:
-                gm, tracer, opaque = trace_isolating(module, concrete)
+                gm, tracer, opaque = trace_isolating(module, concrete, (args, kwargs), self.fake_mode)
+                concrete = with_conditions(concrete, tracer.conditions)
             except ModuleTraceError as error:
                 self.untraced.append((path, f"{type(module).__name__}: {_short(error.cause)}"))
                 if path:
