@@ -22,6 +22,7 @@ from torch import nn
 
 from plugsurgeon.graph.shapes import flat_tensors
 from plugsurgeon.sites.graphview import GraphView, bit_positions
+from plugsurgeon.sites.merge_inputs import readable_source
 from plugsurgeon.sites.site import Site
 
 
@@ -893,7 +894,8 @@ def _upsampled(view: GraphView, up: fx.Node) -> fx.Node:
 
 def neck_merge_sites(view: GraphView) -> list[Site]:
     """``neck.merge``: each top-down merge, at its lateral input, with the upsampled map's source as extra."""
-    return [make_site(view, "neck.merge", lateral, extra=[_upsampled(view, up)]) for _merge, lateral, up in anatomy(view).top_down]
+    return [make_site(view, "neck.merge", lateral, extra=[readable_source(view, lateral, _upsampled(view, up))])
+            for _merge, lateral, up in anatomy(view).top_down]
 
 
 # -- model-wide roles: one extractor per model, decided across the traced parts ----------------------

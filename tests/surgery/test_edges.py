@@ -140,3 +140,32 @@ def test_seb_at_manet_merges_behind_the_attention_gate() -> None:
     assert sorted(e.module for e in result.report.edits) == [f"decoder.blocks.{i}.seb" for i in range(2)]
     with torch.no_grad():
         torch.testing.assert_close(result.model.eval()(x), model(x), rtol=0, atol=0)
+
+
+def test_seb_at_linknet_merges_whose_block_checks_the_skips_channels() -> None:
+    """smp's Linknet block adds its skip under ``if skip is not None and skip.shape[1] != 0``: the tracer
+    takes that branch at the traced shape (with a guard), and SEB goes where the block gets its skip."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(smp.Linknet(encoder_name="resnet18", encoder_weights=None, encoder_depth=3,
+                                            decoder_use_norm="batchnorm")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = ps.apply(model, "seb", input_shape=(1, 3, 64, 64))
+    # One SEB per decoder block that adds a skip (the last block gets none).
+    assert sorted(e.module for e in result.report.edits) == [f"decoder.blocks.{i}.seb" for i in range(2)]
+    edited = result.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(edited(x), model(x), rtol=0, atol=0)  # identity at init
+        _off_identity(edited)
+        assert not torch.equal(edited(x), model(x))
+    # A training step at another batch size reaches both SEBs (the guards check channels, not the batch).
+    edited.train()
+    edited(torch.randn(2, 3, 64, 64)).mean().backward()
+    reached = {n.split(".seb.")[0] for n, p in edited.named_parameters() if ".seb." in n and p.grad is not None and p.grad.abs().sum() > 0}
+    assert reached == {"decoder.blocks.0", "decoder.blocks.1"}
+    edited.eval()
+    deployed = ps.deploy(edited, input_shape=tuple(x.shape))
+    assert deployed.report.verification is not None and all(part.passed for part in deployed.report.verification.parts)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed.model(x), edited(x), rtol=1e-3, atol=1e-3)
