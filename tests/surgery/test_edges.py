@@ -150,8 +150,8 @@ def test_seb_at_linknet_merges_whose_block_checks_the_skips_channels() -> None:
     torch.manual_seed(0)
     model = randomize_batchnorm(smp.Linknet(encoder_name="resnet18", encoder_weights=None, encoder_depth=3,
                                             decoder_use_norm="batchnorm")).eval()
-    x = torch.randn(1, 3, 64, 64)
-    result = ps.apply(model, "seb", input_shape=(1, 3, 64, 64))
+    x = torch.randn(1, 3, 32, 32)
+    result = ps.apply(model, "seb", input_shape=(1, 3, 32, 32))
     # One SEB per decoder block that adds a skip (the last block gets none).
     assert sorted(e.module for e in result.report.edits) == [f"decoder.blocks.{i}.seb" for i in range(2)]
     edited = result.model.eval()
@@ -161,7 +161,7 @@ def test_seb_at_linknet_merges_whose_block_checks_the_skips_channels() -> None:
         assert not torch.equal(edited(x), model(x))
     # A training step at another batch size reaches both SEBs (the guards check channels, not the batch).
     edited.train()
-    edited(torch.randn(2, 3, 64, 64)).mean().backward()
+    edited(torch.randn(2, 3, 32, 32)).mean().backward()
     reached = {n.split(".seb.")[0] for n, p in edited.named_parameters() if ".seb." in n and p.grad is not None and p.grad.abs().sum() > 0}
     assert reached == {"decoder.blocks.0", "decoder.blocks.1"}
     edited.eval()
