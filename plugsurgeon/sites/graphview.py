@@ -104,7 +104,15 @@ class GraphView:
         return self._shapes[node]
 
     def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
-        return [a for a in node.all_input_nodes if a in self.position and self.shape(a) is not None]
+        """The tensors whose values ``node`` reads: none for a tensor made like another (``x.new_full``,
+        ``torch.zeros_like``: a detection head's per-anchor stride), which takes only its dtype, device or
+        size; only ``x`` for a cast to another's dtype (``x.type_as(y)``: a head's anchor grid)."""
+        if _makes_like(node):
+            return []
+        inputs = [a for a in node.all_input_nodes if a in self.position and self.shape(a) is not None]
+        if node.op == "call_method" and node.target in _CAST_METHODS:  # x.type_as(y), x.to(y): y's dtype only
+            return [a for a in inputs if a is node.args[0]]
+        return inputs
 
     def is_add(self, node: fx.Node) -> bool:
         return (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
@@ -274,6 +282,10 @@ class GraphView:
             return _indexed(source, node.args[1], rank)
         if isinstance(module, nn.Linear):
             return source if source is not None and _label(source[-1]) == "C" else None
+        if node.op == "call_function" and node.target is torch.stack:
+            return self._stacked_axes(node, known, rank)
+        if _reduces_one_axis(node):
+            return _without_axis(source, _reduced_dim(node), rank)
         # Elementwise ops, norms over the last axis, concatenations and opaque leaves: the inputs with
         # the output's shape decide (a broadcast operand does not); failing those, inputs of its rank.
         # An input whose layout could not be told does not overrule one that could: values added
@@ -285,6 +297,19 @@ class GraphView:
             return None
         pieces = {known.get(a) for a in deciding} - {None}
         return pieces.pop() if len(pieces) == 1 else _fresh(labels.pop(), shape)  # type: ignore[arg-type]  # labels come from inputs of the output's rank, so it has a shape
+
+    def _stacked_axes(self, node: fx.Node, known: dict, rank: int) -> Axes | None:
+        """``torch.stack`` of values that share their axes: those axes, with the new one (of unknown
+        meaning) at ``dim``; summed or averaged over it (YOLOv9's CBFuse), they are the maps' again."""
+        items = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(items, (list, tuple)) or not items or not isinstance(dim, int):
+            return None
+        axes = {known.get(x) if isinstance(x, fx.Node) else None for x in items}
+        if len(axes) != 1 or (shared := axes.pop()) is None or len(shared) != rank - 1:
+            return None
+        at = dim % rank
+        return (*shared[:at], (("?", len(items), 1, len(items)),), *shared[at:])
 
     def is_slice(self, node: fx.Node) -> bool:
         """x[:, a:b, ...]: basic slicing of a tensor, every axis kept."""
@@ -414,6 +439,39 @@ def _is_method_or_function(node: fx.Node, *names: str) -> bool:
     if node.op == "call_method":
         return node.target in names
     return node.op == "call_function" and any(node.target in _FUNCTIONS_BY_NAME.get(name, ()) for name in names)
+
+
+_CAST_METHODS = {"type_as", "to"}
+_LIKE_METHODS = {"new_full", "new_zeros", "new_ones", "new_empty"}
+_LIKE_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like}
+
+
+def _makes_like(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in _LIKE_METHODS) or (
+        node.op == "call_function" and node.target in _LIKE_FUNCTIONS)
+
+
+_REDUCING_FUNCTIONS = {torch.sum, torch.mean, torch.amax, torch.amin}
+_REDUCING_METHODS = {"sum", "mean", "amax", "amin"}
+
+
+def _reduces_one_axis(node: fx.Node) -> bool:
+    """A sum, mean, max or min over one axis given as an int, that drops it (no keepdim)."""
+    if not ((node.op == "call_function" and node.target in _REDUCING_FUNCTIONS)
+            or (node.op == "call_method" and node.target in _REDUCING_METHODS)):
+        return False
+    return isinstance(_reduced_dim(node), int) and not node.kwargs.get("keepdim", len(node.args) > 2 and node.args[2])
+
+
+def _reduced_dim(node: fx.Node) -> Any:
+    return node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+
+
+def _without_axis(source: Axes | None, dim: int, rank: int) -> Axes | None:
+    if source is None or len(source) != rank + 1:
+        return None
+    at = dim % len(source)
+    return (*source[:at], *source[at + 1:])
 
 
 def _is_split(node: object) -> bool:
