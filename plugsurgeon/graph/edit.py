@@ -18,6 +18,7 @@ from torch import nn
 from plugsurgeon.errors import PlugsurgeonError, first_line
 from plugsurgeon.graph.edited import as_edited_instance, original_class
 from plugsurgeon.graph.guards import HOOK_TABLES
+from plugsurgeon.graph.owner_traces import OwnerTraces
 from plugsurgeon.graph.trace import (
     LOCAL,
     OWNER,
@@ -52,12 +53,13 @@ class EditError(PlugsurgeonError):
 
 
 def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], concrete_args=None,
-                trace_through: frozenset[str] = frozenset()) -> nn.Module:
+                trace_through: frozenset[str] = frozenset(), traces: OwnerTraces | None = None) -> nn.Module:
     """Trace ``owner`` shallowly and splice ``insertions`` in; the owner itself is not modified.
 
     Insertions at the same node chain in list order (the first sits closest to the node). Every
     consumer of the node, the owner's output included, then reads the last module of the chain;
     other inserted modules keep reading the original values (pyramid fusion reads all raw levels).
+    ``traces`` shares the owner's trace with the other owners of one apply (``OwnerTraces``).
     """
     fixed = fixed_optionals(concrete_args) if not owner_path else []
     if fixed:
@@ -68,7 +70,7 @@ def build_owner(owner: nn.Module, owner_path: str, insertions: list[Insertion], 
             hint="choose a site inside one of its submodules: exclude this one with `where: {exclude: [...]}`",
         )
     try:
-        gm, _tracer = trace_module(owner, concrete_args, shallow=True, trace_through=trace_through)
+        gm = (traces or OwnerTraces()).trace(owner, concrete_args, trace_through)
     except ModuleTraceError as error:
         raise EditError(
             f"torch.fx cannot trace the forward of '{owner_path or type(owner).__name__}' on its own: "

@@ -17,6 +17,7 @@ from plugsurgeon.graph.check import compare
 from plugsurgeon.graph.edit import Insertion, build_owner, carry_hooks, commit, overlay
 from plugsurgeon.graph.edited import edited_graph
 from plugsurgeon.graph.fake import count_params
+from plugsurgeon.graph.owner_traces import OwnerTraces
 from plugsurgeon.graph.trace import Traced, TracedPart, own_statements
 from plugsurgeon.surgery.carried_hooks import check_carried_hooks
 from plugsurgeon.surgery.edits import PlannedInsertion
@@ -58,6 +59,7 @@ def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Modul
         if isinstance(edit, PlannedInsertion):
             groups[edit.owner].append(edit)
     owners: dict[str, nn.Module] = {}
+    traces = OwnerTraces()  # blocks that trace alike are traced once
     for owner_path, edits in groups.items():
         part = traced.part(edits[0].site.part)
         concrete, through = owner_call(part, edits[0].scope)
@@ -66,7 +68,7 @@ def build_edits(planned: Plan) -> tuple[dict[str, nn.Module], dict[str, nn.Modul
             for e in sorted(edits, key=lambda e: e.step_index)
         ]
         try:
-            owners[owner_path] = build_owner(owner_module(model, owner_path), owner_path, insertions, concrete, through)
+            owners[owner_path] = build_owner(owner_module(model, owner_path), owner_path, insertions, concrete, through, traces)
         except PlugsurgeonError:
             raise
         except Exception as error:  # noqa: BLE001 - fx raises many types
