@@ -22,6 +22,7 @@ from torch import nn
 
 from plugsurgeon.graph.shapes import flat_tensors
 from plugsurgeon.sites.graphview import GraphView, bit_positions
+from plugsurgeon.sites.merge_inputs import readable_source
 from plugsurgeon.sites.site import Site
 
 
@@ -725,12 +726,33 @@ def stage_sites(view: GraphView) -> list[Site]:
     if found.end is None:
         return []
     by_stage: dict[int, fx.Node] = {}
-    for node in _cuts(view, found.extractor):
+    for node in _cuts(view, _trunk(view, found)):
         if _is_map(view, node) and _whole_stride(view, node):
             node = _before_downsampling_call(view, node)
             by_stage[_stage_of(view, node)] = _before_norms(view, node)
     # The image itself ends no stage (a layer that returns its input unchanged leaves it as the first "map").
     return [make_site(view, "stage", node) for _stage, node in sorted(by_stage.items()) if node.op != "placeholder"]
+
+
+def _trunk(view: GraphView, found: Anatomy) -> int:
+    """Bit set of the extractor's trunk: the nodes that reach its end other than through a resize.
+
+    A second extractor beside the first that hands its maps over only resized to the trunk's sizes
+    (YOLOv9-E's auxiliary branch, summed into the main one at every stride) leaves no map below the
+    top that every path passes through; without it the trunk's maps are cuts again. Every cut of the
+    whole extractor is a cut of its trunk, so this only adds stages. When the image reaches the end
+    only through a resize (an hourglass), the trunk is the whole extractor."""
+    assert found.end is not None
+    bits, stack = 0, [found.end]
+    while stack:
+        node = stack.pop()
+        bit = 1 << view.position[node]
+        if bits & bit or view.is_resize(node):
+            continue
+        bits |= bit
+        stack.extend(x for x in node.all_input_nodes if x in view.position)
+    fed = any(view.nodes[i].op == "placeholder" for i in bit_positions(bits))
+    return bits if fed and bits != found.extractor else found.extractor
 
 
 def _stage_of(view: GraphView, node: fx.Node) -> int:
@@ -754,7 +776,7 @@ def _before_downsampling_call(view: GraphView, node: fx.Node) -> fx.Node:
     A stage ends where the layer that takes the map to the next stride starts (YOLOv10's SCDown runs
     a 1x1 conv before its strided one; MobileNet's block expands before its strided depthwise conv):
     of the module calls that ran ``node``, innermost first, the first that reads one map at ``node``'s
-    stride and computes a smaller one gives its input."""
+    stride and computes a smaller one from it gives its input."""
     stride = view.total_stride(node)
     frame = view.frame(node)
     parts = frame.split(".") if frame else []
@@ -767,7 +789,10 @@ def _before_downsampling_call(view: GraphView, node: fx.Node) -> fx.Node:
         if len(inputs) != 1:
             continue
         source = next(iter(inputs))
-        if view.total_stride(source) == stride and any(_is_map(view, n) and view.total_stride(n) > stride for n in unit):
+        # Smaller maps only indexed out of values handed in (YOLOv9's CBFuse picks pieces of other
+        # branches) are no downsampling of ``source``.
+        if view.total_stride(source) == stride and any(_is_map(view, n) and view.total_stride(n) > stride
+                                                       and (view.ancestors[n] >> view.position[source]) & 1 for n in unit):
             return source
     return node
 
@@ -883,6 +908,12 @@ def _level_output(view: GraphView, source: fx.Node, merges: set[fx.Node], module
     bits = sum(1 << view.position[n] for n in region)
     through = [n for n in sorted(region, key=view.position.__getitem__, reverse=True)
                if (view.ancestors[n] | view.descendants[n]) & bits == bits]
+    if through and view.is_output(through[0]) and view.output_node is not None and len(view.output_node.all_input_nodes) == 1:
+        # The one map the model returns is its prediction (a segmentation head's logits at the level's
+        # size), no level: the level is what the call computing it reads. A model returning its levels
+        # (an FPN backbone) returns several maps.
+        head = view.outermost_call(through[0])
+        through = [n for n in through if n is not through[0] and (head is None or not view.within(n, head))]
     return through[0] if through else source
 
 
@@ -900,7 +931,8 @@ def _upsampled(view: GraphView, up: fx.Node) -> fx.Node:
 
 def neck_merge_sites(view: GraphView) -> list[Site]:
     """``neck.merge``: each top-down merge, at its lateral input, with the upsampled map's source as extra."""
-    return [make_site(view, "neck.merge", lateral, extra=[_upsampled(view, up)]) for _merge, lateral, up in anatomy(view).top_down]
+    return [make_site(view, "neck.merge", lateral, extra=[readable_source(view, lateral, _upsampled(view, up))])
+            for _merge, lateral, up in anatomy(view).top_down]
 
 
 # -- model-wide roles: one extractor per model, decided across the traced parts ----------------------
