@@ -2,13 +2,16 @@
 
 torch.fx stops at ``if skip.shape[1] != 0:`` (smp's Linknet decoder) or ``if h % 32 != 0:`` (smp's input
 check): a Proxy has no truth value. A condition computed from tensor shapes alone (``.shape``,
-``.size()``, ``.dim()``, indexing and arithmetic on them, constants) has one value at the shape the
-model is traced at, so the tracer takes that branch (``PlugsurgeonTracer.to_bool``) and puts a
-``torch._assert`` on the condition into the graph: a traced (edited) forward called at a shape where
-the other branch would run raises, naming the condition, instead of computing something else.
-Conditions that read tensor values still stop the trace, as fx does.
+``.size()``, ``.dim()``, indexing and arithmetic on them, constants) on sizes the architecture fixes
+(channel counts, ranks) has one value for every input, so the tracer takes that branch
+(``PlugsurgeonTracer.to_bool``) and puts a ``torch._assert`` on the condition into the graph: a traced
+(edited) forward called where the other branch would run raises, naming the condition, instead of
+computing something else. A size counts as fixed when it is the same at a larger probe input (one more
+sample, twice the height and width). Conditions on sizes that follow the input (the batch, the image
+size: ``if h % 32 != 0``) still stop the trace, as do conditions on tensor values: the traced shape
+stands for every input size, and a guard there would refuse sizes the original model accepts.
 
-The value comes from running the condition's ancestors on fake tensors (no compute, no memory); the
+The values come from running the condition's ancestors on fake tensors (no compute, no memory); the
 decision is kept with the call's ``concrete_args`` (``Specialised``), so tracing that call alone again
 (the owner of an edit) takes the same branches without inputs.
 """
@@ -162,6 +165,8 @@ def evaluate(node: fx.Node, values: dict[fx.Node, Any], root: nn.Module, call: C
             raise KeyError(f"no example value for input '{current.target}'")
         needed.append(current)
         stack.extend(current.all_input_nodes)
+    if not needed:
+        return values[node]
     order = {n: i for i, n in enumerate(node.graph.nodes)}
     for current in sorted(needed, key=order.__getitem__):
         args = fx.node.map_arg(current.args, values.__getitem__)
