@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from plugsurgeon.graph.shape_conditions import conditions_of
 from plugsurgeon.graph.trace import trace_module
 
 __all__ = ["OwnerTraces"]
@@ -76,7 +77,8 @@ def _attribute(module: nn.Module, path: str) -> Any:
 
 def _key(owner: nn.Module, concrete_args: dict[str, Any] | None, trace_through: frozenset[str]) -> tuple | None:
     try:
-        concrete = repr(sorted((concrete_args or {}).items()))
+        # With the shape conditions the model's trace decided in that call (graph.shape_conditions).
+        concrete = repr((sorted((concrete_args or {}).items()), sorted(conditions_of(concrete_args).items())))
         return (type(owner), concrete, tuple(sorted(trace_through)), _configuration(owner))
     except _Unkeyable:
         return None

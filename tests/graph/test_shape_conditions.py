@@ -3,6 +3,8 @@ guarded; conditions on sizes that follow the input (batch, height, width) or on 
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
 from torch import nn
@@ -128,3 +130,34 @@ def test_conditions_on_the_input_size_or_on_values_still_stop_the_trace(model):
         ps.trace(model(), (1, 3, 16, 16))
     with pytest.raises(Exception, match="control flow"):
         trace_module(model(), example=((torch.randn(1, 3, 16, 16),), {}))
+
+
+def test_alike_owners_that_decided_a_condition_differently_do_not_share_a_trace():
+    from plugsurgeon.graph.owner_traces import OwnerTraces
+
+    class SkipBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x, skip):
+            x = self.conv(x)
+            if skip.shape[1] != 0:  # Linknet's decoder gets an empty skip from some encoders
+                x = x + skip
+            return x
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = SkipBlock(), SkipBlock()
+
+        def forward(self, x):
+            return self.b(self.a(x, x[:, :0]), x)
+
+    traced = ps.trace(Net(), (1, 3, 8, 8))
+    part = traced.parts[0]
+    concrete = {path: part.call_record(path).concrete_args for path in ("a", "b")}
+    owners = OwnerTraces()
+    graphs = {path: owners.trace(getattr(traced.model, path), concrete[path], frozenset()) for path in ("a", "b")}
+    assert sum(n.target is operator.add for n in graphs["a"].graph.nodes) == 0
+    assert sum(n.target is operator.add for n in graphs["b"].graph.nodes) == 1
