@@ -493,7 +493,20 @@ def is_plugin_class(cls: type) -> bool:
     """
     if cls.__module__.startswith(PACKAGE + "."):
         _load_built_in()
-    return issubclass(cls, tuple(kind for spec in _REGISTRY.values() for kind in spec.classes))
+    return issubclass(cls, _plugin_classes())
+
+
+_classes_of: tuple[tuple[PluginSpec, ...], tuple[type, ...]] = ((), ())
+
+
+def _plugin_classes() -> tuple[type, ...]:
+    """The classes of every registered plugin, gathered again only when the registry changed (the
+    tracer asks for every module it meets)."""
+    global _classes_of
+    specs = tuple(_REGISTRY.values())
+    if specs != _classes_of[0]:  # the same spec objects compare by identity first: cheap when unchanged
+        _classes_of = (specs, tuple(kind for spec in specs for kind in spec.classes))
+    return _classes_of[1]
 
 
 def is_plugin(module: nn.Module) -> bool:
