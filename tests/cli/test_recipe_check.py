@@ -4,22 +4,7 @@ torch and build the model, to say "unknown recipe 'cbma'"."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-# Every case in one fresh interpreter: each must fail (exit 1) with torch still not imported.
-PROBE = """
-import json, sys
-from plugsurgeon.cli.app import run
-seen = []
-for args in json.loads(sys.argv[1]):
-    code = run(args)
-    seen.append([code, "torch" in sys.modules])
-print(json.dumps(seen))
-"""
+from tests.cli.torch_free import run_cases
 
 
 def test_recipe_mistakes_are_reported_before_torch_loads(tmp_path):
@@ -33,10 +18,7 @@ def test_recipe_mistakes_are_reported_before_torch_loads(tmp_path):
     specs = ["cbma", str(tmp_path / "missing.yaml"), *(str(tmp_path / f"{name}.yaml") for name in files)]
     cases = [[command, "resnet18", "--recipe", spec] for command in ("apply", "show") for spec in specs]
     cases.append(["apply", "resnet18", "--recipe", "se", "--recipe", "cbma"])  # the second of a chain too
-    ran = subprocess.run([sys.executable, "-c", PROBE, json.dumps(cases)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
-    assert ran.returncode == 0, ran.stderr
-    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+    seen, ran = run_cases(cases)
     assert seen == [[1, False]] * len(cases), list(zip(cases, seen, strict=False))
     messages = ran.stderr
     assert "unknown recipe 'cbma'; did you mean 'cbam'" in messages

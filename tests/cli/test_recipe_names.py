@@ -4,28 +4,12 @@ load torch, 4-25 s, to say "unknown plugin 'cbma'"); a plugin the model's own mo
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import plugsurgeon as ps
 from plugsurgeon.plugins.registry import BUILT_IN_MODULES
 from plugsurgeon.surgery.recipe_names import builtin_plugin_names
-
-ROOT = Path(__file__).resolve().parents[2]
-# Each case in one fresh interpreter: the exit code, and whether torch had been imported by then.
-PROBE = """
-import json, sys
-from plugsurgeon.cli.app import run
-seen = []
-for args in json.loads(sys.argv[1]):
-    code = run(args)
-    seen.append([code, "torch" in sys.modules])
-print(json.dumps(seen))
-"""
+from tests.cli.torch_free import run_cases
 
 # A user's module that registers a plugin as it is imported, and builds the model the recipe edits.
 USER_MODULE = textwrap.dedent('''
@@ -71,10 +55,7 @@ def test_misspelled_plugins_and_roles_in_a_recipe_are_reported_before_torch_load
     cases.append(["apply", "resnet18", "--recipe", str(tmp_path / "user.yaml")])  # no module registers it: a typo
     # The model's module registers channel_scale: accepted, and applied once that module is imported.
     cases.append(["apply", "user_plugins_module:build", "--recipe", str(tmp_path / "user.yaml"), "--input-shape", "1,3,16,16", "--dry-run"])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    ran = subprocess.run([sys.executable, "-c", PROBE, json.dumps(cases)], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
-    assert ran.returncode == 0, ran.stderr
-    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+    seen, ran = run_cases(cases, path=[tmp_path])
     assert seen == [[1, False]] * (len(cases) - 1) + [[0, True]], list(zip(cases, seen, strict=False))
     messages = " ".join(ran.stderr.split())
     assert "plugin.yaml: unknown plugin 'cbma'; did you mean 'cbam'" in messages
