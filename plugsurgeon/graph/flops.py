@@ -24,6 +24,9 @@ _QUERIES = frozenset(
                  "sym_size", "stride", "sym_stride", "storage_offset", "sym_storage_offset", "numel", "sym_numel", "dim")
 ) | {torch.ops.aten.is_contiguous.memory_format, torch.ops.prim.layout.default}
 
+# Ops found to have no decomposition: not asked again (entering the mode to ask costs as much as the op).
+_INDIVISIBLE: set = set()
+
 
 class TotalFlops(TorchDispatchMode):
     """``with TotalFlops() as counter: ...; counter.total``: the FLOPs ``FlopCounterMode`` would report
@@ -39,11 +42,12 @@ class TotalFlops(TorchDispatchMode):
         if func in _QUERIES or packet is None:
             return NotImplemented
         counted = flop_registry.get(packet)
-        if counted is None and func is not torch.ops.prim.device.default:
+        if counted is None and func is not torch.ops.prim.device.default and func not in _INDIVISIBLE:
             with self:  # an op without a formula counts as the ops it decomposes into
                 decomposed = func.decompose(*args, **kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
+            _INDIVISIBLE.add(func)  # whether an op decomposes is the op's, not its arguments'
         out = func(*args, **kwargs)
         if counted is not None:
             self.total += counted(*args, **kwargs, out_val=out)
