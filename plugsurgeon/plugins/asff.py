@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from plugsurgeon.errors import SiteError
 from plugsurgeon.plugins._layers import ConvNormAct
 from plugsurgeon.plugins.args import HiddenWidth, PluginArgs
 from plugsurgeon.plugins.registry import register_plugin
@@ -62,7 +63,11 @@ def scale_step(target: Sequence[int], other: Sequence[int]) -> int:
 
 def _levels(site: Site, _module: nn.Module | None):
     if not site.extra_shapes:
-        raise ValueError("ASFF fuses pyramid levels: the site has no other levels (Site.extra is empty)")
+        # A level found outside every traced graph (a head fx cannot trace reads it) has its other levels in
+        # other graphs: no forward that an edit can change sees them together.
+        raise SiteError(f"ASFF fuses pyramid levels: no forward that surgery can edit reads the other levels with "
+                        f"'{site.path}' (the site has no extra inputs)",
+                        hint="ASFF needs the levels in one traced graph; a single-input plugin (se, cbam, eca) takes this site")
     if any(len(shape) != 4 for shape in site.extra_shapes):
         raise ValueError(f"ASFF needs N,C,H,W levels, got {list(site.extra_shapes)}")
     others = tuple((int(shape[1]), scale_step(site.shape, shape)) for shape in site.extra_shapes)

@@ -22,6 +22,7 @@ from torch import nn
 
 from plugsurgeon.graph.shapes import flat_tensors
 from plugsurgeon.sites.graphview import GraphView, bit_positions
+from plugsurgeon.sites.levels_across import levels_read_across_parts
 from plugsurgeon.sites.merge_inputs import readable_source
 from plugsurgeon.sites.site import Site
 
@@ -940,6 +941,17 @@ def model_backbone_sites(views: Sequence[GraphView]) -> list[tuple[int, Site]]:
     """``backbone``: the extractor's last map, the one a pooling head, a neck or a decoder starts from,
     as (part index, site) (``extractor_sites``)."""
     return [(index, site) for index, site in extractor_sites(views) if site.role == "backbone"]
+
+
+def model_neck_level_sites(views: Sequence[GraphView]) -> list[tuple[int, Site]]:
+    """``neck.level``: each part's pyramid levels (``neck_level_sites``), as (part index, site). A model traced
+    as a row of parts with none there, whose head is no part, has the levels its head reads in a run
+    (``levels_across.levels_read_across_parts``): the outputs of the parts it reads, without extra inputs."""
+    found = [(index, site) for index, view in enumerate(views) for site in neck_level_sites(view)]
+    if found or len(views) < 2 or any(not view.part.path for view in views):
+        return found  # a model traced whole, or in one part, has every map its head reads in a graph
+    extractor = {index for index, _site in extractor_sites(views)}
+    return [(index, make_site(views[index], "neck.level", node)) for index, node in levels_read_across_parts(views, extractor)]
 
 
 def model_stage_sites(views: Sequence[GraphView]) -> list[tuple[int, Site]]:

@@ -397,7 +397,7 @@ BUILTIN_ROLES = RoleTable(
              _builtin("model_backbone_sites"), model_wide=True, example=Example(_RESNET50, "layer4.2.relu")),
         Role("neck.level",
              "an output level of a feature pyramid (FPN, PAN, U-Net decoder): its map at one size, the other levels as extra",
-             _builtin("neck_level_sites"), example=Example(_FPN_DETECTOR, "backbone.fpn.layer_blocks.3.0")),
+             _builtin("model_neck_level_sites"), model_wide=True, example=Example(_FPN_DETECTOR, "backbone.fpn.layer_blocks.3.0")),
         Role("neck.merge",
              "a top-down merge of a pyramid or decoder (upsample + add or concat): the lateral input, the upsampled input as extra",
              _builtin("neck_merge_sites"), placement=Placement(where_passed_in=True),

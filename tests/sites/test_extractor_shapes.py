@@ -2,6 +2,7 @@
 extractor beside the first (YOLOv9-E), a head that makes tensors like its inputs (anchors), a head that returns
 its logits at a level's size (a semantic-segmentation head)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -139,3 +140,58 @@ class SemanticFPN(nn.Module):
 def test_the_logits_a_model_returns_are_no_level():
     levels = ps.find_sites(SemanticFPN(), "neck.level", input_shape=SHAPE)
     assert [(s.path, s.total_stride) for s in levels] == [("c4.2", 16), ("p3.2", 8), ("p2.2", 4)]
+
+
+class TextHead(nn.Module):
+    """Reads the levels and text features; branches on their batch (fx cannot follow), as YOLO-World's head."""
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.pred = nn.ModuleList([nn.Conv2d(w, 8, 1) for w in widths])
+
+    def forward(self, levels, text):
+        if text.shape[0] != levels[0].shape[0]:
+            text = text.expand(levels[0].shape[0], -1)
+        return [torch.einsum("nchw,nc->nhw", pred(level), text) for level, pred in zip(levels, self.pred, strict=True)]
+
+
+class Concat(nn.Module):
+    def forward(self, maps):
+        return torch.cat(maps, 1)
+
+
+class RowOfLayers(nn.Module):
+    """A row of layers, merges included (Ultralytics' way), whose own forward branches on the batch too, so it is
+    traced layer by layer: no graph holds what the head reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([conv_bn_act(3, 8, stride=2), conv_bn_act(8, 16, stride=2), conv_bn_act(16, 32, stride=2),
+                                     nn.Upsample(scale_factor=2.0), Concat(), conv_bn_act(48, 16),
+                                     conv_bn_act(16, 16, stride=2), Concat(), conv_bn_act(48, 32)])
+        self.head = TextHead((16, 32))
+        self.register_buffer("text", torch.randn(1, 8))
+
+    def forward(self, x):
+        text = self.text if self.text.shape[0] == x.shape[0] else self.text.expand(x.shape[0], -1)
+        stem, c3, c4, up, cat3, p3, down, cat4, p4 = self.layers
+        c3_out = c3(stem(x))
+        c4_out = c4(c3_out)
+        p3_out = p3(cat3([up(c4_out), c3_out]))
+        p4_out = p4(cat4([down(p3_out), c4_out]))
+        return self.head([p3_out, p4_out], text)
+
+
+def test_levels_a_head_reads_outside_every_graph():
+    model = RowOfLayers().eval()
+    traced = ps.trace(model, SHAPE)
+    assert "" not in [p.path for p in traced.parts] and "head" not in [p.path for p in traced.parts]
+    levels = ps.find_sites(traced, "neck.level")
+    assert [(s.path, s.total_stride, s.extra) for s in levels] == [("layers.5.2", 4, ()), ("layers.8.2", 8, ())]
+    # An insertion there edits the layer that returns the level; the model still runs, at another batch too.
+    se = ps.apply(model, ps.Recipe(name="se", steps=[ps.Step(plugin="se", at="neck.level")]), input_shape=SHAPE)
+    assert sorted(e.module for e in se.report.edits) == ["layers.5.se", "layers.8.se"]
+    assert [o.shape for o in se.model(torch.randn(2, 3, 64, 64))] == [(2, 16, 16), (2, 8, 8)]
+    # ASFF reads the other levels, which no graph holds with this one: refused, with the reason.
+    with pytest.raises(ps.SiteError, match="no forward that surgery can edit reads the other levels"):
+        ps.apply(model, ps.Recipe(name="asff", steps=[ps.Step(plugin="asff", at="neck.level")]), input_shape=SHAPE, dry_run=True)

@@ -122,7 +122,7 @@ def test_the_built_in_table():
     assert list(BUILTIN_ROLES) == [
         "residual.branch", "residual.output", "conv", "downsample.pool", "downsample.conv", "downsample.shortcut",
         "downsample.unit", "stage", "backbone", "neck.level", "neck.merge", "upsample"]
-    assert {name for name, role in BUILTIN_ROLES.items() if role.model_wide} == {"backbone", "stage"}
+    assert {name for name, role in BUILTIN_ROLES.items() if role.model_wide} == {"backbone", "stage", "neck.level"}
     assert all(role.example is not None for role in BUILTIN_ROLES.values())
     assert BUILTIN_ROLES.families() == ["downsample", "neck", "residual"]
     # The engine's placement policy, once hard-coded on these two names in surgery/plan.py.

@@ -32,11 +32,6 @@ YAMLS = sorted(str(p.relative_to(CFG)) for p in CFG.rglob("*.yaml"))
 UNBUILDABLE = {
     "11/yolo11-cls-resnet18.yaml": "its TorchVision layer loads ImageNet weights (a download)",
 }
-_ROW = ("its own forward does not trace (fx: its text-feature branches are control flow on traced values), so it is "
-        "traced layer by layer: the maps its head reads are in no graph, and no neck.level site is found")
-# Known gaps, each still checked: what is found there is asserted, so a fix shows up as a failure to update.
-NO_LEVELS = {rel: _ROW for rel in ("11/yoloe-11.yaml", "11/yoloe-11-seg.yaml", "26/yoloe-26.yaml", "26/yoloe-26-seg.yaml",
-                                   "v8/yoloe-v8.yaml", "v8/yoloe-v8-seg.yaml", "v8/yolov8-world.yaml", "v8/yolov8-worldv2.yaml")}
 # The YAML names levels the traced (eval-mode) forward does not read side by side: the levels found are the pyramid's
 # output at each size, the maps its top-down path upsamples (the YAML's nn.Upsample layers read them) and the head's.
 OTHER_LEVELS = {"26/yolo26-sem.yaml": "its head reads P4 only in train mode (an auxiliary head); in eval mode it reads P3 "
@@ -141,7 +136,7 @@ def test_roles_follow_the_yaml(rel):
         assert site.total_stride & (site.total_stride - 1) == 0, f"stage {site.path} at stride {site.total_stride}"
 
     levels = ps.find_sites(traced, "neck.level")
-    if isinstance(head_from, int) or rel in NO_LEVELS:  # a classifier reads one map: no pyramid
+    if isinstance(head_from, int):  # a classifier reads one map: no pyramid
         assert levels == []
     else:
         read = [i if i >= 0 else len(cfg["backbone"]) + len(cfg["head"]) - 1 + i for i in head_from]
@@ -165,3 +160,19 @@ def test_where_the_yaml_draws_the_line_elsewhere(rel):
     backbone = ps.find_sites(traced, "backbone")
     assert [layer_of(s.path) for s in backbone] != [len(cfg["backbone"]) - 1]
     assert sorted(layer_of(s.path) for s in ps.find_sites(traced, "neck.level")) == sorted(cfg["head"][-1][0])
+
+
+@pytest.mark.slow
+def test_levels_of_a_model_traced_layer_by_layer_take_an_insertion():
+    """YOLO-World's forward and head branch on the text features' batch, so no graph holds what the head reads; its
+    levels come from a run. SE there edits the layers the YAML's head reads; the model runs, at another batch too."""
+    rel = "v8/yolov8-world.yaml"
+    cfg, model = declared(rel), build(rel)
+    result = ps.apply(model, ps.Recipe(name="se", steps=[ps.Step(plugin="se", at="neck.level")]), input_shape=(1, 3, SIZE, SIZE))
+    assert sorted(layer_of(e.site) for e in result.report.edits) == sorted(cfg["head"][-1][0])
+    with torch.no_grad():
+        boxes = result.model.eval()(torch.randn(2, 3, SIZE, SIZE))[0]
+    assert boxes.shape[0] == 2
+    with pytest.raises(ps.SiteError, match="no forward that surgery can edit reads the other levels"):
+        ps.apply(model, ps.Recipe(name="asff", steps=[ps.Step(plugin="asff", at="neck.level")]), input_shape=(1, 3, SIZE, SIZE),
+                 dry_run=True)
