@@ -15,10 +15,13 @@ from plugsurgeon.graph.guards import hooks_suspended, training_flags_kept
 def run_fake(module: nn.Module, shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32) -> tuple[Any, int]:
     """Call ``module`` on fake inputs of ``shapes`` in eval mode; returns (output, FLOPs).
 
-    Eval mode keeps BatchNorm from writing fake statistics into real buffers.
+    Eval mode keeps BatchNorm from writing fake statistics into real buffers. It is an inference run,
+    so no autograd graph is recorded (that was a fifth of its cost); the train-mode check
+    (``check.carries_metadata``) runs with gradients.
     """
 
-    with training_flags_kept(module, False), hooks_suspended(module), own_fake_mode(module) or FakeTensorMode(allow_non_fake_inputs=True):
+    with training_flags_kept(module, False), hooks_suspended(module), torch.no_grad(), \
+            own_fake_mode(module) or FakeTensorMode(allow_non_fake_inputs=True):
         inputs = [torch.empty(shape, dtype=dtype) for shape in shapes]
         with TotalFlops() as counter:
             output = module(*inputs)
