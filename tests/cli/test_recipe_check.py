@@ -4,7 +4,7 @@ torch and build the model, to say "unknown recipe 'cbma'"."""
 
 from __future__ import annotations
 
-from tests.cli.torch_free import run_cases
+from tests.cli.torch_free import run_cases, write_recipes
 
 
 def test_recipe_mistakes_are_reported_before_torch_loads(tmp_path):
@@ -13,9 +13,7 @@ def test_recipe_mistakes_are_reported_before_torch_loads(tmp_path):
         "alias": "name: a\nsteps: &s [{plugin: se, at: residual.branch}]\nmore: *s\n",
         "list": "- plugin: se\n",
     }
-    for name, text in files.items():
-        (tmp_path / f"{name}.yaml").write_text(text)
-    specs = ["cbma", str(tmp_path / "missing.yaml"), *(str(tmp_path / f"{name}.yaml") for name in files)]
+    specs = ["cbma", str(tmp_path / "missing.yaml"), *write_recipes(tmp_path, files).values()]
     cases = [[command, "resnet18", "--recipe", spec] for command in ("apply", "show") for spec in specs]
     cases.append(["apply", "resnet18", "--recipe", "se", "--recipe", "cbma"])  # the second of a chain too
     seen, ran = run_cases(cases)

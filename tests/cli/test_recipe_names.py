@@ -9,7 +9,7 @@ import textwrap
 import plugsurgeon as ps
 from plugsurgeon.plugins.registry import BUILT_IN_MODULES
 from plugsurgeon.surgery.recipe_names import builtin_plugin_names
-from tests.cli.torch_free import run_cases
+from tests.cli.torch_free import run_cases, write_recipes
 
 # A user's module that registers a plugin as it is imported, and builds the model the recipe edits.
 USER_MODULE = textwrap.dedent('''
@@ -47,14 +47,13 @@ def test_misspelled_plugins_and_roles_in_a_recipe_are_reported_before_torch_load
         "role": "name: b\nsteps:\n  - {plugin: se, at: residual.brnach}\n",
         "user": "name: c\nsteps:\n  - {plugin: channel_scale, at: conv}\n",
     }
-    for name, text in files.items():
-        (tmp_path / f"{name}.yaml").write_text(text)
+    paths = write_recipes(tmp_path, files)
     (tmp_path / "user_plugins_module.py").write_text(USER_MODULE)
-    cases = [[command, "resnet18", "--recipe", str(tmp_path / f"{name}.yaml")] for command in ("apply", "show") for name in ("plugin", "role")]
-    cases.append(["apply", "resnet18", "--recipe", "se", "--recipe", str(tmp_path / "plugin.yaml")])  # the second of a chain too
-    cases.append(["apply", "resnet18", "--recipe", str(tmp_path / "user.yaml")])  # no module registers it: a typo
+    cases = [[command, "resnet18", "--recipe", paths[name]] for command in ("apply", "show") for name in ("plugin", "role")]
+    cases.append(["apply", "resnet18", "--recipe", "se", "--recipe", paths["plugin"]])  # the second of a chain too
+    cases.append(["apply", "resnet18", "--recipe", paths["user"]])  # no module registers it: a typo
     # The model's module registers channel_scale: accepted, and applied once that module is imported.
-    cases.append(["apply", "user_plugins_module:build", "--recipe", str(tmp_path / "user.yaml"), "--input-shape", "1,3,16,16", "--dry-run"])
+    cases.append(["apply", "user_plugins_module:build", "--recipe", paths["user"], "--input-shape", "1,3,16,16", "--dry-run"])
     seen, ran = run_cases(cases, path=[tmp_path])
     assert seen == [[1, False]] * (len(cases) - 1) + [[0, True]], list(zip(cases, seen, strict=False))
     messages = " ".join(ran.stderr.split())

@@ -20,6 +20,13 @@ print(json.dumps(seen))
 """
 
 
+def write_recipes(folder: Path, texts: dict[str, str]) -> dict[str, str]:
+    """Each text as ``folder/<name>.yaml``; the paths by name."""
+    for name, text in texts.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return {name: str(folder / f"{name}.yaml") for name in texts}
+
+
 def run_cases(cases: list[list[str]], *, path: list[Path] = ()) -> tuple[list[list], subprocess.CompletedProcess]:
     """([exit code, torch imported] for each case, the run); ``path`` goes before the repository on PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, path), str(ROOT)])}
