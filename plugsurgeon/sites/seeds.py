@@ -16,7 +16,7 @@ from torch import nn
 from plugsurgeon.graph.trace import Traced, trace
 from plugsurgeon.sites.find import locate
 
-__all__ = ["seed_note", "trace_checking_seeds"]
+__all__ = ["listed", "seed_note", "trace_checking_seeds"]
 
 _SEEDS = (0, 1)
 
@@ -52,7 +52,11 @@ def seed_note(differing: list[str]) -> str | None:
     """The sentence that reports sites found in one trace only (None when there are none)."""
     if not differing:
         return None
-    shown = ", ".join(differing[:4]) + (f" and {len(differing) - 4} more" if len(differing) > 4 else "")
     return (f"the sites depend on the random seed: two traces from different seeds disagree on {len(differing)} "
-            f"site{'s' if len(differing) > 1 else ''} ({shown}); the model draws random numbers in its forward "
+            f"site{'s' if len(differing) > 1 else ''} ({listed(differing)}); the model draws random numbers in its forward "
             "(a block skipped at random in train mode): trace it in eval mode for stable sites")
+
+
+def listed(differing: list[str]) -> str:
+    """The first four sites, and how many more."""
+    return ", ".join(differing[:4]) + (f" and {len(differing) - 4} more" if len(differing) > 4 else "")

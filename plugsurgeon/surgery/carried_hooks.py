@@ -17,7 +17,7 @@ from torch import nn
 
 from plugsurgeon.errors import SiteError, first_line
 from plugsurgeon.graph.fake import own_fake_mode
-from plugsurgeon.graph.guards import training_flags_kept
+from plugsurgeon.graph.guards import attributes_preserved, training_flags_kept
 from plugsurgeon.graph.shapes import shape_of
 from plugsurgeon.surgery.edits import PlannedEdit, PlannedInsertion
 from plugsurgeon.surgery.plan import Plan
@@ -77,10 +77,11 @@ def _input_shapes(planned: Plan, edit: PlannedEdit) -> list[tuple[tuple[int, ...
 def _fails(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
     """Why ``module`` (its hooks active) fails on zeros of ``shape`` in eval mode, None when it runs.
 
-    Eval mode without gradients writes no BatchNorm statistics and no parameter."""
+    Eval mode without gradients writes no BatchNorm statistics and no parameter; what the forward stores on
+    the module itself (a cache) is put back, as every other check does (``check._run``)."""
     device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
     try:
-        with training_flags_kept(module, False), torch.no_grad():
+        with training_flags_kept(module, False), attributes_preserved(module), torch.no_grad():
             module(torch.zeros(shape, dtype=dtype, device=device))
     except Exception as error:  # noqa: BLE001 - a hook may raise anything
         return f"{type(error).__name__}: {first_line(error, 200)}"

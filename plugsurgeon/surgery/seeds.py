@@ -20,7 +20,7 @@ from plugsurgeon.errors import SiteError
 from plugsurgeon.graph.trace import Traced, trace
 from plugsurgeon.plugins.registry import get_plugin
 from plugsurgeon.sites.find import locate
-from plugsurgeon.sites.seeds import seed_note
+from plugsurgeon.sites.seeds import listed, seed_note
 from plugsurgeon.sites.site import Site
 from plugsurgeon.surgery.recipe import Recipe, Step
 
@@ -61,11 +61,9 @@ def check_seed_stable(model: nn.Module, traced: Traced, recipe: Recipe, sites: l
         first = _chosen(choose, step, index, recipe, model, traced, sites)
         second = _chosen(choose, step, index, recipe, model, other, other_sites)
         if first != second:
-            differing = sorted(first ^ second)
-            shown = ", ".join(differing[:4]) + (f" and {len(differing) - 4} more" if len(differing) > 4 else "")
             raise SiteError(
                 f"step {index} of recipe '{recipe.name}' ({step.plugin} at {step.at}): the sites it chooses depend on the "
-                f"random seed: two traces of {type(model).__name__} from different seeds disagree on {shown}. Its forward "
+                f"random seed: two traces of {type(model).__name__} from different seeds disagree on {listed(sorted(first ^ second))}. Its forward "
                 "draws random numbers (a block skipped at random in train mode), so the edit would change from run to run",
                 hint="plan on the model in eval mode (model.eval(), then .train() on the edited model), or exclude these "
                      "sites with where={'exclude': [...]}",
